@@ -1,0 +1,198 @@
+"""Per-mode networks φ_m: small MLPs from a mode's coordinates to rank features.
+
+Backbones join the registry :data:`BACKBONES` when their class is defined
+(``class Siren(Backbone, name="siren")``). Every backbone ends in a linear
+layer ``out``; selecting rows of that layer gives a rank prefix.
+
+- ``relu``: positional encoding ``[x, sin(2^k π x), cos(2^k π x)]`` then a ReLU MLP
+  (Tancik et al. 2020, Mildenhall et al. 2020).
+- ``siren``: ``sin(ω0 (W x + b))`` layers with the Sitzmann et al. (2020) init:
+  first layer ``U(-1/n, 1/n)``, hidden ``U(-√(6/n)/ω0, √(6/n)/ω0)``.
+- ``wire``: real Gabor wavelet ``cos(ω z) exp(-(s z)^2)``, ``z = W x + b``
+  (Saragadam et al. 2023; ω = 20, s = 10).
+- ``finer``: variable-periodic ``sin(ω0 (|z| + 1) z)`` with the scale ``|z|+1``
+  held out of the gradient and a wide first-layer bias (Liu et al. 2024).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+__all__ = ["BACKBONES", "Backbone", "ReluPE", "Siren", "Wire", "Finer", "make_backbone"]
+
+BACKBONES: dict[str, type["Backbone"]] = {}
+
+
+class Backbone(nn.Module):
+    """A per-mode network ``(n, in_dim) -> (n, out_dim)``.
+
+    Subclasses build ``self.body`` (coordinates to hidden features) and call
+    :meth:`_finish` to add the output layer.
+    """
+
+    name: ClassVar[str]
+
+    def __init_subclass__(cls, name: str | None = None, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if name is not None:
+            cls.name = name
+            BACKBONES[name] = cls
+
+    def __init__(self, in_dim: int, out_dim: int, width: int = 128, depth: int = 2, **options):
+        super().__init__()
+        self.in_dim, self.out_dim, self.width, self.depth = int(in_dim), int(out_dim), int(width), int(depth)
+        self.options = dict(options)
+
+    def _finish(self, hidden_dim: int, init_bound: float) -> None:
+        self.out = nn.Linear(hidden_dim, self.out_dim)
+        with torch.no_grad():
+            self.out.weight.uniform_(-init_bound, init_bound)
+            self.out.bias.zero_()
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x``: (n, in_dim) normalized coordinates; returns (n, out_dim)."""
+        return self.out(self.features(x))
+
+    def config(self) -> dict:
+        """JSON-ready arguments that rebuild this backbone (weights aside)."""
+        return {"name": self.name, "in_dim": self.in_dim, "out_dim": self.out_dim,
+                "width": self.width, "depth": self.depth, **self.options}
+
+    def select_outputs(self, index: torch.Tensor) -> "Backbone":
+        """A copy whose outputs are ``self(x)[:, index]`` (used for rank prefixes)."""
+        new = copy.deepcopy(self)
+        idx = index.to(self.out.weight.device)
+        new.out = nn.Linear(self.out.in_features, len(index)).to(self.out.weight.device, self.out.weight.dtype)
+        with torch.no_grad():
+            new.out.weight.copy_(self.out.weight[idx])
+            new.out.bias.copy_(self.out.bias[idx])
+        new.out_dim = len(index)
+        return new
+
+
+def make_backbone(name: str, in_dim: int, out_dim: int, **kwargs) -> Backbone:
+    if name not in BACKBONES:
+        raise ValueError(f"unknown backbone {name!r}; use one of {sorted(BACKBONES)}")
+    return BACKBONES[name](in_dim, out_dim, **kwargs)
+
+
+class _SineLayer(nn.Module):
+    def __init__(self, n_in: int, n_out: int, omega: float, first: bool, bias_scale: float | None = None):
+        super().__init__()
+        self.omega = float(omega)
+        self.linear = nn.Linear(n_in, n_out)
+        bound = 1.0 / n_in if first else math.sqrt(6.0 / n_in) / self.omega
+        with torch.no_grad():
+            self.linear.weight.uniform_(-bound, bound)
+            if bias_scale is not None:
+                self.linear.bias.uniform_(-bias_scale, bias_scale)
+            else:
+                self.linear.bias.uniform_(-bound, bound)
+
+    def forward(self, x):
+        return torch.sin(self.omega * self.linear(x))
+
+
+class Siren(Backbone, name="siren"):
+    """SIREN: sine layers with the Sitzmann initialisation.
+
+    Options: ``omega0`` (first layer, default 30) and ``omega_hidden`` (default 30).
+    """
+
+    def __init__(self, in_dim, out_dim, width=128, depth=2, omega0: float = 30.0, omega_hidden: float = 30.0):
+        super().__init__(in_dim, out_dim, width, depth, omega0=float(omega0), omega_hidden=float(omega_hidden))
+        layers = [_SineLayer(in_dim, width, omega0, first=True)]
+        layers += [_SineLayer(width, width, omega_hidden, first=False) for _ in range(depth)]
+        self.body = nn.Sequential(*layers)
+        self._finish(width, math.sqrt(6.0 / width) / omega_hidden)
+
+    def features(self, x):
+        return self.body(x)
+
+
+class _FinerLayer(_SineLayer):
+    def forward(self, x):
+        z = self.linear(x)
+        with torch.no_grad():
+            scale = z.abs() + 1.0  # FINER: variable period, not differentiated
+        return torch.sin(self.omega * scale * z)
+
+
+class Finer(Backbone, name="finer"):
+    """FINER: ``sin(ω0 (|z|+1) z)``, SIREN init, first-layer bias ``U(-k, k)``.
+
+    Options: ``omega0`` (30), ``omega_hidden`` (30), ``first_bias_scale`` k (1.0).
+    """
+
+    def __init__(self, in_dim, out_dim, width=128, depth=2, omega0: float = 30.0, omega_hidden: float = 30.0,
+                 first_bias_scale: float = 1.0):
+        super().__init__(in_dim, out_dim, width, depth, omega0=float(omega0), omega_hidden=float(omega_hidden),
+                         first_bias_scale=float(first_bias_scale))
+        layers = [_FinerLayer(in_dim, width, omega0, first=True, bias_scale=first_bias_scale)]
+        layers += [_FinerLayer(width, width, omega_hidden, first=False) for _ in range(depth)]
+        self.body = nn.Sequential(*layers)
+        self._finish(width, math.sqrt(6.0 / width) / omega_hidden)
+
+    def features(self, x):
+        return self.body(x)
+
+
+class _GaborLayer(nn.Module):
+    def __init__(self, n_in: int, n_out: int, omega: float, scale: float):
+        super().__init__()
+        self.omega, self.scale = float(omega), float(scale)
+        self.linear = nn.Linear(n_in, n_out)
+
+    def forward(self, x):
+        z = self.linear(x)
+        return torch.cos(self.omega * z) * torch.exp(-((self.scale * z) ** 2))
+
+
+class Wire(Backbone, name="wire"):
+    """WIRE (real): Gabor wavelet activations ``cos(ω z) exp(-(s z)^2)``.
+
+    Options: ``omega0`` (ω, 20) and ``scale`` (s, 10), the paper's defaults.
+    """
+
+    def __init__(self, in_dim, out_dim, width=128, depth=2, omega0: float = 20.0, scale: float = 10.0):
+        super().__init__(in_dim, out_dim, width, depth, omega0=float(omega0), scale=float(scale))
+        layers = [_GaborLayer(in_dim, width, omega0, scale)]
+        layers += [_GaborLayer(width, width, omega0, scale) for _ in range(depth)]
+        self.body = nn.Sequential(*layers)
+        self._finish(width, 1.0 / math.sqrt(width))
+
+    def features(self, x):
+        return self.body(x)
+
+
+class ReluPE(Backbone, name="relu"):
+    """Positional encoding ``[x, sin(2^k π x), cos(2^k π x)]_{k<L}`` + ReLU MLP.
+
+    Options: ``frequencies`` L (default 10).
+    """
+
+    def __init__(self, in_dim, out_dim, width=128, depth=2, frequencies: int = 10):
+        super().__init__(in_dim, out_dim, width, depth, frequencies=int(frequencies))
+        self.register_buffer("freqs", (2.0 ** torch.arange(int(frequencies), dtype=torch.float32)) * math.pi,
+                             persistent=False)
+        enc_dim = in_dim * (1 + 2 * int(frequencies))
+        layers: list[nn.Module] = [nn.Linear(enc_dim, width), nn.ReLU()]
+        for _ in range(depth):
+            layers += [nn.Linear(width, width), nn.ReLU()]
+        self.body = nn.Sequential(*layers)
+        self._finish(width, 1.0 / math.sqrt(width))
+
+    def encode(self, x):
+        xb = x[..., None] * self.freqs  # (n, in, L)
+        return torch.cat([x, torch.sin(xb).flatten(1), torch.cos(xb).flatten(1)], dim=-1)
+
+    def features(self, x):
+        return self.body(self.encode(x))

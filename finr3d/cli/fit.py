@@ -1,0 +1,119 @@
+"""finr3d fit: fit a factorized field to a mesh, volume, image or video."""
+
+from __future__ import annotations
+
+import argparse
+
+from finr3d.config import FieldConfig, FitConfig, field_docs
+
+HELP = "fit a factorized field to a mesh (SDF), volume, image or video and save it as .finr"
+DESCRIPTION = """\
+Fit a factorized neural field (F-INR) and save it as a compressed .finr file.
+
+The input kind is guessed from the file name (meshes: obj ply stl off glb gltf;
+images: png jpg; volumes: npy npz raw nii; video: mp4 webm avi or a folder of
+frames). Each axis gets a small network; a CP, Tucker or TT decomposition of
+rank R combines them. Higher rank: more accurate, larger, slower.
+"""
+EPILOG = """\
+examples:
+  finr3d fit bunny.obj -o bunny.finr --seconds 60
+  finr3d fit bunny.obj -o bunny.finr --decomposition tucker --rank 48 --sign winding
+  finr3d fit photo.png -o photo.finr --decomposition cp --rank 256 --seconds 30
+  finr3d fit ct_256x256x128_uint16.raw -o ct.finr --rank 64
+  finr3d fit clip.mp4 -o clip.finr --progress json      (one JSON object per line, for tools)
+"""
+
+
+def add_arguments(p) -> None:
+    fd, td = field_docs(FieldConfig), field_docs(FitConfig)
+    p.add_argument("input", help="the mesh, volume, image or video to fit")
+    p.add_argument("-o", "--output", required=True, help="where to write the .finr file")
+    p.add_argument("--kind", default="auto", choices=["auto", "sdf", "volume", "image", "video"],
+                   help="what the input is (default: from the file name)")
+    p.add_argument("--decomposition", choices=["cp", "tucker", "tt"], help=fd["decomposition"] + " (default cp)")
+    p.add_argument("--rank", type=_rank, help=fd["rank"] + " E.g. 64 or 32,32,16. (default 64)")
+    p.add_argument("--backbone", choices=["relu", "siren", "wire", "finer"], help=fd["backbone"] + " (default siren)")
+    p.add_argument("--width", type=int, help=fd["width"] + " (default 128)")
+    p.add_argument("--depth", type=int, help=fd["depth"] + " (default 2)")
+    p.add_argument("--steps", type=int, help=td["steps"])
+    p.add_argument("--seconds", type=float, help=td["seconds"])
+    p.add_argument("--lr", type=float, help=td["lr"] + " (default 2e-3)")
+    p.add_argument("--init", choices=["auto", "closed_form", "random"], help=td["init"])
+    p.add_argument("--nested-ranks", action="store_true", default=None, help=td["nested_ranks"])
+    p.add_argument("--eikonal", type=float, help=td["eikonal"])
+    p.add_argument("--target-metric", type=float, help=td["target_metric"])
+    p.add_argument("--seed", type=int, help=td["seed"] + " (default 0)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], help=td["device"])
+    p.add_argument("--progress", default="bar", choices=["bar", "json", "none"],
+                   help="progress display: a bar on stderr, JSON lines on stdout, or none (default bar)")
+    p.add_argument("--quantization", default="fp16", help="how weights are stored: fp32, fp16, int8, ... (default fp16)")
+    g = p.add_argument_group("meshes (SDF)")
+    g.add_argument("--resolution", type=int, help="ground-truth SDF grid per axis (default 128)")
+    g.add_argument("--sign", choices=["auto", "raycast", "winding"],
+                   help="inside/outside test: raycast for watertight meshes, winding numbers for open or "
+                        "multi-part ones; auto picks (default auto)")
+    p.add_argument("--force", action="store_true", help="overwrite the output file if it exists")
+
+
+def _rank(text: str):
+    try:
+        parts = [int(t) for t in text.replace("x", ",").split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer or a comma list like 32,32,16, got {text!r}") from None
+    if not parts:
+        raise ValueError("--rank is empty")
+    return parts[0] if len(parts) == 1 else parts
+
+
+def run(args) -> int:
+    import sys
+    from pathlib import Path
+
+    from finr3d.cli._common import Progress, check_output
+
+    out = check_output(args.output, {".finr"}, force=args.force)
+    if not Path(args.input).exists():
+        raise FileNotFoundError(f"{args.input}: no such file; check the path")
+    options = {k: getattr(args, k) for k in ("decomposition", "rank", "backbone", "width", "depth", "steps",
+                                             "seconds", "lr", "init", "nested_ranks", "eikonal", "target_metric",
+                                             "seed", "device")}
+    options = {k: v for k, v in options.items() if v is not None}
+    target_options = {}
+    if args.resolution is not None:
+        target_options["resolution"] = args.resolution
+    if args.sign is not None:
+        target_options["sign"] = args.sign
+    import finr3d
+    from finr3d.targets import detect_kind
+
+    kind = args.kind if args.kind != "auto" else detect_kind(args.input)
+    if target_options and kind != "sdf":
+        raise ValueError("--resolution and --sign apply to meshes only")
+    # validate before any progress output, so bad values give one clean line
+    FieldConfig(**{k: v for k, v in options.items() if k in field_docs(FieldConfig)}).validate()
+    FitConfig(**{k: v for k, v in options.items() if k in field_docs(FitConfig)}).validate()
+    steps, seconds = options.get("steps"), options.get("seconds")
+    if steps is None and seconds is None:
+        steps = 2000
+    progress = Progress(args.progress, total_seconds=seconds, total_steps=steps)
+    if args.progress == "json":
+        print(__import__("json").dumps({"phase": "prepare", "input": str(args.input), "kind": kind}), flush=True)
+    try:
+        field = finr3d.fit(args.input, kind=kind, callback=progress if args.progress != "none" else None,
+                           target_options=target_options, **options)
+    finally:
+        progress.close()
+    nbytes = field.save(out, quantization=args.quantization, overwrite=True)
+    h = field.history
+    summary = {"output": str(out), "bytes": nbytes, "parameters": field.parameter_count(),
+               "steps": h.get("steps"), "seconds": round(h.get("seconds", 0.0), 3),
+               "target_seconds": round(h.get("target_seconds", 0.0), 3),
+               **{k: v for k, v in h.get("metrics", {}).items()}}
+    progress.done(**summary)
+    if args.progress != "json":
+        metric = h.get("metric_name", "psnr")
+        print(f"wrote {out} ({nbytes:,} bytes, {field.parameter_count():,} parameters, "
+              f"{h.get('steps')} steps in {h.get('seconds', 0):.1f} s; {metric} {h.get(metric, float('nan')):.4g})",
+              file=sys.stdout)
+    return 0

@@ -1,0 +1,263 @@
+"""Closed-form start: a discrete decomposition distilled into the per-mode networks.
+
+1. Decompose the target's dense grid with a discrete method: truncated HOSVD
+   (Tucker), TT-SVD (TT) or CP-ALS (CP, tensorly). The channel axis is one more
+   tensor mode, so the channel factor comes out of the decomposition too.
+2. Balance the factors so every column has unit RMS (the scale moves into the
+   core / channel factor).
+3. Distil each factor matrix into its mode network by regression on the factor
+   curves, spline-interpolated between the stored samples so that the networks
+   stay continuous off the lattice.
+
+The discrete factors are ordered by energy (singular values; CP components by
+weight), so rank prefixes of the result are already good models.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+__all__ = ["discrete_decomposition", "hosvd", "distil_factors", "closed_form_start"]
+
+
+def _mode_tensor(values: torch.Tensor, modes) -> torch.Tensor:
+    """(n_0..n_{d-1}, C) in axis order -> (N_mode0, ..., N_mode{M-1}, C)."""
+    order = [a for m in modes for a in m]
+    x = values.permute(*order, values.ndim - 1) if order != sorted(order) else values
+    sizes = []
+    for m in modes:
+        sizes.append(math.prod(values.shape[a] for a in m))
+    return x.reshape(*sizes, values.shape[-1])
+
+
+def _letters(n: int) -> str:
+    return "abcdefghijklmnopq"[:n]
+
+
+def _unfold(x: torch.Tensor, mode: int) -> torch.Tensor:
+    return torch.movedim(x, mode, 0).reshape(x.shape[mode], -1)
+
+
+def _leading_vectors(mat: torch.Tensor, rank: int) -> torch.Tensor:
+    """Leading left singular vectors of ``mat`` (rows x cols), padded to ``rank`` columns."""
+    mat = mat.double()
+    if mat.shape[0] <= mat.shape[1]:
+        evals, evecs = torch.linalg.eigh(mat @ mat.T)
+        u = evecs.flip(-1)
+    else:
+        u, _, _ = torch.linalg.svd(mat, full_matrices=False)
+    u = u[:, :rank]
+    if u.shape[1] < rank:  # rank above the matrix rank: pad with small orthogonal noise
+        pad = torch.randn(u.shape[0], rank - u.shape[1], dtype=u.dtype) * 1e-3
+        pad -= u @ (u.T @ pad)
+        u = torch.cat([u, pad], dim=1)
+    return u.float()
+
+
+def hosvd(x: torch.Tensor, ranks) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Truncated HOSVD of ``x`` (N_0..N_{M-1}, C); the channel mode is kept whole.
+
+    Returns factors U_m (N_m, R_m) with orthonormal columns and the core
+    ``G = x ×_m U_m^T`` of shape (R_0, ..., R_{M-1}, C).
+    """
+    factors = [_leading_vectors(_unfold(x, m), r) for m, r in enumerate(ranks)]
+    core = x
+    for m, u in enumerate(factors):
+        core = torch.movedim(torch.tensordot(core, u, dims=([m], [0])), -1, m)
+    return factors, core
+
+
+def tt_svd(x: torch.Tensor, bonds) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """TT-SVD of ``x`` (N_0..N_{M-1}, C) with bonds (r_1..r_M); returns cores (N_m, r_m, r_{m+1}) and W (r_M, C)."""
+    import tensorly as tl
+    from tensorly.decomposition import tensor_train
+
+    arr = x.double().numpy()
+    full = [1, *bonds, 1]
+    valid = [1]
+    for k in range(1, len(full) - 1):
+        left = math.prod(arr.shape[:k])
+        right = math.prod(arr.shape[k:])
+        valid.append(min(full[k], left, right))
+    valid.append(1)
+    tt = tensor_train(tl.tensor(arr), rank=valid)
+    cores = []
+    for m, g in enumerate(tt.factors[:-1]):
+        g = torch.from_numpy(np.asarray(g)).float()  # (r_{m}, N_m, r_{m+1})
+        r_in, r_out = full[m], full[m + 1]
+        padded = torch.zeros(r_in, g.shape[1], r_out)
+        padded[: g.shape[0], :, : g.shape[2]] = g
+        cores.append(padded.permute(1, 0, 2).contiguous())
+    w = torch.from_numpy(np.asarray(tt.factors[-1])).float()[:, :, 0]  # (r_M, C)
+    weights = torch.zeros(full[-2], x.shape[-1])
+    weights[: w.shape[0]] = w
+    return cores, weights
+
+
+def cp_als(x: torch.Tensor, rank: int, *, n_iter: int = 8, seed: int = 0) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """CP-ALS of ``x`` (N_0..N_{M-1}, C); returns factors (N_m, R) and W (R, C), sorted by weight.
+
+    Alternating least squares (Kolda & Bader 2009, as in tensorly's ``parafac``)
+    written over torch tensors so a few sweeps of a rank-256 image cost well
+    under a second. Spatial factors start from the leading singular vectors.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    x = x.double()
+    n = x.ndim
+    factors = []
+    for m in range(n):
+        if m < n - 1 and rank <= x.shape[m]:
+            factors.append(_leading_vectors(_unfold(x, m), rank).double())
+        else:
+            factors.append(torch.randn(x.shape[m], rank, generator=gen, dtype=torch.float64))
+    letters = _letters(n)
+    for _ in range(n_iter):
+        for m in range(n):
+            others = [factors[k] for k in range(n) if k != m]
+            gram = torch.ones(rank, rank, dtype=torch.float64)
+            for f in others:
+                gram = gram * (f.T @ f)
+            eq = letters + "," + ",".join(f"{letters[k]}r" for k in range(n) if k != m) + f"->{letters[m]}r"
+            mttkrp = torch.einsum(eq, x, *others)
+            reg = 1e-9 * torch.trace(gram) / rank
+            factors[m] = torch.linalg.solve(gram + reg * torch.eye(rank, dtype=torch.float64), mttkrp.T).T
+    w = factors[-1]
+    spatial = []
+    for f in factors[:-1]:
+        norm = f.norm(dim=0).clamp_min(1e-30)
+        spatial.append(f / norm)
+        w = w * norm
+    order = torch.argsort(w.norm(dim=0), descending=True)
+    return [f[:, order].float() for f in spatial], w[:, order].T.contiguous().float()
+
+
+def discrete_decomposition(field, values: torch.Tensor) -> tuple[list[list[torch.Tensor]], list[torch.Tensor]]:
+    """Decompose ``values`` (grid in axis order, (n_0..n_{d-1}, C)) for ``field``'s layout.
+
+    Returns, per channel block, the per-mode feature targets (N_m, D_m) and the
+    mixing parameter (core or channel factor), balanced so features have unit RMS.
+    """
+    x = _mode_tensor(values.float().cpu() - field.bias.detach().cpu(), field.modes)
+    blocks_feats, blocks_mix = [], []
+    channels = [x] if not field.independent else [x[..., c:c + 1] for c in range(field.channels)]
+    for xc in channels:
+        name = field.config.decomposition
+        ranks = field.ranks
+        if name == "tucker":
+            factors, core = hosvd(xc, ranks)
+            feats = []
+            for m, u in enumerate(factors):
+                s = math.sqrt(u.shape[0])
+                feats.append(u * s)
+                core = core / s  # G x_m U = (G / s) x_m (s U)
+            blocks_feats.append(feats)
+            blocks_mix.append(core.contiguous())
+        elif name == "tt":
+            cores, w = tt_svd(xc, ranks)
+            feats = []
+            for core in cores:
+                rms = float(core.pow(2).mean().sqrt()) or 1.0
+                feats.append(core.reshape(core.shape[0], -1) / rms)
+                w = w * rms
+            blocks_feats.append(feats)
+            blocks_mix.append(w)
+        else:
+            factors, w = cp_als(xc, ranks[0])
+            feats = []
+            for f in factors:
+                rms = f.pow(2).mean(dim=0).sqrt().clamp_min(1e-12)
+                feats.append(f / rms)
+                w = w * rms[:, None]
+            blocks_feats.append(feats)
+            blocks_mix.append(w)
+    return blocks_feats, blocks_mix
+
+
+def _spline_samples(coords: torch.Tensor, feats: torch.Tensor, factor: int, gen: torch.Generator):
+    """Factor curves sampled ``factor`` x denser by cubic-spline interpolation (1-D modes)."""
+    from scipy.interpolate import CubicSpline
+
+    x = coords[:, 0].numpy().astype(np.float64)
+    n = len(x)
+    fine = torch.linspace(-1, 1, (n - 1) * factor + 1).numpy()
+    spline = CubicSpline(x, feats.numpy().astype(np.float64), axis=0, bc_type="not-a-knot")
+    return torch.from_numpy(fine[:, None]).float(), torch.from_numpy(spline(fine)).float()
+
+
+def distil_factors(field, mode_coords: list[torch.Tensor], targets: list[torch.Tensor], *,
+                   seconds: Optional[float], steps: Optional[int], lr: float = 2e-3, upsample: int = 4,
+                   seed: int = 0, callback: Optional[Callable] = None) -> dict:
+    """Regress each mode network onto its factor curves (continuous, spline-upsampled).
+
+    mode_coords : per mode (N_m, k_m) lattice coordinates; targets : per mode (N_m, D_m).
+    Trains all mode networks jointly (one Adam) on MSE summed over modes.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    device = field.device
+    data = []
+    for coords, feats in zip(mode_coords, targets):
+        if coords.shape[1] == 1 and coords.shape[0] >= 4 and upsample > 1:
+            coords, feats = _spline_samples(coords.cpu(), feats.cpu(), upsample, gen)
+        data.append((coords.to(device), feats.to(device)))
+    # least-squares readout first: the best output layer for the random hidden features
+    with torch.no_grad():
+        for net, (coords, feats) in zip(field.nets, data):
+            h = net.features(coords)
+            h1 = torch.cat([h, torch.ones(h.shape[0], 1, device=h.device)], dim=1).double()
+            gram = h1.T @ h1
+            gram += 1e-3 * torch.trace(gram) / gram.shape[0] * torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
+            sol = torch.linalg.solve(gram, h1.T @ feats.double()).float()
+            net.out.weight.copy_(sol[:-1].T)
+            net.out.bias.copy_(sol[-1])
+    params = [p for net in field.nets for p in net.parameters()]
+    opt = torch.optim.Adam(params, lr=lr)
+    t0 = time.perf_counter()
+    step, losses = 0, []
+    max_steps = steps if steps is not None else 10**9
+    limit = seconds if seconds is not None else float("inf")
+    while step < max_steps and time.perf_counter() - t0 < limit:
+        progress = max(step / max_steps if steps else 0.0, (time.perf_counter() - t0) / limit if seconds else 0.0)
+        for g in opt.param_groups:
+            g["lr"] = lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+        opt.zero_grad(set_to_none=True)
+        loss = 0.0
+        for net, (coords, feats) in zip(field.nets, data):
+            loss = loss + torch.mean((net(coords) - feats) ** 2)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        step += 1
+        if step % 50 == 0:
+            losses.append(float(loss.detach()))
+            if callback is not None:
+                callback({"phase": "distil", "step": step, "loss": float(loss), "elapsed": time.perf_counter() - t0})
+    return {"distil_steps": step, "distil_seconds": time.perf_counter() - t0,
+            "distil_loss": float(loss.detach()) if step else float("nan")}
+
+
+def closed_form_start(field, target, *, seconds: Optional[float], steps: Optional[int], seed: int = 0,
+                      max_samples: int = 256**3, callback: Optional[Callable] = None) -> dict:
+    """Initialise ``field`` from a discrete decomposition of ``target`` and distil it.
+
+    Returns timing and loss information for the fit history.
+    """
+    t0 = time.perf_counter()
+    coords, values = target.dense(max_samples=max_samples)
+    with torch.no_grad():
+        field.bias.copy_(values.reshape(-1, values.shape[-1]).mean(0).to(field.device))
+    blocks_feats, blocks_mix = discrete_decomposition(field, values)
+    t_decomp = time.perf_counter() - t0
+    with torch.no_grad():
+        for blk, mix in zip(field.blocks, blocks_mix):
+            blk.mixing_parameter().copy_(mix.to(field.device))
+    # per-mode targets: concatenate channel blocks along features
+    targets = [torch.cat([bf[m] for bf in blocks_feats], dim=1) for m in range(len(field.modes))]
+    mode_coords = [field._mode_coords([c.cpu() for c in coords], m) for m in range(len(field.modes))]
+    info = distil_factors(field, mode_coords, targets, seconds=seconds, steps=steps, seed=seed, callback=callback)
+    info["decomposition_seconds"] = t_decomp
+    return info

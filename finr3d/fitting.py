@@ -1,0 +1,347 @@
+"""fit(): optimise a FactorizedField against a Target.
+
+Every step is a factorized contraction over a random axis-aligned sub-grid:
+per axis, a random subset of the stored samples (or jittered continuous
+coordinates), so the networks run on ``Σ n_i`` points while the loss sees
+``Π n_i`` values. Adam with a cosine schedule; a budget in steps or seconds;
+early stop at a target metric; rollback to the best state when the loss spikes,
+so a fit never returns a worse model than it had.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import time
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+from finr3d.config import FieldConfig, FitConfig
+from finr3d.errors import FitCancelled, InputError
+from finr3d.field import FactorizedField
+from finr3d.targets import Target, lattice, load_target
+
+__all__ = ["fit", "fit_field", "resolve_device", "build_field"]
+
+#: Sub-grid size (values) of one training step when the target is larger.
+STEP_SAMPLES = 1 << 18
+#: Largest validation grid used for best-state tracking.
+EVAL_SAMPLES = 1 << 21
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """cuda, then mps, then cpu for ``auto``; a clear error for an absent device."""
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda was asked for but no CUDA GPU is available; use --device cpu or auto")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise InputError("--device mps was asked for but MPS is not available; use --device cpu or auto")
+    return dev
+
+
+def build_field(target: Target, config: FieldConfig) -> FactorizedField:
+    """A field shaped for ``target`` (axes, channels, modes, per-axis frequencies)."""
+    if config.modes is None and target.default_modes != [(i,) for i in range(target.ndim)]:
+        config = dataclasses.replace(config, modes=[list(m) for m in target.default_modes])
+    return FactorizedField(target.ndim, target.channels, config, target_info=target.describe(),
+                           samples=target.shape)
+
+
+def _default_batch(target: Target) -> list[int]:
+    total = math.prod(target.shape) * target.channels
+    if total <= 2 * STEP_SAMPLES:
+        return list(target.shape)
+    n = (STEP_SAMPLES / target.channels) ** (1.0 / target.ndim)
+    return [min(s, max(2, int(round(n)))) for s in target.shape]
+
+
+class _Batcher:
+    """Random sub-grids: per-axis index subsets or jittered continuous coordinates."""
+
+    def __init__(self, target: Target, batch, jitter: bool, gen: torch.Generator, device):
+        self.target, self.gen, self.device, self.jitter = target, gen, device, jitter
+        self.sizes = list(batch)
+        self.full = [target.axis_coords(a) for a in range(target.ndim)]
+
+    def coords(self) -> list[torch.Tensor]:
+        out = []
+        for a, n in enumerate(self.sizes):
+            total = self.target.shape[a]
+            if n >= total and not self.jitter:
+                out.append(self.full[a])
+                continue
+            if self.jitter:
+                # uniform in [-1, 1] with stratification: one sample per stratum
+                edges = torch.linspace(-1, 1, n + 1)
+                u = torch.rand(n, generator=self.gen)
+                c = edges[:-1] + u * (edges[1:] - edges[:-1])
+            else:
+                idx = torch.randperm(total, generator=self.gen)[:n].sort().values
+                c = self.full[a][idx]
+            out.append(c)
+        return out
+
+
+def _main_metric(target: Target) -> str:
+    return getattr(target, "main_metric", "psnr")
+
+
+def fit_field(field: FactorizedField, target: Target, config: FitConfig | None = None,
+              callback: Optional[Callable[[dict], Optional[bool]]] = None) -> FactorizedField:
+    """Optimise ``field`` on ``target`` in place and return it (at its best state).
+
+    ``callback(info)`` receives a dict (step, loss, elapsed, eta, metric, phase)
+    about every 0.25 s; returning ``False`` stops the fit, keeping the best state.
+    The history (curve of elapsed/step/metric, timings) is stored on
+    ``field.history``.
+    """
+    config = dataclasses.replace(config or FitConfig()).validate()
+    if config.init == "auto":
+        config.init = getattr(target, "init_default", "random")
+    steps_budget, seconds_budget = config.budget()
+    torch.manual_seed(config.seed)
+    gen = torch.Generator().manual_seed(config.seed)
+    device = field.device
+    metric_name = _main_metric(target)
+    history: dict = {"curve": [], "rollbacks": 0, "metric_name": metric_name}
+    t_start = time.perf_counter()
+
+    def elapsed() -> float:
+        return time.perf_counter() - t_start
+
+    def progress() -> float:
+        p = 0.0
+        if steps_budget:
+            p = max(p, step / steps_budget)
+        if seconds_budget:
+            p = max(p, elapsed() / seconds_budget)
+        return min(1.0, p)
+
+    def out_of_budget() -> bool:
+        if steps_budget is not None and step >= steps_budget:
+            return True
+        return seconds_budget is not None and elapsed() >= seconds_budget
+
+    step = 0
+    # validation grid for best-state tracking and early stop
+    eval_coords, eval_truth = target.dense(max_samples=EVAL_SAMPLES)
+    eval_coords = [c.to(device) for c in eval_coords]
+    eval_truth = eval_truth.to(device)
+
+    def evaluate() -> tuple[float, dict]:
+        field.eval()
+        with torch.no_grad():
+            pred = field.forward_grid(eval_coords)
+            metrics = target.metric(pred, eval_truth)
+            metrics["loss"] = float(target.loss(pred, eval_truth))
+        field.train()
+        return metrics.get(metric_name, -metrics["loss"]), metrics
+
+    def _eta(t: float) -> Optional[float]:
+        p = progress()
+        return None if p <= 0 else max(0.0, t / p - t)
+
+    # --- closed-form start --------------------------------------------------
+    if config.init == "closed_form":
+        from finr3d.closed_form import closed_form_start
+
+        frac = config.distill_fraction
+        info = closed_form_start(
+            field, target,
+            seconds=None if seconds_budget is None else seconds_budget * frac,
+            steps=None if steps_budget is None else max(1, int(steps_budget * frac)),
+            seed=config.seed,
+            callback=(lambda d: callback(dict(d, eta=_eta(d["elapsed"])))) if callback else None,
+        )
+        history.update(info)
+    else:
+        _calibrate_random_init(field, target)
+
+    lr_scale = 0.5 if config.init == "closed_form" else 1.0
+    params = list(field.parameters())
+    opt = torch.optim.Adam(params, lr=config.lr * lr_scale)
+    jitter = config.jitter if config.jitter is not None else bool(getattr(target, "jitter_default", False))
+    batch = [config.batch] * target.ndim if config.batch else _default_batch(target)
+    if not jitter:
+        batch = [min(b, s) for b, s in zip(batch, target.shape)]
+    batcher = _Batcher(target, batch, jitter, gen, device)
+    full_coords = [target.axis_coords(a) for a in range(target.ndim)]
+    max_rank = max(field.ranks)
+
+    best_score, best_metrics = evaluate()
+    best_state = copy.deepcopy(field.state_dict())
+    history["curve"].append({"elapsed": elapsed(), "step": 0, metric_name: best_score})
+    loss_ema, loss_floor = None, float("inf")
+    last_report = -1.0
+    stopped = "budget"
+    amp = config.amp and device.type == "cuda"
+    # refinement starts from where the distillation ended; the step budget covers both phases
+    if config.init == "closed_form" and steps_budget is not None:
+        step = int(steps_budget * config.distill_fraction)
+
+    while not out_of_budget():
+        p = progress()
+        warm = min(1.0, (step + 1) / 20.0)
+        lr = config.lr * lr_scale * warm * (config.lr_final + (1 - config.lr_final) * 0.5 * (1 + math.cos(math.pi * p)))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        full_step = config.full_grid_every and step % config.full_grid_every == 0
+        coords = full_coords if full_step else batcher.coords()
+        coords = [c.to(device) for c in coords]
+        truth = target.sample(coords).to(device)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+            feats = field.mode_features(coords)
+            pred = field._to_axis_order(field._contract(feats, None, points=False) + field.bias,
+                                        [len(c) for c in coords])
+            loss = target.loss(pred.float(), truth)
+            if config.nested_ranks and max_rank > 1:
+                r = int(torch.randint(1, max_rank, (1,), generator=gen))
+                pred_r = field._to_axis_order(field._contract(feats, field.prefix(r), points=False) + field.bias,
+                                              [len(c) for c in coords])
+                loss = loss + target.loss(pred_r.float(), truth)
+            if config.eikonal > 0:
+                loss = loss + config.eikonal * _eikonal(field, target, gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, config.clip_grad)
+        opt.step()
+        step += 1
+        lval = float(loss.detach())
+        # divergence guard: restore the best state and halve the learning rate
+        spiked = loss_ema is not None and step > 50 and lval > 20 * max(loss_floor, 1e-12)
+        if not math.isfinite(lval) or spiked:
+            field.load_state_dict(best_state)
+            opt = torch.optim.Adam(params, lr=lr)
+            lr_scale *= 0.5
+            history["rollbacks"] += 1
+            loss_ema = None
+            continue
+        loss_ema = lval if loss_ema is None else 0.9 * loss_ema + 0.1 * lval
+        loss_floor = min(loss_floor, loss_ema)
+        if step % config.eval_every == 0 or out_of_budget():
+            score, metrics = evaluate()
+            history["curve"].append({"elapsed": elapsed(), "step": step, metric_name: score})
+            if score > best_score or not math.isfinite(best_score):
+                best_score, best_metrics = score, metrics
+                best_state = copy.deepcopy(field.state_dict())
+            if config.target_metric is not None and score >= config.target_metric:
+                stopped = "target_metric"
+                break
+        t = elapsed()
+        if callback is not None and (t - last_report >= 0.25 or out_of_budget()):
+            last_report = t
+            info = {"phase": "fit", "step": step, "loss": lval, "elapsed": t, "eta": _eta(t),
+                    metric_name: best_score}
+            if callback(info) is False:
+                stopped = "cancelled"
+                break
+    # never return a worse model than the best seen
+    score, metrics = evaluate()
+    if not (score >= best_score):
+        field.load_state_dict(best_state)
+        score, metrics = best_score, best_metrics
+    history.update({
+        "steps": step, "seconds": elapsed(), "stopped": stopped, metric_name: score,
+        "metrics": {k: float(v) for k, v in metrics.items()},
+        "fit_config": {k: v for k, v in dataclasses.asdict(config).items()},
+        "device": str(device),
+    })
+    field.history = history
+    if stopped == "cancelled":
+        raise FitCancelled("fit cancelled; the best state so far is on this exception's .field", field=field)
+    return field
+
+
+def _calibrate_random_init(field: FactorizedField, target: Target) -> None:
+    """Scale a random init so features have unit RMS and the output matches the target's spread.
+
+    Without this the product of M small features vanishes (CP) or explodes
+    (Tucker/TT with large ranks) before the first step.
+    """
+    coords, values = target.dense(max_samples=1 << 16)
+    coords = [c.to(field.device) for c in coords]
+    with torch.no_grad():
+        feats = field.mode_features(coords)
+        for net, f in zip(field.nets, feats):
+            rms = float(f.pow(2).mean().sqrt())
+            if rms > 0:
+                net.out.weight.div_(rms)
+                net.out.bias.div_(rms)
+        mean = values.reshape(-1, values.shape[-1]).mean(0).to(field.device)
+        std = float(values.float().std())
+        field.bias.copy_(mean)
+        out = field.forward_grid(coords) - field.bias
+        cur = float(out.std())
+        if cur > 0 and std > 0:
+            for blk in field.blocks:
+                blk.mixing_parameter().mul_(0.5 * std / cur)
+
+
+def _eikonal(field: FactorizedField, target: Target, gen: torch.Generator, n: int = 4096) -> torch.Tensor:
+    """Mean of ``(|∇f| - 1)^2`` on random points inside the truncation band."""
+    x = (torch.rand(n, field.ndim, generator=gen) * 2 - 1).to(field.device).requires_grad_(True)
+    f = field.points(x)[:, 0]
+    (g,) = torch.autograd.grad(f.sum(), x, create_graph=True)
+    band = getattr(target, "truncation", None)
+    norm = g.norm(dim=-1)
+    mask = f.detach().abs() < band if band else torch.ones_like(norm, dtype=torch.bool)
+    if not mask.any():
+        return norm.sum() * 0
+    # gradients are in normalized coordinates per unit of normalized distance: unit norm is right
+    return ((norm[mask] - 1) ** 2).mean()
+
+
+_FIELD_KEYS = {f.name for f in dataclasses.fields(FieldConfig)}
+_FIT_KEYS = {f.name for f in dataclasses.fields(FitConfig)}
+
+
+def fit(source, *, kind: str = "auto", callback=None, target_options: Optional[dict] = None,
+        field_config: Optional[FieldConfig] = None, fit_config: Optional[FitConfig] = None,
+        **options) -> FactorizedField:
+    """Fit a factorized field to a file, an array or a Target.
+
+    Parameters
+    ----------
+    source : path, array or Target
+        A mesh (SDF), volume, image or video; see :func:`finr3d.targets.load_target`.
+    kind : auto | sdf | volume | image | video
+    callback : callable, optional
+        Receives progress dicts; returning False stops the fit.
+    target_options : dict, optional
+        Passed to the target (e.g. ``resolution`` and ``sign`` for meshes).
+    **options
+        Any :class:`FieldConfig` or :class:`FitConfig` field, e.g.
+        ``decomposition="tucker", rank=32, backbone="siren", seconds=60``.
+
+    Returns
+    -------
+    FactorizedField
+        At its best state, with ``field.history`` and ``field.target_info``.
+    """
+    unknown = set(options) - _FIELD_KEYS - _FIT_KEYS
+    if unknown:
+        raise InputError(f"unknown option(s) {sorted(unknown)}; valid: {sorted(_FIELD_KEYS | _FIT_KEYS)}")
+    fcfg = dataclasses.replace(field_config or FieldConfig(),
+                               **{k: v for k, v in options.items() if k in _FIELD_KEYS})
+    tcfg = dataclasses.replace(fit_config or FitConfig(), **{k: v for k, v in options.items() if k in _FIT_KEYS})
+    fcfg.validate()
+    tcfg.validate()
+    t0 = time.perf_counter()
+    target = load_target(source, kind=kind, **(target_options or {}))
+    prep = time.perf_counter() - t0
+    device = resolve_device(tcfg.device)
+    torch.manual_seed(tcfg.seed)  # the networks' init is part of the seeded result
+    field = build_field(target, fcfg).to(device)
+    fit_field(field, target, tcfg, callback=callback)
+    field.history["target_seconds"] = prep
+    field._target = target  # kept for evaluate()/sweep in the same process; not saved
+    return field

@@ -1,0 +1,508 @@
+"""Targets: the signals a field is fitted to.
+
+A target knows its signal's sample shape, channels and the transform between
+normalized coordinates in ``[-1, 1]^d`` and world coordinates. It gives ground
+truth on any axis-aligned sub-grid: an outer product of per-axis coordinate
+vectors, which may fall between the stored samples (separable multilinear
+interpolation), so that fits are not tied to one lattice.
+
+Axis order is array order. An image is ``(H, W, C)`` with axes ``(y, x)``; a
+volume is ``(Z, Y, X)`` (C order, x fastest) with axes ``(z, y, x)``; an SDF
+grid is ``(X, Y, Z)`` with axes ``(x, y, z)``; a video is ``(T, H, W, C)``.
+Normalized coordinate ``-1`` is the first sample and ``+1`` the last
+(``align_corners=True``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from finr3d.errors import InputError
+
+__all__ = [
+    "Target",
+    "GridTarget",
+    "ImageTarget",
+    "VolumeTarget",
+    "load_target",
+    "lattice",
+    "interpolate_subgrid",
+    "psnr",
+    "ssim",
+    "check_finite",
+]
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+VOLUME_SUFFIXES = {".npy", ".npz", ".raw", ".nii", ".gz"}
+MESH_SUFFIXES = {".obj", ".ply", ".stl", ".off", ".glb", ".gltf"}
+VIDEO_SUFFIXES = {".mp4", ".webm", ".avi", ".mov", ".mkv", ".gif"}
+
+#: Largest number of samples a target accepts (a 2048^3 volume); beyond it the
+#: user is told to downsample rather than the machine being driven out of memory.
+MAX_SAMPLES = 2048**3
+
+
+def lattice(n: int, *, device=None, dtype=torch.float32) -> torch.Tensor:
+    """Normalized coordinates of ``n`` stored samples: ``linspace(-1, 1, n)``."""
+    if n == 1:
+        return torch.zeros(1, device=device, dtype=dtype)
+    return torch.linspace(-1.0, 1.0, n, device=device, dtype=dtype)
+
+
+def check_finite(array: np.ndarray, what: str) -> None:
+    """Raise :class:`InputError` when ``array`` holds NaN or Inf."""
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        bad = int((~np.isfinite(array)).sum())
+        raise InputError(
+            f"{what} holds {bad} NaN/Inf value(s); replace them (e.g. np.nan_to_num) before fitting"
+        )
+
+
+def interpolate_subgrid(data: torch.Tensor, coords: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Multilinear interpolation of a stored grid on an outer-product sub-grid.
+
+    Parameters
+    ----------
+    data : (N_0, ..., N_{d-1}, C) tensor
+        Samples at ``lattice(N_i)`` along each axis.
+    coords : d tensors, (n_i,) float, normalized in [-1, 1]
+        Coordinates along each axis. Values outside are clamped.
+
+    Returns
+    -------
+    (n_0, ..., n_{d-1}, C) tensor
+        Exact at lattice points. Separable, so the cost is linear in the output.
+    """
+    out = data
+    for axis, c in enumerate(coords):
+        n = data.shape[axis]
+        if n == 1:
+            out = out.index_select(axis, torch.zeros(len(c), dtype=torch.long, device=data.device))
+            continue
+        pos = (c.to(data.device, torch.float32).clamp(-1, 1) + 1) * 0.5 * (n - 1)
+        snapped = pos.round()
+        pos = torch.where((pos - snapped).abs() < 1e-4, snapped, pos)  # exact at stored samples
+        i0 = pos.floor().long().clamp_(0, n - 2)
+        w = (pos - i0).clamp_(0, 1).to(data.dtype)
+        shape = [1] * out.dim()
+        shape[axis] = -1
+        w = w.view(shape)
+        lo = out.index_select(axis, i0)
+        hi = out.index_select(axis, i0 + 1)
+        out = torch.lerp(lo, hi, w)
+    return out
+
+
+def psnr(pred: np.ndarray, ref: np.ndarray, data_range: float = 1.0) -> float:
+    """Peak signal-to-noise ratio in dB: ``10 log10(range^2 / MSE)``."""
+    mse = float(np.mean((np.asarray(pred, np.float64) - np.asarray(ref, np.float64)) ** 2))
+    if mse == 0:
+        return float("inf")
+    return 10.0 * math.log10(data_range**2 / mse)
+
+
+def ssim(pred: np.ndarray, ref: np.ndarray, *, channel_axis: int | None = -1, data_range: float = 1.0) -> float:
+    """Structural similarity (scikit-image), averaged over channels."""
+    from skimage.metrics import structural_similarity
+
+    pred = np.asarray(pred, np.float32)
+    ref = np.asarray(ref, np.float32)
+    if channel_axis is not None and ref.shape[channel_axis] == 1:
+        pred, ref, channel_axis = pred.squeeze(channel_axis), ref.squeeze(channel_axis), None
+    win = min(7, *[s for i, s in enumerate(ref.shape) if channel_axis is None or i != ref.ndim + channel_axis])
+    win = win if win % 2 == 1 else win - 1
+    if win < 3:
+        return float("nan")
+    return float(structural_similarity(pred, ref, channel_axis=channel_axis, data_range=data_range, win_size=win))
+
+
+class Target:
+    """A signal to fit: shape, channels, transform, ground truth, loss and scores.
+
+    Subclasses set the attributes in ``__init__`` and implement :meth:`sample`.
+
+    Attributes
+    ----------
+    kind : str
+        ``"image"``, ``"volume"``, ``"sdf"`` or ``"video"``.
+    shape : tuple of int
+        Stored samples per axis (array order).
+    channels : int
+        Values per sample (1 for SDF/volume/gray, 3 RGB, 4 RGBA).
+    axis_names : tuple of str
+    bounds : (d, 2) float array
+        World coordinates of normalized -1 and +1 along each axis.
+    default_modes : list of tuple of int
+        Recommended grouping of axes into modes.
+    value_offset, value_scale : float
+        The field predicts ``(value - value_offset) / value_scale``.
+    """
+
+    kind: str = "signal"
+    shape: tuple[int, ...]
+    channels: int = 1
+    axis_names: tuple[str, ...]
+    bounds: np.ndarray
+    value_offset: float = 0.0
+    value_scale: float = 1.0
+    source: str = ""
+    #: name of the metric (higher is better) used for best-state tracking and early stop
+    main_metric: str = "psnr"
+    #: whether fits default to continuous jittered sub-grids (SDFs) or stored samples (pixels, voxels)
+    jitter_default: bool = False
+    #: default start of a fit: "random" or "closed_form"
+    init_default: str = "random"
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def default_modes(self) -> list[tuple[int, ...]]:
+        return [(i,) for i in range(self.ndim)]
+
+    def axis_coords(self, axis: int, device=None) -> torch.Tensor:
+        """Normalized coordinates of the stored samples along ``axis``."""
+        return lattice(self.shape[axis], device=device)
+
+    def sample(self, coords: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Ground truth on the outer product of per-axis normalized coordinates.
+
+        Returns a ``(n_0, ..., n_{d-1}, C)`` float32 tensor in the field's value
+        space (already offset and scaled).
+        """
+        raise NotImplementedError
+
+    def dense(self, max_samples: int = 256**3) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Coordinates and values of a dense grid, at most ``max_samples`` samples.
+
+        Used for full-grid steps and the closed-form start. Subsampled evenly
+        per axis when the stored grid is larger.
+        """
+        shape = list(self.shape)
+        total = math.prod(shape)
+        if total > max_samples:
+            f = (max_samples / total) ** (1.0 / len(shape))
+            shape = [max(2, int(s * f)) for s in shape]
+        coords = [lattice(n) for n in shape]
+        return coords, self.sample(coords)
+
+    def loss(self, pred: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+        """Training loss of a prediction on a sub-grid (mean squared error)."""
+        return torch.mean((pred - truth) ** 2)
+
+    def metric(self, pred: torch.Tensor, truth: torch.Tensor) -> dict[str, float]:
+        """Cheap metric of a sub-grid prediction, used for early stop and reports."""
+        mse = float(torch.mean((pred.float() - truth.float()) ** 2))
+        rng = 1.0 / self.value_scale
+        return {"psnr": 10 * math.log10(rng**2 / max(mse, 1e-20))}
+
+    def evaluate(self, field, rank=None) -> dict[str, float]:
+        """Full-quality scores of ``field`` against this target."""
+        raise NotImplementedError
+
+    def to_values(self, pred: np.ndarray) -> np.ndarray:
+        """Map field outputs back to the signal's value space."""
+        return pred * self.value_scale + self.value_offset
+
+    def describe(self) -> dict:
+        """JSON-ready description stored with a fitted field."""
+        return {
+            "kind": self.kind,
+            "shape": list(self.shape),
+            "channels": self.channels,
+            "axis_names": list(self.axis_names),
+            "bounds": np.asarray(self.bounds, float).tolist(),
+            "value_offset": float(self.value_offset),
+            "value_scale": float(self.value_scale),
+            "source": os.path.basename(self.source) if self.source else "",
+        }
+
+
+class GridTarget(Target):
+    """A target stored as a dense array ``(N_0, ..., N_{d-1}, C)`` in memory."""
+
+    def __init__(self, data: np.ndarray, *, kind: str, axis_names: Sequence[str], bounds=None,
+                 value_offset: float = 0.0, value_scale: float = 1.0, source: str = ""):
+        data = np.asarray(data)
+        if data.ndim != len(axis_names) + 1:
+            raise InputError(f"expected a {len(axis_names)}-D grid with a channel axis, got shape {data.shape}")
+        if data.size == 0 or min(data.shape) == 0:
+            raise InputError(f"the {kind} is empty (shape {data.shape}); give a non-empty array")
+        if data.size > MAX_SAMPLES:
+            raise InputError(
+                f"the {kind} has {data.size} samples (shape {data.shape}), more than {MAX_SAMPLES}; "
+                "downsample or crop it first"
+            )
+        if min(data.shape[:-1]) < 2:
+            raise InputError(f"every axis needs at least 2 samples, got shape {data.shape[:-1]}")
+        check_finite(data, f"the {kind}")
+        self.kind = kind
+        self.axis_names = tuple(axis_names)
+        self.shape = tuple(int(s) for s in data.shape[:-1])
+        self.channels = int(data.shape[-1])
+        self.value_offset = float(value_offset)
+        self.value_scale = float(value_scale)
+        self.bounds = np.asarray(bounds if bounds is not None else [[-1.0, 1.0]] * len(self.shape), float)
+        self.source = str(source)
+        values = (data.astype(np.float32) - np.float32(value_offset)) / np.float32(value_scale)
+        self.data = torch.from_numpy(np.ascontiguousarray(values))
+
+    def sample(self, coords):
+        return interpolate_subgrid(self.data, coords)
+
+    def sample_indices(self, indices: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Ground truth at integer lattice indices (outer product): exact, no interpolation."""
+        out = self.data
+        for axis, idx in enumerate(indices):
+            out = out.index_select(axis, idx.to(out.device))
+        return out
+
+    def dense(self, max_samples: int = 256**3):
+        if math.prod(self.shape) <= max_samples:
+            return [self.axis_coords(i) for i in range(self.ndim)], self.data
+        return super().dense(max_samples)
+
+    def evaluate(self, field, rank=None) -> dict[str, float]:
+        pred = field.grid([self.axis_coords(i) for i in range(self.ndim)], rank=rank)
+        pred = np.asarray(pred, np.float32)
+        ref = self.data.numpy()
+        rng = 1.0 / self.value_scale
+        pred_c = np.clip(pred, (0 - self.value_offset) / self.value_scale, rng - self.value_offset / self.value_scale)
+        out = {"psnr": psnr(pred_c, ref, data_range=rng)}
+        if self.ndim == 2:
+            out["ssim"] = ssim(pred_c, ref, channel_axis=-1, data_range=rng)
+        elif self.ndim == 3 and self.kind == "volume":
+            # mean of 2-D SSIM over z slices keeps it cheap and standard for volumes
+            out["ssim"] = ssim(pred_c[..., 0], ref[..., 0], channel_axis=None, data_range=rng)
+        return out
+
+
+class ImageTarget(GridTarget):
+    """An 8/16-bit gray, RGB or RGBA image, read with imageio.
+
+    Values are mapped to [0, 1]. Axes are ``(y, x)``; world bounds are pixel
+    indices, so the world transform maps normalized coordinates to pixels.
+    """
+
+    def __init__(self, source, *, max_pixels: int = 64_000_000):
+        if isinstance(source, (str, os.PathLike)):
+            path = _existing_file(source)
+            if path.suffix.lower() not in IMAGE_SUFFIXES:
+                raise InputError(
+                    f"{path.name}: unsupported image type {path.suffix!r}; use one of {sorted(IMAGE_SUFFIXES)}"
+                )
+            try:
+                arr = read_image(path)
+            except Exception as exc:  # the readers raise many types for broken files
+                raise InputError(f"{path.name}: cannot read the image ({exc}); is it a valid {path.suffix} file?") from exc
+            name = str(path)
+        else:
+            arr, name = np.asarray(source), "<array>"
+        if arr.ndim == 2:
+            arr = arr[..., None]
+        if arr.ndim != 3 or arr.shape[-1] not in (1, 2, 3, 4):
+            raise InputError(f"{name}: expected an H x W [x 1|3|4] image, got shape {arr.shape}")
+        if arr.shape[0] * arr.shape[1] > max_pixels:
+            raise InputError(f"{name}: {arr.shape[0]}x{arr.shape[1]} pixels is more than {max_pixels}; resize it first")
+        if arr.dtype == np.uint8:
+            scale = 255.0
+        elif arr.dtype == np.uint16:
+            scale = 65535.0
+        elif arr.dtype.kind == "f":
+            check_finite(arr, name)
+            scale = 1.0
+        else:
+            raise InputError(f"{name}: unsupported pixel type {arr.dtype}; use 8/16-bit or float images")
+        h, w = arr.shape[:2]
+        super().__init__(arr.astype(np.float32) / scale, kind="image", axis_names=("y", "x"),
+                         bounds=[[0, h - 1], [0, w - 1]], source=name)
+        self.bit_depth = 16 if arr.dtype == np.uint16 else 8
+
+    def describe(self) -> dict:
+        return {**super().describe(), "bit_depth": self.bit_depth}
+
+    def to_array(self, pred: np.ndarray) -> np.ndarray:
+        """Field output (H, W, C) to an image array of the source's bit depth."""
+        pred = np.clip(self.to_values(pred), 0, 1)
+        if self.bit_depth == 16:
+            return np.round(pred * 65535).astype(np.uint16)
+        return np.round(pred * 255).astype(np.uint8)
+
+
+def read_image(path) -> np.ndarray:
+    """Read an image as (H, W[, C]); PNGs through pypng so 16-bit colour survives (Pillow drops it)."""
+    path = Path(path)
+    if path.suffix.lower() == ".png":
+        import png
+
+        width, height, rows, info = png.Reader(filename=str(path)).asDirect()
+        dtype = np.uint16 if info["bitdepth"] > 8 else np.uint8
+        arr = np.vstack([np.asarray(r, dtype=dtype) for r in rows])
+        return arr.reshape(height, width, info["planes"])
+    import imageio.v3 as iio
+
+    return iio.imread(path)
+
+
+def write_png(path, img: np.ndarray) -> None:
+    """Write (H, W[, C]) uint8/uint16 as PNG through pypng (keeps 16-bit colour)."""
+    import png
+
+    img = np.asarray(img)
+    if img.ndim == 2:
+        img = img[..., None]
+    h, w, c = img.shape
+    writer = png.Writer(w, h, greyscale=c in (1, 2), alpha=c in (2, 4), bitdepth=16 if img.dtype == np.uint16 else 8)
+    with open(path, "wb") as fh:
+        writer.write(fh, img.reshape(h, w * c))
+
+
+_RAW_NAME = re.compile(r"(\d+)x(\d+)x(\d+)(?:x(\d+))?_(u?int8|u?int16|u?int32|float32|float64)", re.I)
+
+
+class VolumeTarget(GridTarget):
+    """A scalar (or multi-channel) volume from ``.npy``, ``.npz``, headerless ``.raw`` or NIfTI.
+
+    ``.raw`` files take dims and dtype from the name (``name_128x128x128_uint8.raw``,
+    dims listed x first, x fastest) or from ``dims``/``dtype``. Arrays are
+    indexed ``[z, y, x]``. Values are min-max normalized to [0, 1] and the
+    mapping is kept to restore the original units.
+    """
+
+    def __init__(self, source, *, dims: Sequence[int] | None = None, dtype: str | None = None, key: str | None = None):
+        if isinstance(source, (str, os.PathLike)):
+            path = _existing_file(source)
+            arr = _read_volume(path, dims=dims, dtype=dtype, key=key)
+            name = str(path)
+        else:
+            arr, name = np.asarray(source), "<array>"
+        if arr.ndim == 3:
+            arr = arr[..., None]
+        if arr.ndim != 4:
+            raise InputError(f"{name}: expected a 3-D volume (Z, Y, X) or (Z, Y, X, C), got shape {arr.shape}")
+        if arr.dtype.kind not in "uif" or arr.dtype == np.float16 and False:
+            raise InputError(f"{name}: unsupported voxel type {arr.dtype}")
+        check_finite(arr, name)
+        lo, hi = float(arr.min()), float(arr.max())
+        scale = hi - lo if hi > lo else 1.0
+        nz, ny, nx = arr.shape[:3]
+        super().__init__(arr, kind="volume", axis_names=("z", "y", "x"),
+                         bounds=[[0, nz - 1], [0, ny - 1], [0, nx - 1]],
+                         value_offset=lo, value_scale=scale, source=name)
+
+
+def _existing_file(source) -> Path:
+    path = Path(source)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file; check the path")
+    if path.is_dir():
+        raise InputError(f"{path} is a directory; give a file")
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: the file is empty (0 bytes)")
+    return path
+
+
+def _read_volume(path: Path, *, dims=None, dtype=None, key=None) -> np.ndarray:
+    suffix = path.suffix.lower()
+    name = path.name.lower()
+    try:
+        if suffix == ".npy":
+            return np.load(path, allow_pickle=False)
+        if suffix == ".npz":
+            with np.load(path, allow_pickle=False) as z:
+                keys = list(z.keys())
+                if not keys:
+                    raise InputError(f"{path.name}: the .npz holds no arrays")
+                if key is None and len(keys) > 1:
+                    raise InputError(f"{path.name}: the .npz holds {keys}; choose one with key=")
+                return z[key or keys[0]]
+    except ValueError as exc:
+        if isinstance(exc, InputError):
+            raise
+        raise InputError(f"{path.name}: cannot read the array ({exc}); object/pickled arrays are refused") from exc
+    if suffix == ".raw":
+        if dims is None or dtype is None:
+            m = _RAW_NAME.search(path.stem)
+            if m is None:
+                raise InputError(
+                    f"{path.name}: a .raw volume needs its dims and dtype, e.g. name it "
+                    "'name_128x128x128_uint8.raw' or pass dims=(X, Y, Z) and dtype='uint8'"
+                )
+            dims = dims or tuple(int(g) for g in m.groups()[:3])
+            dtype = dtype or m.group(5).lower()
+        nx, ny, nz = (int(d) for d in dims)
+        if min(nx, ny, nz) < 1:
+            raise InputError(f"{path.name}: dims must be positive, got {dims}")
+        dt = np.dtype(dtype)
+        expected = nx * ny * nz * dt.itemsize
+        size = path.stat().st_size
+        if size != expected:
+            raise InputError(
+                f"{path.name}: {size} bytes, but {nx}x{ny}x{nz} {dt} needs {expected}; check dims and dtype"
+            )
+        return np.fromfile(path, dtype=dt).reshape(nz, ny, nx)
+    if suffix in (".nii", ".gz") and (name.endswith(".nii") or name.endswith(".nii.gz")):
+        try:
+            import nibabel
+        except ImportError as exc:
+            raise InputError("reading NIfTI needs nibabel: pip install 'finr3d[nifti]'") from exc
+        try:
+            img = nibabel.load(str(path))
+            return np.asarray(img.get_fdata(dtype=np.float32)).transpose(2, 1, 0)
+        except Exception as exc:
+            raise InputError(f"{path.name}: cannot read NIfTI ({exc})") from exc
+    raise InputError(f"{path.name}: unsupported volume type; use .npy, .npz, .raw (with dims in the name) or .nii[.gz]")
+
+
+def detect_kind(path) -> str:
+    """Guess the target kind from a file name: image, volume, sdf or video."""
+    p = Path(path)
+    name = p.name.lower()
+    if p.is_dir():
+        return "video"
+    suffix = p.suffix.lower()
+    if suffix in IMAGE_SUFFIXES:
+        return "image"
+    if suffix in VOLUME_SUFFIXES or name.endswith(".nii.gz"):
+        return "volume"
+    if suffix in MESH_SUFFIXES:
+        return "sdf"
+    if suffix in VIDEO_SUFFIXES:
+        return "video"
+    raise InputError(
+        f"{p.name}: cannot tell what {suffix or 'this'} is; pass --kind sdf|volume|image|video "
+        "(meshes: obj ply stl off glb gltf; images: png jpg; volumes: npy npz raw nii; video: mp4 webm avi)"
+    )
+
+
+def load_target(source, kind: str = "auto", **options) -> Target:
+    """Build the right target for ``source`` (a path, an array or a Target)."""
+    if isinstance(source, Target):
+        return source
+    if kind not in ("auto", "sdf", "volume", "image", "video"):
+        raise InputError(f"unknown kind {kind!r}; use auto, sdf, volume, image or video")
+    if kind == "auto":
+        if not isinstance(source, (str, os.PathLike)):
+            raise InputError("kind='auto' needs a file path; for arrays pass kind='image' or kind='volume'")
+        if not Path(source).exists():
+            raise FileNotFoundError(f"{source}: no such file; check the path")
+        kind = detect_kind(source)
+    if kind == "image":
+        return ImageTarget(source, **options)
+    if kind == "volume":
+        return VolumeTarget(source, **options)
+    if kind == "sdf":
+        from finr3d.sdf import SDFTarget
+
+        return SDFTarget(source, **options)
+    from finr3d.video import VideoTarget
+
+    return VideoTarget(source, **options)

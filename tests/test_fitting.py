@@ -1,0 +1,137 @@
+"""fit(): a PSNR bar on a small image, determinism, budgets, callbacks, guards."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import finr3d
+from finr3d.config import FitConfig
+from finr3d.errors import FitCancelled, InputError
+from finr3d.targets import ImageTarget, VolumeTarget
+
+
+def smooth_image(h=48, w=40, channels=3, seed=0):
+    rng = np.random.default_rng(seed)
+    y, x = np.meshgrid(np.linspace(0, 1, h), np.linspace(0, 1, w), indexing="ij")
+    chans = []
+    for c in range(channels):
+        a, b, p = rng.uniform(2, 6, 3)
+        chans.append(0.5 + 0.35 * np.sin(a * x + p) * np.cos(b * y - p) + 0.1 * x * y)
+    return np.clip(np.stack(chans, -1), 0, 1).astype(np.float32)
+
+
+@pytest.mark.parametrize("decomposition", ["cp", "tucker", "tt"])
+def test_fit_reaches_psnr_bar_on_small_image(decomposition):
+    target = ImageTarget(smooth_image())
+    field = finr3d.fit(target, decomposition=decomposition, rank=16, width=32, steps=300, seed=0)
+    assert field.history["psnr"] > 30.0, field.history["psnr"]
+    scores = target.evaluate(field)
+    assert scores["psnr"] > 30.0 and scores["ssim"] > 0.9
+
+
+@pytest.mark.parametrize("backbone", ["relu", "siren", "wire", "finer"])
+def test_every_backbone_learns(backbone):
+    target = ImageTarget(smooth_image(32, 32, 1))
+    field = finr3d.fit(target, decomposition="cp", rank=8, width=32, backbone=backbone, steps=150, seed=0)
+    assert field.history["psnr"] > 22.0, (backbone, field.history["psnr"])
+
+
+def test_closed_form_start_beats_random_at_equal_steps():
+    target = ImageTarget(smooth_image())
+    cf = finr3d.fit(target, decomposition="tucker", rank=12, width=32, steps=120, init="closed_form", seed=0)
+    rnd = finr3d.fit(target, decomposition="tucker", rank=12, width=32, steps=120, init="random", seed=0)
+    assert cf.history["psnr"] > rnd.history["psnr"]
+
+
+def test_fixed_seed_is_deterministic_on_cpu():
+    target = ImageTarget(smooth_image(24, 20))
+    a = finr3d.fit(target, rank=8, width=16, steps=40, seed=3, device="cpu")
+    b = finr3d.fit(target, rank=8, width=16, steps=40, seed=3, device="cpu")
+    c = finr3d.fit(target, rank=8, width=16, steps=40, seed=4, device="cpu")
+    for (k, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(x, y), k
+    assert not torch.equal(a.bias, c.bias) or not torch.equal(a.nets[0].out.weight, c.nets[0].out.weight)
+
+
+def test_step_budget_and_callback_progress():
+    target = ImageTarget(smooth_image(24, 20))
+    seen = []
+    field = finr3d.fit(target, rank=4, width=16, steps=30, seed=0, eval_every=5,
+                       callback=lambda info: seen.append(info))
+    assert field.history["steps"] == 30
+    assert seen and seen[-1]["step"] == 30
+    assert all({"step", "loss", "elapsed", "eta"} <= set(s) for s in seen if s.get("phase") == "fit")
+
+
+def test_seconds_budget_is_respected():
+    target = ImageTarget(smooth_image(24, 20))
+    field = finr3d.fit(target, rank=4, width=16, seconds=1.0, seed=0)
+    assert field.history["seconds"] < 3.0
+
+
+def test_early_stop_at_target_metric():
+    target = ImageTarget(smooth_image(24, 20))
+    field = finr3d.fit(target, rank=8, width=16, steps=2000, seed=0, target_metric=22.0, eval_every=5)
+    assert field.history["stopped"] == "target_metric"
+    assert field.history["steps"] < 2000
+    assert field.history["psnr"] >= 22.0
+
+
+def test_cancel_via_callback_keeps_best_state():
+    target = ImageTarget(smooth_image(24, 20))
+    with pytest.raises(FitCancelled) as info:
+        finr3d.fit(target, rank=4, width=16, steps=500, seed=0, eval_every=5,
+                   callback=lambda i: i.get("step", 0) < 20)
+    assert info.value.field is not None
+    assert math.isfinite(info.value.field.history["psnr"])
+
+
+def test_divergence_rolls_back_and_never_returns_worse():
+    """A learning rate that blows up must not leave a model worse than the best seen."""
+    target = ImageTarget(smooth_image(24, 20))
+    field = finr3d.fit(target, rank=8, width=16, steps=150, lr=0.5, seed=0, eval_every=5, init="random")
+    curve = [c["psnr"] for c in field.history["curve"]]
+    assert field.history["psnr"] >= max(curve) - 1e-6
+    assert math.isfinite(field.history["psnr"])
+
+
+def test_nested_ranks_make_prefixes_better():
+    target = ImageTarget(smooth_image())
+    plain = finr3d.fit(target, decomposition="cp", rank=16, width=32, steps=250, seed=0, init="random")
+    nested = finr3d.fit(target, decomposition="cp", rank=16, width=32, steps=250, seed=0, init="random",
+                        nested_ranks=True)
+    assert target.evaluate(nested, rank=4)["psnr"] > target.evaluate(plain, rank=4)["psnr"]
+
+
+def test_volume_fit_and_grouped_modes():
+    z, y, x = np.meshgrid(*[np.linspace(-1, 1, 16)] * 3, indexing="ij")
+    vol = np.exp(-4 * (x**2 + 0.5 * y**2 + 2 * z**2)).astype(np.float32)
+    target = VolumeTarget(vol)
+    field = finr3d.fit(target, decomposition="tucker", rank=6, width=32, steps=200, modes=[[1, 2], [0]], seed=0)
+    assert field.history["psnr"] > 28
+
+
+def test_fit_rejects_bad_options():
+    target = ImageTarget(smooth_image(8, 8))
+    with pytest.raises(InputError, match="unknown option"):
+        finr3d.fit(target, rnak=4)
+    with pytest.raises(InputError, match="rank"):
+        finr3d.fit(target, rank=0)
+    with pytest.raises(InputError, match="steps"):
+        finr3d.fit(target, steps=-1)
+    with pytest.raises(InputError, match="device"):
+        finr3d.fit(target, device="tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="CUDA"):
+            finr3d.fit(target, device="cuda", steps=1)
+
+
+@pytest.mark.gpu
+def test_fit_on_cuda():
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    target = ImageTarget(smooth_image())
+    field = finr3d.fit(target, rank=16, width=32, steps=200, device="cuda", amp=True)
+    assert field.device.type == "cuda" and field.history["psnr"] > 25
