@@ -190,7 +190,7 @@ def _spline_samples(coords: torch.Tensor, feats: torch.Tensor, factor: int, gen:
 
 
 def distil_factors(field, mode_coords: list[torch.Tensor], targets: list[torch.Tensor], *,
-                   seconds: Optional[float], steps: Optional[int], lr: float = 2e-3, upsample: int = 4,
+                   seconds: Optional[float], steps: Optional[int], lr: float = 5e-4, upsample: int = 4,
                    seed: int = 0, callback: Optional[Callable] = None) -> dict:
     """Regress each mode network onto its factor curves (continuous, spline-upsampled).
 
@@ -220,6 +220,7 @@ def distil_factors(field, mode_coords: list[torch.Tensor], targets: list[torch.T
     step, losses = 0, []
     max_steps = steps if steps is not None else 10**9
     limit = seconds if seconds is not None else float("inf")
+    loss = torch.zeros(())
     while step < max_steps and time.perf_counter() - t0 < limit:
         progress = max(step / max_steps if steps else 0.0, (time.perf_counter() - t0) / limit if seconds else 0.0)
         for g in opt.param_groups:

@@ -93,10 +93,10 @@ class FitConfig:
     """Continuous jittered sub-grid coordinates instead of stored samples (None: on for SDFs, off for pixels/voxels)."""
 
     init: str = "auto"
-    """Start: closed_form (discrete decomposition of the target distilled into the networks), random, or auto (closed_form for SDFs, random otherwise)."""
+    """Start: closed_form (discrete decomposition of the target distilled into the networks), random, or auto (the target's default)."""
 
-    distill_fraction: float = 0.5
-    """Share of the budget spent distilling the closed-form factors into the networks (closed_form init)."""
+    distill_fraction: Optional[float] = None
+    """Share of the budget spent distilling the closed-form factors into the networks before end-to-end refinement (None: the target's default)."""
 
     nested_ranks: bool = False
     """Also train a random rank prefix each step so that every prefix is a good model (rank preview)."""
@@ -138,7 +138,7 @@ class FitConfig:
             raise InputError(f"device must be auto, cpu, cuda or mps, got {self.device!r}")
         if self.batch is not None and self.batch < 2:
             raise InputError(f"batch must be at least 2 samples per axis, got {self.batch}")
-        if not 0 <= self.distill_fraction < 1:
+        if self.distill_fraction is not None and not 0 <= self.distill_fraction < 1:
             raise InputError(f"distill_fraction must be in [0, 1), got {self.distill_fraction}")
         return self
 

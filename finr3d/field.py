@@ -350,8 +350,8 @@ class FactorizedField(nn.Module):
             "backbone_configs": [net.config() for net in self.nets],
             "parameters": self.parameter_count(),
             "parts": self.parts(),
-            "target": self.target_info,
-            "history": {k: v for k, v in self.history.items() if k != "curve"},
+            "target": _jsonable(self.target_info),
+            "history": _jsonable({k: v for k, v in self.history.items() if k != "curve"}),
         }
 
     # ---------------------------------------------------------------- outputs
@@ -454,6 +454,8 @@ def _jsonable(obj):
         return [_jsonable(v) for v in obj]
     if isinstance(obj, (np.integer,)):
         return int(obj)
-    if isinstance(obj, (np.floating,)):
-        return float(obj)
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None  # JSON has no NaN/Inf
+    if isinstance(obj, torch.Tensor):
+        return _jsonable(obj.tolist())
     return obj

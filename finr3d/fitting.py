@@ -155,10 +155,13 @@ def fit_field(field: FactorizedField, target: Target, config: FitConfig | None =
         from finr3d.closed_form import closed_form_start
 
         frac = config.distill_fraction
+        if frac is None:
+            frac = float(getattr(target, "distill_default", 0.0))
+        config.distill_fraction = frac
         info = closed_form_start(
             field, target,
             seconds=None if seconds_budget is None else seconds_budget * frac,
-            steps=None if steps_budget is None else max(1, int(steps_budget * frac)),
+            steps=None if steps_budget is None else int(steps_budget * frac),
             seed=config.seed,
             callback=(lambda d: callback(dict(d, eta=_eta(d["elapsed"])))) if callback else None,
         )
@@ -166,7 +169,8 @@ def fit_field(field: FactorizedField, target: Target, config: FitConfig | None =
     else:
         _calibrate_random_init(field, target)
 
-    lr_scale = 0.5 if config.init == "closed_form" else 1.0
+    # a closed-form start sits near a good optimum; Adam's first (normalized) steps must not kick it out
+    lr_scale = 0.2 if config.init == "closed_form" else 1.0
     params = list(field.parameters())
     opt = torch.optim.Adam(params, lr=config.lr * lr_scale)
     jitter = config.jitter if config.jitter is not None else bool(getattr(target, "jitter_default", False))

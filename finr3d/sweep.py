@@ -80,3 +80,90 @@ def plot_sweep(rows: list[dict], path, *, metric: str, quantizations=("fp32", "f
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def rank_path(field, max_points: int = 12) -> list:
+    """Candidate rank prefixes from small to full, for automatic rank choice.
+
+    CP and TT: powers of two. Tucker: per-mode ranks need not be equal. Starting
+    from rank 1 in every mode, the path repeatedly grows the mode whose next
+    core slab adds the most energy per stored value (the core's energy is the
+    captured signal energy when the factors are near-orthonormal, as after a
+    closed-form start), so the path follows the best core shape for each size.
+    """
+    if field.config.decomposition != "tucker":
+        return default_ranks(field)
+    import math
+
+    core = field.blocks[0].core.detach().float().pow(2).sum(dim=-1).cpu()
+    full = tuple(core.shape)
+    channels = field.channels
+    row_cost = [net.out.in_features + 1 for net in field.nets]  # one output row of a mode network per rank
+    cur = [1] * len(full)
+    path = [tuple(cur)]
+    while tuple(cur) != full:
+        best, best_gain = None, -1.0
+        for m in range(len(full)):
+            if cur[m] >= full[m]:
+                continue
+            step = max(1, cur[m] // 2)  # geometric growth keeps the path short
+            nxt = list(cur)
+            nxt[m] = min(full[m], cur[m] + step)
+            sl_new = tuple(slice(0, r) for r in nxt)
+            sl_old = tuple(slice(0, r) for r in cur)
+            gain = float(core[sl_new].sum() - core[sl_old].sum())
+            cost = (math.prod(nxt) - math.prod(cur)) * channels + (nxt[m] - cur[m]) * row_cost[m]
+            if gain / max(cost, 1e-9) > best_gain:
+                best, best_gain = nxt, gain / max(cost, 1e-9)
+        cur = best
+        path.append(tuple(cur))
+    if len(path) > max_points:  # keep an even spread, always including the full model
+        idx = np.unique(np.round(np.geomspace(1, len(path), max_points)).astype(int) - 1)
+        path = [path[i] for i in idx]
+        if path[-1] != full:
+            path.append(full)
+    return path
+
+
+def choose_rank(field, reference, *, budget_bytes: int | None = None, target: float | None = None,
+                metric: str | None = None, quantizations=("fp16", "int8", "int6"), **eval_options) -> dict:
+    """Pick rank and quantization from the field's own rate-quality curve.
+
+    With ``budget_bytes``: the best quality whose file fits. With ``target``
+    (a PSNR in dB, higher is better, or a Chamfer-L1, lower is better): the
+    smallest file that meets it. Quality is measured on the *quantized* model,
+    decoded exactly as a reader would. Returns the chosen row (rank, quantization,
+    bytes, metric value) plus the table of every candidate.
+    """
+    from finr3d import __version__, codec
+    from finr3d.evaluation import evaluate
+    from finr3d.field import FactorizedField
+
+    if (budget_bytes is None) == (target is None):
+        raise ValueError("give exactly one of budget_bytes and target")
+    metric = metric or ("chamfer_l1" if field.kind == "sdf" else "psnr")
+    lower_better = metric.startswith("chamfer") or metric.startswith("hausdorff")
+    rows = []
+    for prefix in rank_path(field):
+        model = field.truncate(prefix)
+        header = dict(model.describe(), library_version=__version__, format="finr3d-field")
+        tensors = {k: v.detach().float().cpu().numpy() for k, v in model.state_dict().items()}
+        for q in quantizations:
+            data = codec.encode(header, tensors, quantization=q, keep_fp32=model.precision_critical())
+            if budget_bytes is not None and len(data) > budget_bytes:
+                continue
+            decoded = FactorizedField.from_parts(*codec.decode(data))
+            value = float(evaluate(decoded, reference, **eval_options)[metric])
+            rows.append({"ranks": list(model.ranks), "quantization": q, "bytes": len(data), metric: value})
+    if not rows:
+        raise ValueError(f"no rank/quantization fits in {budget_bytes} bytes; the smallest model needs more — "
+                         "raise --budget-kb")
+    if budget_bytes is not None:
+        pick = min(rows, key=lambda r: r[metric]) if lower_better else max(rows, key=lambda r: r[metric])
+    else:
+        ok = [r for r in rows if (r[metric] <= target if lower_better else r[metric] >= target)]
+        if not ok:
+            best = min(r[metric] for r in rows) if lower_better else max(r[metric] for r in rows)
+            raise ValueError(f"no rank reaches {metric} {target} (best {best:.4g}); fit longer or at a higher rank")
+        pick = min(ok, key=lambda r: r["bytes"])
+    return {**pick, "metric": metric, "table": rows}

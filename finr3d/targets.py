@@ -158,7 +158,9 @@ class Target:
     #: whether fits default to continuous jittered sub-grids (SDFs) or stored samples (pixels, voxels)
     jitter_default: bool = False
     #: default start of a fit: "random" or "closed_form"
-    init_default: str = "random"
+    init_default: str = "closed_form"
+    #: default share of the budget for distilling closed-form factors before end-to-end refinement
+    distill_default: float = 0.0
 
     @property
     def ndim(self) -> int:

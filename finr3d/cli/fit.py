@@ -48,6 +48,11 @@ def add_arguments(p) -> None:
     p.add_argument("--progress", default="bar", choices=["bar", "json", "none"],
                    help="progress display: a bar on stderr, JSON lines on stdout, or none (default bar)")
     p.add_argument("--quantization", default="fp16", help="how weights are stored: fp32, fp16, int8, ... (default fp16)")
+    a = p.add_argument_group("automatic rank and quantization (trains nested ranks, then picks from the rate-quality curve)")
+    a.add_argument("--budget-kb", type=float, help="the best model whose .finr file fits in this many KiB")
+    a.add_argument("--target-psnr", type=float, help="the smallest model with at least this PSNR (images, volumes, video)")
+    a.add_argument("--target-chamfer", type=float,
+                   help="the smallest model with at most this Chamfer-L1 (meshes; fraction of the bbox diagonal)")
     g = p.add_argument_group("meshes (SDF)")
     g.add_argument("--resolution", type=int, help="ground-truth SDF grid per axis (default 128)")
     g.add_argument("--sign", choices=["auto", "raycast", "winding"],
@@ -90,6 +95,17 @@ def run(args) -> int:
     kind = args.kind if args.kind != "auto" else detect_kind(args.input)
     if target_options and kind != "sdf":
         raise ValueError("--resolution and --sign apply to meshes only")
+    auto = [x for x in (args.budget_kb, args.target_psnr, args.target_chamfer) if x is not None]
+    if len(auto) > 1:
+        raise ValueError("give only one of --budget-kb, --target-psnr and --target-chamfer")
+    if args.target_chamfer is not None and kind != "sdf":
+        raise ValueError("--target-chamfer applies to meshes; use --target-psnr for other inputs")
+    if args.target_psnr is not None and kind == "sdf":
+        raise ValueError("--target-psnr applies to images, volumes and video; use --target-chamfer for meshes")
+    if args.budget_kb is not None and not args.budget_kb > 0:
+        raise ValueError(f"--budget-kb must be positive, got {args.budget_kb}")
+    if auto:
+        options["nested_ranks"] = True
     # validate before any progress output, so bad values give one clean line
     FieldConfig(**{k: v for k, v in options.items() if k in field_docs(FieldConfig)}).validate()
     FitConfig(**{k: v for k, v in options.items() if k in field_docs(FitConfig)}).validate()
@@ -104,7 +120,24 @@ def run(args) -> int:
                            target_options=target_options, **options)
     finally:
         progress.close()
-    nbytes = field.save(out, quantization=args.quantization, overwrite=True)
+    rank, quantization = None, args.quantization
+    if auto:
+        from finr3d.sweep import choose_rank
+
+        choice = choose_rank(field, field._target,
+                             budget_bytes=None if args.budget_kb is None else int(args.budget_kb * 1024),
+                             target=args.target_psnr if args.target_psnr is not None else args.target_chamfer)
+        rank, quantization = tuple(choice["ranks"]), choice["quantization"]
+        field.history["auto_rank"] = {k: v for k, v in choice.items() if k != "table"}
+        field.history["rank_table"] = choice["table"]
+        if args.progress != "json":
+            print(f"chose ranks {list(rank)} at {quantization}: {choice['bytes']:,} bytes, "
+                  f"{choice['metric']} {choice[choice['metric']]:.4g}")
+    nbytes = field.save(out, rank=rank, quantization=quantization, overwrite=True)
+    if args.budget_kb is not None and nbytes > args.budget_kb * 1024:
+        # the per-rank table grew the header past the budget: keep the budget, drop the table
+        field.history.pop("rank_table", None)
+        nbytes = field.save(out, rank=rank, quantization=quantization, overwrite=True)
     h = field.history
     summary = {"output": str(out), "bytes": nbytes, "parameters": field.parameter_count(),
                "steps": h.get("steps"), "seconds": round(h.get("seconds", 0.0), 3),

@@ -1,0 +1,65 @@
+"""Rank paths, sweeps and automatic rank/quantization choice."""
+
+import numpy as np
+import pytest
+
+import finr3d
+from finr3d.cli import main
+from finr3d.sweep import choose_rank, rank_path, rank_sweep
+from finr3d.targets import ImageTarget, write_png
+
+
+def image(h=40, w=36):
+    y, x = np.meshgrid(np.linspace(0, 1, h), np.linspace(0, 1, w), indexing="ij")
+    return np.stack([0.5 + 0.4 * np.sin(6 * x) * np.cos(4 * y), x * y, 0.5 + 0.3 * np.cos(9 * x * y)], -1).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def tucker_field():
+    target = ImageTarget(image())
+    return target, finr3d.fit(target, decomposition="tucker", rank=(12, 10), width=32, steps=150, nested_ranks=True)
+
+
+def test_tucker_rank_path_grows_to_full_and_is_monotone(tucker_field):
+    _, field = tucker_field
+    path = rank_path(field)
+    assert path[0] == (1, 1) and path[-1] == (12, 10)
+    for a, b in zip(path, path[1:]):
+        assert all(x <= y for x, y in zip(a, b)) and a != b
+
+
+def test_sweep_rows_shrink_with_rank(tucker_field):
+    target, field = tucker_field
+    rows = rank_sweep(field, target, ranks=[2, 4, 8])
+    assert [r["rank"] for r in rows] == [2, 4, 8]
+    assert rows[0]["bytes_fp16"] < rows[-1]["bytes_fp16"]
+    assert rows[0]["bytes_int8"] < rows[0]["bytes_fp16"] < rows[0]["bytes_fp32"]
+    assert rows[0]["psnr"] < rows[-1]["psnr"]
+
+
+def test_choose_rank_meets_budget_and_target(tucker_field):
+    target, field = tucker_field
+    everything = choose_rank(field, target, budget_bytes=10**9)["table"]
+    budget = int(np.median([r["bytes"] for r in everything]))
+    pick = choose_rank(field, target, budget_bytes=budget)
+    assert pick["bytes"] <= budget
+    assert all(r["bytes"] <= budget for r in pick["table"]) and len(pick["table"]) < len(everything)
+    assert pick["psnr"] == max(r["psnr"] for r in pick["table"])
+    goal = pick["psnr"] - 3
+    small = choose_rank(field, target, target=goal)
+    assert small["psnr"] >= goal and small["bytes"] <= pick["bytes"]
+    with pytest.raises(ValueError, match="no rank reaches"):
+        choose_rank(field, target, target=200.0)
+    with pytest.raises(ValueError, match="budget"):
+        choose_rank(field, target, budget_bytes=10)
+
+
+def test_cli_fit_with_budget(tmp_path, capsys):
+    path = tmp_path / "im.png"
+    write_png(path, np.round(image() * 255).astype(np.uint8))
+    out = tmp_path / "im.finr"
+    assert main(["fit", str(path), "-o", str(out), "--steps", "120", "--rank", "12", "--width", "32",
+                 "--budget-kb", "14", "--progress", "none"]) == 0
+    assert out.stat().st_size <= 14 * 1024
+    assert "chose ranks" in capsys.readouterr().out
+    assert main(["fit", str(path), "-o", str(tmp_path / "x.finr"), "--target-chamfer", "0.01"]) == 2
