@@ -191,6 +191,7 @@ def _spline_samples(coords: torch.Tensor, feats: torch.Tensor, factor: int, gen:
 
 def distil_factors(field, mode_coords: list[torch.Tensor], targets: list[torch.Tensor], *,
                    seconds: Optional[float], steps: Optional[int], lr: float = 5e-4, upsample: int = 4,
+                   ridge: float = 0.1,
                    seed: int = 0, callback: Optional[Callable] = None) -> dict:
     """Regress each mode network onto its factor curves (continuous, spline-upsampled).
 
@@ -204,13 +205,16 @@ def distil_factors(field, mode_coords: list[torch.Tensor], targets: list[torch.T
         if coords.shape[1] == 1 and coords.shape[0] >= 4 and upsample > 1:
             coords, feats = _spline_samples(coords.cpu(), feats.cpu(), upsample, gen)
         data.append((coords.to(device), feats.to(device)))
-    # least-squares readout first: the best output layer for the random hidden features
+    # ridge readout first: the best output layer for the random hidden features. A strong ridge
+    # (0.1 of the mean eigenvalue) costs a little of the start but keeps the weights small enough for
+    # Adam to keep learning the features: at 200 steps on Kodak crops, ridge 1e-3 ended 3 dB below a
+    # random start, ridge 0.1 within 0.4 dB of it or above, from a 20-27 dB start instead of 14 dB.
     with torch.no_grad():
         for net, (coords, feats) in zip(field.nets, data):
             h = net.features(coords)
             h1 = torch.cat([h, torch.ones(h.shape[0], 1, device=h.device)], dim=1).double()
             gram = h1.T @ h1
-            gram += 1e-3 * torch.trace(gram) / gram.shape[0] * torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
+            gram += ridge * torch.trace(gram) / gram.shape[0] * torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
             sol = torch.linalg.solve(gram, h1.T @ feats.double()).float()
             net.out.weight.copy_(sol[:-1].T)
             net.out.bias.copy_(sol[-1])

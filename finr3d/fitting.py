@@ -169,10 +169,9 @@ def fit_field(field: FactorizedField, target: Target, config: FitConfig | None =
     else:
         _calibrate_random_init(field, target)
 
-    # a closed-form start sits near a good optimum; Adam's first (normalized) steps must not kick it out
-    lr_scale = 0.2 if config.init == "closed_form" else 1.0
+    lr_scale = 1.0
     params = list(field.parameters())
-    opt = torch.optim.Adam(params, lr=config.lr * lr_scale)
+    opt = torch.optim.Adam(params, lr=config.lr)
     jitter = config.jitter if config.jitter is not None else bool(getattr(target, "jitter_default", False))
     batch = [config.batch] * target.ndim if config.batch else _default_batch(target)
     if not jitter:
