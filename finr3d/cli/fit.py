@@ -58,7 +58,34 @@ def add_arguments(p) -> None:
     g.add_argument("--sign", choices=["auto", "raycast", "winding"],
                    help="inside/outside test: raycast for watertight meshes, winding numbers for open or "
                         "multi-part ones; auto picks (default auto)")
+    v = p.add_argument_group("video")
+    v.add_argument("--frames", help="frame range START:STOP (stop exclusive), e.g. 0:64")
+    v.add_argument("--stride", type=int, help="keep every Nth frame (default 1)")
+    v.add_argument("--resize", help="resize frames to HxW, e.g. 144x176")
+    v.add_argument("--layout", choices=["xy+t", "x+y+t"],
+                   help="modes: one network over (x, y) and one over t (default), or one per axis")
     p.add_argument("--force", action="store_true", help="overwrite the output file if it exists")
+
+
+def _video_options(args) -> dict:
+    out = {}
+    if args.frames:
+        try:
+            start, stop = (int(x) if x.strip() else None for x in args.frames.split(":"))
+        except ValueError:
+            raise ValueError(f"--frames must be START:STOP like 0:64, got {args.frames!r}") from None
+        out["frames"] = (start or 0, stop)
+    if args.stride is not None:
+        out["stride"] = args.stride
+    if args.resize:
+        try:
+            h, w = (int(x) for x in args.resize.lower().split("x"))
+        except ValueError:
+            raise ValueError(f"--resize must be HxW like 144x176, got {args.resize!r}") from None
+        out["resize"] = (h, w)
+    if args.layout:
+        out["modes"] = args.layout
+    return out
 
 
 def _rank(text: str):
@@ -95,6 +122,10 @@ def run(args) -> int:
     kind = args.kind if args.kind != "auto" else detect_kind(args.input)
     if target_options and kind != "sdf":
         raise ValueError("--resolution and --sign apply to meshes only")
+    video_options = _video_options(args)
+    if video_options and kind != "video":
+        raise ValueError("--frames, --stride, --resize and --layout apply to video only")
+    target_options.update(video_options)
     auto = [x for x in (args.budget_kb, args.target_psnr, args.target_chamfer) if x is not None]
     if len(auto) > 1:
         raise ValueError("give only one of --budget-kb, --target-psnr and --target-chamfer")

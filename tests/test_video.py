@@ -1,0 +1,301 @@
+"""Video: reading files and frame folders, sub-grid sampling, writing, scoring, a tiny fit, bad input."""
+
+import importlib.util
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+
+from finr3d.errors import InputError
+from finr3d.targets import interpolate_subgrid, lattice, load_target, write_png
+from finr3d.video import VideoTarget, read_video, sample_stored_grid, write_video
+
+HAS_PYAV = importlib.util.find_spec("av") is not None
+BACKENDS = [pytest.param("pyav", marks=pytest.mark.skipif(not HAS_PYAV, reason="PyAV not installed")), "ffmpeg"]
+
+
+def blob_clip(t=8, h=24, w=32) -> np.ndarray:
+    """A moving Gaussian blob over a drifting gradient: (T, H, W, 3) float32 in [0, 1]."""
+    tt = np.linspace(0, 1, t)[:, None, None]
+    y = np.linspace(0, 1, h)[None, :, None]
+    x = np.linspace(0, 1, w)[None, None, :]
+    blob = np.exp(-((y - 0.3 - 0.4 * tt) ** 2 + (x - 0.25 - 0.5 * tt) ** 2) / 0.03)
+    grad = 0.25 + 0.5 * x * (1 - 0.5 * tt) + 0 * y
+    clip = np.stack([blob, grad + 0 * blob, 0.6 * blob + 0.3 * y + 0 * x], -1)
+    return np.clip(clip, 0, 1).astype(np.float32)
+
+
+def as_uint8(clip):
+    return np.round(clip * 255).astype(np.uint8)
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Tiny tensors gain nothing from threads, and on a busy machine OpenMP threads that
+    wait on each other make these fits 5-10x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def clip_u8():
+    return as_uint8(blob_clip())
+
+
+@pytest.fixture
+def frame_folder(tmp_path, clip_u8):
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i, f in enumerate(clip_u8):
+        write_png(folder / f"f{i}.png", f)  # f10 after f9: natural order, not string order
+    return folder
+
+
+@pytest.fixture
+def clip_mp4(tmp_path, clip_u8):
+    import imageio.v3 as iio
+
+    path = tmp_path / "clip.mp4"
+    if HAS_PYAV:
+        iio.imwrite(path, clip_u8, plugin="pyav", codec="libx264", fps=12)
+    else:
+        write_video(clip_u8, path, fps=12)
+    return path
+
+
+# --------------------------------------------------------------------------- reading
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_read_video_file(clip_mp4, clip_u8, backend):
+    frames, fps = read_video(clip_mp4, backend=backend)
+    assert frames.shape == clip_u8.shape and frames.dtype == np.uint8
+    assert fps == pytest.approx(12)
+    assert np.abs(frames.astype(float) - clip_u8).mean() < 6  # lossy yuv420p
+    sub, fps2 = read_video(clip_mp4, backend=backend, frames=(1, 7), stride=2)
+    np.testing.assert_array_equal(sub, frames[1:7:2])
+    assert fps2 == pytest.approx(6)
+
+
+def test_read_frame_folder_natural_order_and_options(tmp_path, clip_u8):
+    folder = tmp_path / "many"
+    folder.mkdir()
+    clip = np.concatenate([clip_u8, clip_u8[::-1]])  # 16 frames: names f0..f15
+    for i, f in enumerate(clip):
+        write_png(folder / f"f{i}.png", f)
+    frames, fps = read_video(folder)
+    np.testing.assert_array_equal(frames, clip)
+    assert fps == 25
+    t = VideoTarget(folder, frames=(2, 13), stride=3, max_frames=3, fps=30)
+    assert t.shape == (3, 24, 32)
+    np.testing.assert_array_equal(t.frames.numpy(), clip[2:13:3][:3])
+    assert t.fps == pytest.approx(10)
+    assert t.describe()["bounds"][0] == [2, 8]  # world t is the source frame index
+    assert VideoTarget(folder, resize=(12, 16)).shape == (16, 12, 16)
+    assert VideoTarget(folder, resize=0.5, max_frames=2).shape == (2, 12, 16)
+    assert isinstance(load_target(folder), VideoTarget)
+
+
+def test_array_source_and_describe(clip_u8):
+    t = VideoTarget(clip_u8, fps=24, modes="x+y+t")
+    assert (t.shape, t.channels, t.axis_names) == ((8, 24, 32), 3, ("t", "y", "x"))
+    assert t.default_modes == [(0,), (1,), (2,)]
+    assert VideoTarget(clip_u8).default_modes == [(1, 2), (0,)]
+    d = t.describe()
+    assert d["kind"] == "video" and d["fps"] == 24 and d["shape"] == [8, 24, 32]
+    assert t.frames.dtype == torch.uint8  # stored at 1 byte a value, not as a float copy
+    gray = VideoTarget(blob_clip()[..., 0])
+    assert gray.channels == 1 and gray.frames.dtype == torch.float32
+
+
+def test_carphone_first_frames(shared_assets):
+    path = shared_assets / "video" / "carphone.mp4"
+    t = VideoTarget(path, frames=(0, 4))
+    assert t.shape == (4, 144, 176) and t.channels == 3
+    assert t.fps == pytest.approx(29.97, abs=0.01)
+    small = VideoTarget(path, frames=(10, 20), stride=5, resize=(36, 44))
+    assert small.shape == (2, 36, 44)
+
+
+# --------------------------------------------------------------------------- sampling
+def test_sample_matches_float_interpolation(clip_u8):
+    t = VideoTarget(clip_u8)
+    full = [lattice(n) for n in t.shape]
+    assert torch.equal(t.sample(full), t.data)
+    gen = torch.Generator().manual_seed(0)
+    coords = [torch.rand(n, generator=gen) * 2 - 1 for n in (5, 7, 9)]
+    torch.testing.assert_close(t.sample(coords), interpolate_subgrid(t.data, coords))
+    mixed = [lattice(8)[[0, 3, 7]], coords[1], lattice(32)[::4]]
+    torch.testing.assert_close(t.sample(mixed), interpolate_subgrid(t.data, mixed))
+    # a dense sub-lattice holds stored samples exactly
+    c, v = t.dense(max_samples=500)
+    assert np.prod([len(x) for x in c]) <= 500
+    torch.testing.assert_close(v, interpolate_subgrid(t.data, c), rtol=0, atol=1e-7)
+
+
+def test_sample_stored_grid_uint16():
+    data = torch.from_numpy(np.arange(2 * 3 * 4, dtype=np.uint16).reshape(2, 3, 4, 1) * 1000)
+    c = [torch.tensor([-1.0, 0.3]), torch.tensor([0.1]), lattice(4)]
+    out = sample_stored_grid(data, c, 65535.0)
+    torch.testing.assert_close(out, interpolate_subgrid(data.float() / 65535.0, c))
+
+
+# --------------------------------------------------------------------------- writing
+@pytest.mark.parametrize("name,tol", [("out.mp4", 8), ("out.webm", 8), ("out.avi", 8), ("out.gif", 8),
+                                      ("out.png", 0.5), ("frames_dir", 0.5)])
+def test_write_video_round_trip(tmp_path, name, tol):
+    clip = blob_clip(t=6, h=23, w=31)  # odd sizes: yuv420p needs padding
+    written = write_video(clip, tmp_path / name, fps=10)
+    back, fps = read_video(written)
+    assert back.shape[0] == 6
+    assert back.shape[1:3] in ((23, 31), (24, 32))
+    assert np.abs(back[:, :23, :31].astype(float) - as_uint8(clip)).mean() < tol
+    if name.endswith(".mp4"):
+        assert fps == pytest.approx(10)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp files left
+
+
+def test_write_png_pattern_and_rewrite(tmp_path, clip_u8):
+    out = write_video(clip_u8, tmp_path / "seq_%03d.png", fps=5)
+    assert sorted(p.name for p in tmp_path.glob("seq_*.png"))[:2] == ["seq_000.png", "seq_001.png"]
+    assert out.name == "seq_%03d.png"
+    folder = write_video(clip_u8, tmp_path / "clip.png")
+    write_video(clip_u8[:3], tmp_path / "clip.png")  # a shorter clip replaces the old frames
+    np.testing.assert_array_equal(read_video(folder)[0], clip_u8[:3])
+
+
+def test_write_video_bad_arguments(tmp_path, clip_u8):
+    with pytest.raises(InputError, match="T, H, W"):
+        write_video(np.zeros((4, 5)), tmp_path / "a.mp4")
+    with pytest.raises(InputError, match="cannot write video"):
+        write_video(clip_u8, tmp_path / "a.mkv2")
+    with pytest.raises(InputError, match="fps"):
+        write_video(clip_u8, tmp_path / "a.mp4", fps=0)
+    with pytest.raises(FileNotFoundError):
+        write_video(clip_u8, tmp_path / "nodir" / "a.mp4")
+
+
+# --------------------------------------------------------------------------- bad input
+def test_corrupt_and_truncated_files(tmp_path, clip_mp4):
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes())
+    with pytest.raises(InputError, match="junk.mp4"):
+        VideoTarget(junk)
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(clip_mp4.read_bytes()[:300])
+    with pytest.raises(InputError, match="cut.mp4"):
+        VideoTarget(cut)
+    empty = tmp_path / "empty.mp4"
+    empty.touch()
+    with pytest.raises(InputError, match="empty"):
+        VideoTarget(empty)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_zero_frames(tmp_path, clip_mp4, backend):
+    import imageio_ffmpeg
+
+    audio = tmp_path / "audio_only.mp4"
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-loglevel", "error", "-y", "-f", "lavfi", "-i",
+                    "anullsrc=r=8000:cl=mono", "-t", "0.2", "-c:a", "aac", str(audio)], check=True)
+    with pytest.raises(InputError, match="audio_only.mp4"):
+        read_video(audio, backend=backend)
+    with pytest.raises(InputError, match="selects no frames; the clip has 8 frames"):
+        read_video(clip_mp4, frames=(50, 60), backend=backend)
+
+
+def test_folder_problems(tmp_path, frame_folder, clip_u8):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(InputError, match="zero frames"):
+        VideoTarget(empty)
+    write_png(frame_folder / "f5.png", clip_u8[5][:20])  # a frame of another size
+    with pytest.raises(InputError, match=r"f5\.png.*f0\.png"):
+        VideoTarget(frame_folder)
+    # frames outside the selected range are never read, so their size does not matter
+    assert VideoTarget(frame_folder, frames=(0, 5)).shape[0] == 5
+    (frame_folder / "f7.png").write_bytes(b"not a png")
+    with pytest.raises(InputError, match="f7.png"):
+        VideoTarget(frame_folder, frames=(6, 8))
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"stride": 0}, "stride"),
+    ({"frames": (5, 2)}, "frames"),
+    ({"frames": "abc"}, "frames"),
+    ({"max_frames": 0}, "max_frames"),
+    ({"resize": (1, 5)}, "resize"),
+    ({"resize": -1.0}, "resize"),
+    ({"modes": "t+xy"}, "modes"),
+    ({"max_frames": 1}, "at least 2 frames"),
+])
+def test_bad_options(frame_folder, kwargs, match):
+    with pytest.raises(InputError, match=match):
+        VideoTarget(frame_folder, **kwargs)
+
+
+def test_missing_path_and_bad_suffix(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        VideoTarget(tmp_path / "missing.mp4")
+    other = tmp_path / "clip.txt"
+    other.write_text("x")
+    with pytest.raises(InputError, match="unsupported video type"):
+        read_video(other)
+    with pytest.raises(InputError, match=r"\[0, 1\]"):
+        VideoTarget(blob_clip() * 2)
+
+
+# --------------------------------------------------------------------------- fitting and scoring
+def test_tiny_fit_reaches_psnr_bar_and_scores_per_frame(clip_u8):
+    import finr3d
+
+    target = VideoTarget(clip_u8)
+    field = finr3d.fit(target, decomposition="tucker", rank=8, width=32, steps=200, seed=0)
+    assert field.modes == [(1, 2), (0,)]
+    report = target.evaluate(field)
+    assert report["psnr"] > 28, report["psnr"]
+    assert len(report["psnr_per_frame"]) == len(report["ssim_per_frame"]) == 8
+    assert report["psnr"] == pytest.approx(np.mean(report["psnr_per_frame"]))
+    assert 0.5 < report["ssim"] <= 1
+
+
+def test_evaluate_in_frame_chunks_matches_one_chunk(clip_u8, monkeypatch):
+    import finr3d.video
+    from finr3d.config import FieldConfig
+    from finr3d.field import FactorizedField
+
+    target = VideoTarget(clip_u8)
+    torch.manual_seed(0)
+    field = FactorizedField(3, 3, FieldConfig(rank=4, width=16, modes=[[1, 2], [0]]), target_info=target.describe())
+    whole = target.evaluate(field)
+    monkeypatch.setattr(finr3d.video, "EVAL_CHUNK_VALUES", 1)  # 4 frames a chunk
+    assert target.evaluate(field)["psnr_per_frame"] == pytest.approx(whole["psnr_per_frame"])
+
+
+def test_cli_fit_then_decode(tmp_path, clip_mp4, capsys):
+    from finr3d.cli import main
+
+    model = tmp_path / "clip.finr"
+    assert main(["fit", str(clip_mp4), "-o", str(model), "--steps", "40", "--rank", "8", "--width", "32",
+                 "--decomposition", "tucker", "--progress", "none"]) == 0
+    out = tmp_path / "back.mp4"
+    assert main(["decode", str(model), "-o", str(out)]) == 0
+    back, fps = read_video(out)
+    assert back.shape == (8, 24, 32, 3) and fps == pytest.approx(12)
+    assert main(["decode", str(model), "-o", str(tmp_path / "back.png")]) == 0
+    assert len(list((tmp_path / "back").glob("frame_*.png"))) == 8
+    capsys.readouterr()
+
+
+def test_for_field_rebuilds_the_fitted_window(frame_folder, clip_u8):
+    from finr3d.config import FieldConfig
+    from finr3d.field import FactorizedField
+
+    fitted = VideoTarget(frame_folder, frames=(1, 8), stride=3, resize=(12, 16))
+    field = FactorizedField(3, 3, FieldConfig(rank=2, width=8, modes=[[1, 2], [0]]), target_info=fitted.describe())
+    again = VideoTarget.for_field(frame_folder, field.target_info)
+    assert again.shape == fitted.shape == (3, 12, 16)
+    torch.testing.assert_close(again.data, fitted.data)
+    with pytest.raises(InputError, match="fitted to 3x12x16"):
+        VideoTarget(frame_folder).evaluate(field)
