@@ -83,9 +83,9 @@ def main(argv=None) -> int:
     p.add_argument("--images", default=",".join(f"kodim{i:02d}" for i in range(1, 13)))
     p.add_argument("--siren-seconds", type=float, default=120.0)
     p.add_argument("--seconds", type=float, default=120.0, help="finr3d budget")
-    p.add_argument("--decomposition", default="tucker")
-    p.add_argument("--rank", type=int, default=96)
-    p.add_argument("--width", type=int, default=256)
+    p.add_argument("--decomposition", default="cp")
+    p.add_argument("--rank", type=int, default=256)
+    p.add_argument("--width", type=int, default=128)
     p.add_argument("--backbone", default="siren")
     p.add_argument("--eval-every", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
@@ -94,13 +94,17 @@ def main(argv=None) -> int:
 
     import imageio.v3 as iio
 
+    # pay one-time imports and lazy initialisation before any clock starts
+    warm = np.random.default_rng(0).random((32, 32, 3)).astype(np.float32)
+    finr3d.fit(ImageTarget(warm), decomposition=args.decomposition, rank=8, width=16, steps=3)
+    run_siren(warm, 0.5)
     rows = []
     for name in args.images.split(","):
         path = shared_images() / f"{name}.png"
         image = iio.imread(path).astype(np.float32) / 255.0
         siren = run_siren(image, args.siren_seconds, args.seed)
         finr = run_finr(image, args.seconds, args)
-        level = siren["psnr"]
+        level = max(p for _, p in siren["curve"])  # SIREN's best PSNR within its budget
         t_siren = time_to(siren["curve"], level)
         t_finr = time_to(finr["curve"], level)
         row = {

@@ -290,16 +290,20 @@ def _calibrate_random_init(field: FactorizedField, target: Target) -> None:
 
 
 def _eikonal(field: FactorizedField, target: Target, gen: torch.Generator, n: int = 4096) -> torch.Tensor:
-    """Mean of ``(|∇f| - 1)^2`` on random points inside the truncation band."""
+    """Mean of ``(|∇f| t - 1)^2`` on random points inside the truncation band.
+
+    SDF fields predict ``sdf / t`` with ``t`` the truncation in normalized
+    units, so a true distance has ``|∇f| = 1 / t``; outside the band the target
+    is clamped and the term does not apply.
+    """
     x = (torch.rand(n, field.ndim, generator=gen) * 2 - 1).to(field.device).requires_grad_(True)
     f = field.points(x)[:, 0]
     (g,) = torch.autograd.grad(f.sum(), x, create_graph=True)
-    band = getattr(target, "truncation", None)
-    norm = g.norm(dim=-1)
-    mask = f.detach().abs() < band if band else torch.ones_like(norm, dtype=torch.bool)
+    t = float(getattr(target, "truncation", None) or 1.0)
+    norm = g.norm(dim=-1) * t
+    mask = f.detach().abs() < 0.9
     if not mask.any():
         return norm.sum() * 0
-    # gradients are in normalized coordinates per unit of normalized distance: unit norm is right
     return ((norm[mask] - 1) ** 2).mean()
 
 
@@ -333,14 +337,20 @@ def fit(source, *, kind: str = "auto", callback=None, target_options: Optional[d
     unknown = set(options) - _FIELD_KEYS - _FIT_KEYS
     if unknown:
         raise InputError(f"unknown option(s) {sorted(unknown)}; valid: {sorted(_FIELD_KEYS | _FIT_KEYS)}")
-    fcfg = dataclasses.replace(field_config or FieldConfig(),
-                               **{k: v for k, v in options.items() if k in _FIELD_KEYS})
+    field_options = {k: v for k, v in options.items() if k in _FIELD_KEYS}
+    fcfg = dataclasses.replace(field_config or FieldConfig(), **field_options)
     tcfg = dataclasses.replace(fit_config or FitConfig(), **{k: v for k, v in options.items() if k in _FIT_KEYS})
     fcfg.validate()
     tcfg.validate()
     t0 = time.perf_counter()
     target = load_target(source, kind=kind, **(target_options or {}))
     prep = time.perf_counter() - t0
+    if field_config is None:
+        # the target's recommended architecture fills what the caller left unset
+        defaults = {k: v for k, v in getattr(target, "field_defaults", {}).items() if k not in field_options}
+        if "rank" in field_options and "decomposition" not in field_options:
+            defaults.pop("decomposition", None)  # a rank given for the generic default keeps its meaning
+        fcfg = dataclasses.replace(fcfg, **defaults).validate()
     device = resolve_device(tcfg.device)
     torch.manual_seed(tcfg.seed)  # the networks' init is part of the seeded result
     field = build_field(target, fcfg).to(device)

@@ -161,6 +161,8 @@ class Target:
     init_default: str = "closed_form"
     #: default share of the budget for distilling closed-form factors before end-to-end refinement
     distill_default: float = 0.0
+    #: recommended FieldConfig values for this kind of signal (benchmarks/RESULTS.md says where they come from)
+    field_defaults: dict = {}
 
     @property
     def ndim(self) -> int:
@@ -293,6 +295,9 @@ class ImageTarget(GridTarget):
     Values are mapped to [0, 1]. Axes are ``(y, x)``; world bounds are pixel
     indices, so the world transform maps normalized coordinates to pixels.
     """
+
+    # CP with a shared rank and a channel factor (benchmarks/ablations.py, image_fit.py)
+    field_defaults = {"decomposition": "cp", "rank": 256, "width": 128}
 
     def __init__(self, source, *, max_pixels: int = 64_000_000):
         if isinstance(source, (str, os.PathLike)):

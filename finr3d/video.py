@@ -420,6 +420,11 @@ class VideoTarget(GridTarget):
         Video file decoder.
     """
 
+    # Tucker r64 over (x, y) + (t) from a random start: best at full resolution in the layout study
+    # (benchmarks/speed.py); a closed-form start of the (x, y) mode begins low on video.
+    field_defaults = {"decomposition": "tucker", "rank": 64, "width": 128}
+    init_default = "random"
+
     def __init__(self, source, *, frames: Optional[tuple] = None, stride: int = 1, max_frames: Optional[int] = None,
                  resize=None, modes: str = "xy+t", fps: Optional[float] = None, backend: str = "auto",
                  max_values: int = MAX_VIDEO_VALUES):

@@ -14,7 +14,7 @@ import sys
 
 from finr3d import __version__
 
-COMMANDS = ("fit", "decode", "info", "sweep", "demo")
+COMMANDS = ("fit", "mesh", "decode", "info", "eval", "sweep", "demo")
 
 EPILOG = """\
 examples:
