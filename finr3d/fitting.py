@@ -187,6 +187,14 @@ def fit_field(field: FactorizedField, target: Target, config: FitConfig | None =
     last_report = -1.0
     stopped = "budget"
     amp = config.amp and device.type == "cuda"
+    if config.compile:
+        if device.type == "cuda":
+            for net in field.nets:
+                net.compile()  # compiles forward in place; the state dict keeps its names
+        else:
+            import warnings
+
+            warnings.warn("compile=True is only used on CUDA; fitting uncompiled on the CPU", stacklevel=2)
     # refinement starts from where the distillation ended; the step budget covers both phases
     if config.init == "closed_form" and steps_budget is not None:
         step = int(steps_budget * config.distill_fraction)

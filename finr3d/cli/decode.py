@@ -34,6 +34,10 @@ def run(args) -> int:
     if not os.path.exists(args.model):
         raise FileNotFoundError(f"{args.model}: no such file; check the path")
     field = finr3d.load(args.model)
+    frames_dir = out.with_suffix("")
+    if field.kind == "video" and out.suffix.lower() == ".png" and frames_dir.is_dir() and any(frames_dir.iterdir()) \
+            and not args.force:
+        raise FileExistsError(f"{frames_dir}/ holds files; video frames would go there; pass --force to overwrite")
     written = decode_field(field, out, rank=args.rank, resolution=args.resolution)
     print(f"wrote {written}")
     return 0

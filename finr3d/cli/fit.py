@@ -45,6 +45,7 @@ def add_arguments(p) -> None:
     p.add_argument("--target-metric", type=float, help=td["target_metric"])
     p.add_argument("--seed", type=int, help=td["seed"] + " (default 0)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], help=td["device"])
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: all cores)")
     p.add_argument("--progress", default="bar", choices=["bar", "json", "none"],
                    help="progress display: a bar on stderr, JSON lines on stdout, or none (default bar)")
     p.add_argument("--quantization", default="fp16", help="how weights are stored: fp32, fp16, int8, ... (default fp16)")
@@ -105,6 +106,12 @@ def run(args) -> int:
     from finr3d.cli._common import Progress, check_output
 
     out = check_output(args.output, {".finr"}, force=args.force)
+    if args.threads is not None:
+        if not 1 <= args.threads <= 1024:
+            raise ValueError(f"--threads must be between 1 and 1024, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
     if not Path(args.input).exists():
         raise FileNotFoundError(f"{args.input}: no such file; check the path")
     options = {k: getattr(args, k) for k in ("decomposition", "rank", "backbone", "width", "depth", "steps",
