@@ -107,25 +107,26 @@ def cp_als(x: torch.Tensor, rank: int, *, n_iter: int = 8, seed: int = 0) -> tup
     under a second. Spatial factors start from the leading singular vectors.
     """
     gen = torch.Generator().manual_seed(seed)
-    x = x.double()
+    x = x.float()  # float32 sweeps: twice as fast, and the ridge keeps the normal equations well posed
     n = x.ndim
     factors = []
     for m in range(n):
         if m < n - 1 and rank <= x.shape[m]:
-            factors.append(_leading_vectors(_unfold(x, m), rank).double())
+            factors.append(_leading_vectors(_unfold(x, m), rank))
         else:
-            factors.append(torch.randn(x.shape[m], rank, generator=gen, dtype=torch.float64))
+            factors.append(torch.randn(x.shape[m], rank, generator=gen))
     letters = _letters(n)
+    eye = torch.eye(rank)
     for _ in range(n_iter):
         for m in range(n):
             others = [factors[k] for k in range(n) if k != m]
-            gram = torch.ones(rank, rank, dtype=torch.float64)
+            gram = torch.ones(rank, rank)
             for f in others:
                 gram = gram * (f.T @ f)
             eq = letters + "," + ",".join(f"{letters[k]}r" for k in range(n) if k != m) + f"->{letters[m]}r"
             mttkrp = torch.einsum(eq, x, *others)
-            reg = 1e-9 * torch.trace(gram) / rank
-            factors[m] = torch.linalg.solve(gram + reg * torch.eye(rank, dtype=torch.float64), mttkrp.T).T
+            reg = 1e-6 * torch.trace(gram) / rank
+            factors[m] = torch.linalg.solve(gram + reg * eye, mttkrp.T).T
     w = factors[-1]
     spatial = []
     for f in factors[:-1]:
