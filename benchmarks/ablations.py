@@ -25,13 +25,14 @@ import torch
 HERE = Path(__file__).resolve().parent
 
 import finr3d  # noqa: E402
+from shared_assets import shared_assets  # noqa: E402
 from finr3d.targets import ImageTarget  # noqa: E402
 
 
 def load_crop(name: str, crop: int) -> np.ndarray:
     import imageio.v3 as iio
 
-    root = Path(os.environ.get("FINR3D_SHARED", HERE.parent.parent / "shared")) / "assets" / "images"
+    root = shared_assets() / "images"
     img = iio.imread(root / f"{name}.png").astype(np.float32) / 255.0
     h, w = img.shape[:2]
     y0, x0 = (h - crop) // 2, (w - crop) // 2

@@ -54,7 +54,9 @@ import numpy as np
 import torch
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
 
+from shared_assets import mesh_path  # noqa: E402
 import finr3d  # noqa: E402  (before open3d: finr3d preloads libusb for it)
 from finr3d import __version__, codec  # noqa: E402
 from finr3d.field import FactorizedField  # noqa: E402
@@ -70,14 +72,6 @@ LEAN_META = ("format", "library_version", "kind", "ndim", "channels", "modes", "
              "backbone", "field_config", "backbone_configs")
 LEAN_TARGET = ("kind", "shape", "channels", "axis_names", "value_offset", "value_scale", "world_from_normalized",
                "resolution", "truncation")
-
-
-def mesh_path(name: str) -> Path:
-    root = Path(os.environ.get("FINR3D_SHARED", HERE.parent.parent / "shared")) / "assets" / "meshes"
-    for suffix in (".obj", ".ply"):
-        if (root / f"{name}{suffix}").exists():
-            return root / f"{name}{suffix}"
-    raise FileNotFoundError(f"{name} not found in {root}")
 
 
 def surface_error(mesh, ref, samples: int, seed: int) -> dict:

@@ -31,11 +31,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import finr3d  # noqa: E402
+from shared_assets import shared_assets  # noqa: E402
 from finr3d.targets import ImageTarget, psnr, ssim  # noqa: E402
-
-
-def shared_images() -> Path:
-    return Path(os.environ.get("FINR3D_SHARED", HERE.parent.parent / "shared")) / "assets" / "images"
 
 
 def time_to(curve: list[tuple[float, float]], level: float) -> float:
@@ -100,7 +97,7 @@ def main(argv=None) -> int:
     run_siren(warm, 0.5)
     rows = []
     for name in args.images.split(","):
-        path = shared_images() / f"{name}.png"
+        path = shared_assets() / "images" / f"{name}.png"
         image = iio.imread(path).astype(np.float32) / 255.0
         siren = run_siren(image, args.siren_seconds, args.seed)
         finr = run_finr(image, args.seconds, args)

@@ -33,6 +33,8 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from shared_assets import mesh_path  # noqa: E402
+
 import finr3d  # noqa: E402
 from finr3d.geometry_metrics import mesh_metrics  # noqa: E402
 from finr3d.meshing import extract_mesh  # noqa: E402
@@ -40,14 +42,6 @@ from finr3d.sdf import SDFTarget  # noqa: E402
 
 MESHES = ["bunny", "spot", "cow", "fandisk", "rocker-arm", "kitten"]
 KEYS = ["iou", "chamfer_l1", "normal_consistency", "fscore_0.5", "fscore_1", "hausdorff95"]
-
-
-def mesh_path(name: str) -> Path:
-    root = Path(os.environ.get("FINR3D_SHARED", HERE.parent.parent / "shared")) / "assets" / "meshes"
-    for suffix in (".obj", ".ply"):
-        if (root / f"{name}{suffix}").exists():
-            return root / f"{name}{suffix}"
-    raise FileNotFoundError(f"{name} not found in {root}")
 
 
 def run_finr(target, config: str, seconds: float, seed: int) -> dict:
@@ -81,7 +75,7 @@ class _SirenOnGrid:
         lo, hi = self.b.coord_range
         pts = lo + (pts + 1) * 0.5 * (hi - lo)
         out = torch.cat([self.b._from_model(self.b.model(pts[s:s + 65536])) for s in range(0, len(pts), 65536)])
-        out = out.reshape(*shape, 1).numpy()
+        out = out.reshape(*shape, 1).numpy() * 2.0 - 1.0
         return out[..., 0] if squeeze else out
 
 
@@ -89,7 +83,8 @@ def run_siren(target, seconds: float, seed: int) -> dict:
     from baselines.siren import SirenBaseline
 
     torch.manual_seed(seed)
-    grid = target.data.numpy()  # (128, 128, 128, 1) truncated SDF in field units
+    # the baseline trains on values in [0, 1]: map the truncated SDF (field units, [-1, 1]) there and back
+    grid = (target.data.numpy() + 1.0) * 0.5
     b = SirenBaseline()
     b.fit(grid, seconds=seconds)
     proxy = _SirenOnGrid(b, target)

@@ -52,6 +52,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import finr3d  # noqa: E402
+from shared_assets import shared_assets  # noqa: E402
 from finr3d.targets import ImageTarget, psnr, ssim  # noqa: E402
 from finr3d.video import VideoTarget  # noqa: E402
 
@@ -64,7 +65,7 @@ EQUAL_TIME_FRACTIONS = (0.1, 0.25, 0.5, 1.0)
 
 
 def shared_dir() -> Path:
-    return Path(os.environ.get("FINR3D_SHARED", HERE.parent.parent / "shared"))
+    return shared_assets().parent
 
 
 # --------------------------------------------------------------------------- curves
