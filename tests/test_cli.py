@@ -75,3 +75,14 @@ def test_help_teaches():
     assert code == 0 and "examples:" in out and "exit codes" in out
     code, out, _ = run_cli("fit", "--help")
     assert code == 0 and "--decomposition" in out and "--progress" in out
+
+
+def test_demo_writes_its_outputs_and_metrics(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--steps", "40", "--resolution", "48", "--progress", "none"]) == 0
+    text = capsys.readouterr().out
+    for name in ("gizmo_input.ply", "gizmo.finr", "gizmo_fitted.ply"):
+        assert (out / name).stat().st_size > 0 and name in text
+    assert "chamfer_l1" in text and "iou" in text
+    # a second run keeps the user's earlier results unless asked
+    assert main(["demo", "--out", str(out), "--steps", "5", "--resolution", "32", "--progress", "none"]) == 2
