@@ -407,16 +407,28 @@ class FactorizedField(nn.Module):
             bconf = header["backbone_configs"]
             if not isinstance(bconf, list):
                 raise ValueError("backbone_configs is not a list")
-            field = cls(ndim, channels, config, target_info=header.get("target") or {})
-            # rebuild the nets with the saved options (frequencies etc.)
-            nets = []
-            for m, bc in enumerate(bconf):
-                bc = dict(bc)
-                name = bc.pop("name")
-                nets.append(make_backbone(name, bc.pop("in_dim"), bc.pop("out_dim"), **bc))
-            if len(nets) != len(field.nets):
-                raise ValueError("backbone count does not match the modes")
-            field.nets = nn.ModuleList(nets)
+            present = sum(int(np.asarray(t).size) for t in tensors.values())
+
+            def build(device):
+                with torch.device(device):
+                    field = cls(ndim, channels, config, target_info=header.get("target") or {})
+                    # rebuild the nets with the saved options (frequencies etc.)
+                    nets = []
+                    for bc in bconf:
+                        bc = dict(bc)
+                        name = bc.pop("name")
+                        nets.append(make_backbone(name, bc.pop("in_dim"), bc.pop("out_dim"), **bc))
+                    if len(nets) != len(field.nets):
+                        raise ValueError("backbone count does not match the modes")
+                    field.nets = nn.ModuleList(nets)
+                return field
+
+            # a hostile header could declare a huge model: size it on the meta device (no memory) first,
+            # and build it only if the file really holds that many values
+            declared = build("meta").parameter_count()
+            if declared != present:
+                raise ValueError(f"the header declares {declared:,} parameters but the file holds {present:,}")
+            field = build("cpu")
         except (KeyError, TypeError, ValueError) as exc:
             raise FormatError(f"the field header is invalid ({type(exc).__name__}: {exc}); "
                               "the file may come from an incompatible finr3d version") from exc

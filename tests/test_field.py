@@ -161,3 +161,25 @@ def test_lower_rank_saves_smaller_file(tmp_path):
 
     back = finr3d.load(tmp_path / "small.finr")
     assert back.ranks == (4,)
+
+
+def test_hostile_header_declaring_a_huge_model_is_refused_without_building_it(tmp_path):
+    """A header may claim width 4096 x depth 16 (800M parameters); load must refuse before allocating it."""
+    import resource
+
+    import finr3d
+    from finr3d import codec
+    from finr3d.errors import FormatError
+
+    field = make("cp", rank=4)
+    field.save(tmp_path / "small.finr")
+    header, tensors = codec.read(tmp_path / "small.finr")
+    header["field_config"].update(width=4096, depth=16)
+    for bc in header["backbone_configs"]:
+        bc.update(width=4096, depth=16)
+    (tmp_path / "hostile.finr").write_bytes(codec.encode(header, tensors))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(FormatError, match="declares"):
+        finr3d.load(tmp_path / "hostile.finr")
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert grown_mb < 500  # building it for real would take 3.2 GB
