@@ -135,3 +135,22 @@ def test_fit_on_cuda():
     target = ImageTarget(smooth_image())
     field = finr3d.fit(target, rank=16, width=32, steps=200, device="cuda", amp=True)
     assert field.device.type == "cuda" and field.history["psnr"] > 25
+
+
+def test_gpu_options_are_safe_on_cpu():
+    """amp and compile are CUDA options; on the CPU they must not change the result or fail."""
+    target = ImageTarget(smooth_image(16, 12))
+    plain = finr3d.fit(target, rank=4, width=16, steps=10, seed=1, device="cpu")
+    with pytest.warns(UserWarning, match="only used on CUDA"):
+        gpu_opts = finr3d.fit(target, rank=4, width=16, steps=10, seed=1, device="cpu", amp=True, compile=True)
+    for (k, a), (_, b) in zip(plain.state_dict().items(), gpu_opts.state_dict().items()):
+        assert torch.equal(a, b), k
+
+
+def test_resolve_device_auto_picks_what_exists():
+    from finr3d.fitting import resolve_device
+
+    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    expected = "cuda" if torch.cuda.is_available() else ("mps" if mps else "cpu")
+    assert resolve_device("auto").type == expected
+    assert resolve_device("cpu").type == "cpu"
