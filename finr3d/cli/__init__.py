@@ -83,6 +83,10 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("finr3d: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading: not an error
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     except _user_errors() as exc:
         if debug:
             raise
