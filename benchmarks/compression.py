@@ -155,9 +155,7 @@ def _header_sizes(blob: bytes) -> dict:
 
 def encode_prefix(model: FactorizedField, quantization: str) -> bytes:
     """The bytes ``model.save(path, quantization=...)`` writes."""
-    header = dict(model.describe(), library_version=__version__, format="finr3d-field")
-    tensors = {k: v.detach().float().cpu().numpy() for k, v in model.state_dict().items()}
-    return codec.encode(header, tensors, quantization=quantization, keep_fp32=model.precision_critical())
+    return model.encode(quantization=quantization)
 
 
 def finr_row(model: FactorizedField, quantization: str, ref, resolution: int, samples: int, seed: int) -> dict:

@@ -361,6 +361,20 @@ class FactorizedField(nn.Module):
 
         return extract_mesh(self, resolution, rank=rank, level=level, **kwargs)
 
+    def to_parts(self, rank=None) -> tuple[dict, dict[str, np.ndarray]]:
+        """The ``.finr`` header and float32 tensors of the prefix model at ``rank``."""
+        model = self if rank is None else self.truncate(rank)
+        header = dict(model.describe(), library_version=__version__, format="finr3d-field")
+        tensors = {k: v.detach().float().cpu().numpy() for k, v in model.state_dict().items()}
+        return header, tensors
+
+    def encode(self, rank=None, quantization: str = "fp16") -> bytes:
+        """The exact bytes :meth:`save` writes, without touching the disk (rate-quality sweeps)."""
+        from finr3d import codec
+
+        header, tensors = self.to_parts(rank)
+        return codec.encode(header, tensors, quantization=quantization, keep_fp32=self.precision_critical())
+
     def save(self, path, rank=None, quantization: str = "fp16", *, overwrite: bool = True) -> int:
         """Write a compressed ``.finr`` file holding the prefix model at ``rank``.
 
@@ -370,13 +384,9 @@ class FactorizedField(nn.Module):
         """
         from finr3d import codec
 
-        model = self if rank is None else self.truncate(rank)
-        header = model.describe()
-        header["library_version"] = __version__
-        header["format"] = "finr3d-field"
-        tensors = {k: v.detach().float().cpu().numpy() for k, v in model.state_dict().items()}
+        header, tensors = self.to_parts(rank)
         return codec.write(path, header, tensors, quantization=quantization, overwrite=overwrite,
-                           keep_fp32=model.precision_critical())
+                           keep_fp32=self.precision_critical())
 
     def precision_critical(self) -> list[str]:
         """Tensors kept at fp32 under every quantization.

@@ -33,17 +33,14 @@ def rank_sweep(field, reference, *, ranks=None, quantizations=("fp32", "fp16", "
     the quality metrics of :func:`finr3d.evaluate`, and decode_seconds (grid
     evaluation at ``resolution`` per axis for 3-D fields, the stored shape otherwise).
     """
-    from finr3d import __version__, codec
     from finr3d.evaluation import evaluate
 
     rows = []
     for r in ranks or default_ranks(field):
         model = field.truncate(r)
-        header = dict(model.describe(), library_version=__version__, format="finr3d-field")
-        tensors = {k: v.detach().float().cpu().numpy() for k, v in model.state_dict().items()}
         row = {"rank": int(r), "ranks": list(model.ranks), "params": model.parameter_count()}
         for q in quantizations:
-            row[f"bytes_{q}"] = len(codec.encode(header, tensors, quantization=q, keep_fp32=model.precision_critical()))
+            row[f"bytes_{q}"] = len(model.encode(quantization=q))
         t0 = time.perf_counter()
         shape = [resolution] * model.ndim if field.kind == "sdf" else (field.target_info.get("shape") or resolution)
         model.grid(shape)
@@ -135,7 +132,7 @@ def choose_rank(field, reference, *, budget_bytes: int | None = None, target: fl
     decoded exactly as a reader would. Returns the chosen row (rank, quantization,
     bytes, metric value) plus the table of every candidate.
     """
-    from finr3d import __version__, codec
+    from finr3d import codec
     from finr3d.evaluation import evaluate
     from finr3d.field import FactorizedField
 
@@ -146,10 +143,8 @@ def choose_rank(field, reference, *, budget_bytes: int | None = None, target: fl
     rows = []
     for prefix in rank_path(field):
         model = field.truncate(prefix)
-        header = dict(model.describe(), library_version=__version__, format="finr3d-field")
-        tensors = {k: v.detach().float().cpu().numpy() for k, v in model.state_dict().items()}
         for q in quantizations:
-            data = codec.encode(header, tensors, quantization=q, keep_fp32=model.precision_critical())
+            data = model.encode(quantization=q)
             if budget_bytes is not None and len(data) > budget_bytes:
                 continue
             decoded = FactorizedField.from_parts(*codec.decode(data))

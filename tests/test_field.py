@@ -157,6 +157,8 @@ def test_lower_rank_saves_smaller_file(tmp_path):
     full = field.save(tmp_path / "full.finr", quantization="fp16")
     small = field.save(tmp_path / "small.finr", rank=4, quantization="fp16")
     assert small < full
+    # sweeps size files with encode(); it must be exactly what save() writes
+    assert field.encode(rank=4, quantization="fp16") == (tmp_path / "small.finr").read_bytes()
     import finr3d
 
     back = finr3d.load(tmp_path / "small.finr")
