@@ -83,6 +83,9 @@ class FitConfig:
     lr_final: float = 0.05
     """Final learning rate as a fraction of lr (cosine schedule)."""
 
+    warmup: Optional[int] = None
+    """Steps of linear learning-rate warm-up (None: 20 from a random start, 100 after a closed-form start, whose good start a full-size first Adam step would shake)."""
+
     batch: Optional[int] = None
     """Samples per axis in each random sub-grid step; None picks from the target (full grid when it is small)."""
 
@@ -138,8 +141,11 @@ class FitConfig:
             raise InputError(f"device must be auto, cpu, cuda or mps, got {self.device!r}")
         if self.batch is not None and self.batch < 2:
             raise InputError(f"batch must be at least 2 samples per axis, got {self.batch}")
-        if self.distill_fraction is not None and not 0 <= self.distill_fraction < 1:
-            raise InputError(f"distill_fraction must be in [0, 1), got {self.distill_fraction}")
+        if self.distill_fraction is not None and not 0 <= self.distill_fraction <= 1:
+            raise InputError(f"distill_fraction must be in [0, 1], got {self.distill_fraction}")
+        if self.warmup is not None and (isinstance(self.warmup, bool) or not isinstance(self.warmup, int)
+                                        or not 0 <= self.warmup <= 1_000_000):
+            raise InputError(f"warmup must be a non-negative integer number of steps, got {self.warmup!r}")
         return self
 
     def budget(self) -> tuple[Optional[int], Optional[float]]:

@@ -198,10 +198,13 @@ def fit_field(field: FactorizedField, target: Target, config: FitConfig | None =
     # refinement starts from where the distillation ended; the step budget covers both phases
     if config.init == "closed_form" and steps_budget is not None:
         step = int(steps_budget * config.distill_fraction)
+    step0 = step
+    warmup = config.warmup if config.warmup is not None else (100 if config.init == "closed_form" else 20)
+    warmup = max(1, warmup)
 
     while not out_of_budget():
         p = progress()
-        warm = min(1.0, (step + 1) / 20.0)
+        warm = min(1.0, (step - step0 + 1) / warmup)
         lr = config.lr * lr_scale * warm * (config.lr_final + (1 - config.lr_final) * 0.5 * (1 + math.cos(math.pi * p)))
         for g in opt.param_groups:
             g["lr"] = lr

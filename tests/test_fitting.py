@@ -45,6 +45,29 @@ def test_closed_form_start_beats_random_at_equal_steps():
     assert cf.history["psnr"] > rnd.history["psnr"]
 
 
+def test_cp_als_of_an_image_is_near_its_truncated_svd():
+    """The channel-mean SVD pairs row and column factors: 4 sweeps land near the rank-r optimum."""
+    from finr3d.closed_form import cp_als
+
+    img = torch.from_numpy(smooth_image(40, 36)) + 0.05 * torch.rand(40, 36, 3, generator=torch.Generator().manual_seed(0))
+    x = img - img.mean()
+    (a, b), w = cp_als(x, 6)
+    approx = torch.einsum("yr,xr,rc->yxc", a, b, w)
+    err = float((approx - x).norm() / x.norm())
+    # per-channel truncated SVDs at rank 6 (3x the parameters of one colour per component) bound it from below
+    best = sum(float(torch.linalg.svdvals(x[..., c])[6:].pow(2).sum()) for c in range(3)) ** 0.5 / float(x.norm())
+    assert err < best * 1.6 + 1e-3, (err, best)
+    assert torch.all(w.norm(dim=1)[:-1] >= w.norm(dim=1)[1:] - 1e-6)  # sorted by weight
+
+
+def test_all_distillation_budget_skips_refinement_and_stays_good():
+    target = ImageTarget(smooth_image())
+    field = finr3d.fit(target, decomposition="tucker", rank=12, width=32, steps=150, init="closed_form",
+                       distill_fraction=1.0, seed=0)
+    assert field.history["distil_steps"] == 150
+    assert field.history["psnr"] > 25.0, field.history["psnr"]
+
+
 def test_fixed_seed_is_deterministic_on_cpu():
     target = ImageTarget(smooth_image(24, 20))
     a = finr3d.fit(target, rank=8, width=16, steps=40, seed=3, device="cpu")
@@ -123,6 +146,10 @@ def test_fit_rejects_bad_options():
         finr3d.fit(target, steps=-1)
     with pytest.raises(InputError, match="device"):
         finr3d.fit(target, device="tpu")
+    with pytest.raises(InputError, match="warmup"):
+        finr3d.fit(target, warmup=-3)
+    with pytest.raises(InputError, match="distill_fraction"):
+        finr3d.fit(target, distill_fraction=1.5)
     if not torch.cuda.is_available():
         with pytest.raises(InputError, match="CUDA"):
             finr3d.fit(target, device="cuda", steps=1)
