@@ -57,10 +57,9 @@ from finr3d.targets import ImageTarget, psnr, ssim  # noqa: E402
 from finr3d.video import VideoTarget  # noqa: E402
 
 ALL_METHODS = ("finr3d", "siren", "relu_ff", "hashgrid", "hashgrid_eq", "cp_als", "tucker", "tt_svd")
-#: finr3d settings per data kind, decomposition:rank[:layout]. For video, xy+t beat x+y+t at full
-#: resolution (carphone, 16 frames, 20 s, one thread: tucker-64 / tt-64 xy+t 29.5 dB, cp-64 x+y+t 28.4 dB
-#: with the closed-form start and 17 dB without); x+y+t won only on a half-size crop.
-DEFAULT_FINR3D = {"video": "tucker:64:xy+t", "image": "tucker:96"}
+#: finr3d settings per data kind, decomposition:rank[:layout]: the targets' defaults (finr3d/video.py,
+#: finr3d/targets.py). The layout study that chose them is in benchmarks/RESULTS.md.
+DEFAULT_FINR3D = {"video": "cp:256:x+y+t", "image": "cp:256"}
 EQUAL_TIME_FRACTIONS = (0.1, 0.25, 0.5, 1.0)
 
 
@@ -121,7 +120,7 @@ def parse_finr3d_spec(spec: str, kind: str) -> dict:
             raise SystemExit(f"--finr3d {spec!r}: a layout applies to video only")
         out["layout"] = parts[2]
     elif kind == "video":
-        out["layout"] = "xy+t"
+        out["layout"] = "x+y+t"
     return out
 
 

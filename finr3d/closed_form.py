@@ -99,7 +99,7 @@ def tt_svd(x: torch.Tensor, bonds) -> tuple[list[torch.Tensor], torch.Tensor]:
     return cores, weights
 
 
-def cp_als(x: torch.Tensor, rank: int, *, n_iter: int = 8, seed: int = 0) -> tuple[list[torch.Tensor], torch.Tensor]:
+def cp_als(x: torch.Tensor, rank: int, *, n_iter: int = 5, seed: int = 0) -> tuple[list[torch.Tensor], torch.Tensor]:
     """CP-ALS of ``x`` (N_0..N_{M-1}, C); returns factors (N_m, R) and W (R, C), sorted by weight.
 
     Alternating least squares (Kolda & Bader 2009, as in tensorly's ``parafac``)
@@ -272,6 +272,7 @@ def closed_form_start(field, target, *, seconds: Optional[float], steps: Optiona
     # per-mode targets: concatenate channel blocks along features
     targets = [torch.cat([bf[m] for bf in blocks_feats], dim=1) for m in range(len(field.modes))]
     mode_coords = [field._mode_coords([c.cpu() for c in coords], m) for m in range(len(field.modes))]
-    info = distil_factors(field, mode_coords, targets, seconds=seconds, steps=steps, seed=seed, callback=callback)
+    info = distil_factors(field, mode_coords, targets, seconds=seconds, steps=steps, seed=seed, callback=callback,
+                          ridge=float(getattr(target, "readout_ridge", 0.1)))
     info["decomposition_seconds"] = t_decomp
     return info

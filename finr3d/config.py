@@ -86,6 +86,9 @@ class FitConfig:
     warmup: Optional[int] = None
     """Steps of linear learning-rate warm-up (None: 20 from a random start, 100 after a closed-form start, whose good start a full-size first Adam step would shake)."""
 
+    hidden_lr: Optional[float] = None
+    """Learning rate of the mode networks' hidden layers as a fraction of lr (None: 1 from a random start, the target's choice after a closed-form one)."""
+
     batch: Optional[int] = None
     """Samples per axis in each random sub-grid step; None picks from the target (full grid when it is small)."""
 
@@ -143,6 +146,8 @@ class FitConfig:
             raise InputError(f"batch must be at least 2 samples per axis, got {self.batch}")
         if self.distill_fraction is not None and not 0 <= self.distill_fraction <= 1:
             raise InputError(f"distill_fraction must be in [0, 1], got {self.distill_fraction}")
+        if self.hidden_lr is not None and not 0 <= self.hidden_lr <= 10:
+            raise InputError(f"hidden_lr must be a fraction of lr between 0 and 10, got {self.hidden_lr}")
         if self.warmup is not None and (isinstance(self.warmup, bool) or not isinstance(self.warmup, int)
                                         or not 0 <= self.warmup <= 1_000_000):
             raise InputError(f"warmup must be a non-negative integer number of steps, got {self.warmup!r}")

@@ -171,7 +171,22 @@ def fit_field(field: FactorizedField, target: Target, config: FitConfig | None =
 
     lr_scale = 1.0
     params = list(field.parameters())
-    opt = torch.optim.Adam(params, lr=config.lr)
+    # the hidden layers of the mode networks can learn at a fraction of the rate (hidden_lr): after a
+    # closed-form readout they carry the start, and full-rate Adam steps on them undo it in a few steps
+    hidden = [p for n, p in field.named_parameters() if n.startswith("nets.") and ".out." not in n]
+    hidden_ids = {id(p) for p in hidden}
+    rest = [p for p in params if id(p) not in hidden_ids]
+    hidden_scale = 1.0 if config.hidden_lr is None else float(config.hidden_lr)
+    if config.hidden_lr is None and config.init == "closed_form":
+        hidden_scale = float(getattr(target, "hidden_lr_default", 1.0))
+
+    def make_optimizer(lr0: float) -> torch.optim.Optimizer:
+        groups = [{"params": rest, "scale": 1.0}]
+        if hidden:
+            groups.append({"params": hidden, "scale": hidden_scale})
+        return torch.optim.Adam([g for g in groups if g["params"]], lr=lr0)
+
+    opt = make_optimizer(config.lr)
     jitter = config.jitter if config.jitter is not None else bool(getattr(target, "jitter_default", False))
     batch = [config.batch] * target.ndim if config.batch else _default_batch(target)
     if not jitter:
@@ -207,7 +222,7 @@ def fit_field(field: FactorizedField, target: Target, config: FitConfig | None =
         warm = min(1.0, (step - step0 + 1) / warmup)
         lr = config.lr * lr_scale * warm * (config.lr_final + (1 - config.lr_final) * 0.5 * (1 + math.cos(math.pi * p)))
         for g in opt.param_groups:
-            g["lr"] = lr
+            g["lr"] = lr * g["scale"]
         full_step = config.full_grid_every and step % config.full_grid_every == 0
         coords = full_coords if full_step else batcher.coords()
         coords = [c.to(device) for c in coords]
@@ -234,7 +249,7 @@ def fit_field(field: FactorizedField, target: Target, config: FitConfig | None =
         spiked = loss_ema is not None and step > 50 and lval > 20 * max(loss_floor, 1e-12)
         if not math.isfinite(lval) or spiked:
             field.load_state_dict(best_state)
-            opt = torch.optim.Adam(params, lr=lr)
+            opt = make_optimizer(lr)
             lr_scale *= 0.5
             history["rollbacks"] += 1
             loss_ema = None
@@ -362,6 +377,9 @@ def fit(source, *, kind: str = "auto", callback=None, target_options: Optional[d
         if "rank" in field_options and "decomposition" not in field_options:
             defaults.pop("decomposition", None)  # a rank given for the generic default keeps its meaning
         fcfg = dataclasses.replace(fcfg, **defaults).validate()
+    if fit_config is None:
+        fit_defaults = {k: v for k, v in getattr(target, "fit_defaults", {}).items() if k not in options}
+        tcfg = dataclasses.replace(tcfg, **fit_defaults).validate()
     device = resolve_device(tcfg.device)
     torch.manual_seed(tcfg.seed)  # the networks' init is part of the seeded result
     field = build_field(target, fcfg).to(device)

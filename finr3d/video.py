@@ -47,10 +47,11 @@ FRAME_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
 #: Axis groupings a video field can use; axes are (t, y, x) = (0, 1, 2).
 #: ``xy+t``: one network over the image plane and one over time; ``x+y+t``: one
-#: network per axis. xy+t is the default: per-axis factors make every frame a
-#: rank-R separable image, which caps quality early at full resolution (carphone,
-#: 16 frames, 20 s: CP-64 x+y+t 28.4 dB and stalled; Tucker-64 / TT-64 xy+t 29.5 dB
-#: and rising). x+y+t is cheaper per step and wins on small frames and short budgets.
+#: network per axis. x+y+t is the default: with a CP-256 closed-form start (CP-ALS
+#: of the clip, read out into the networks) it is at 28.0 dB after 1.9 s on
+#: carphone's 120 frames (one core), where Tucker-64 over xy+t from a random start
+#: needs about 45 s; xy+t has no cheap closed-form start, because a network over
+#: the image plane cannot take 64 factor images from a readout.
 MODE_LAYOUTS: dict[str, list[tuple[int, ...]]] = {
     "xy+t": [(1, 2), (0,)],
     "x+y+t": [(0,), (1,), (2,)],
@@ -411,22 +412,39 @@ class VideoTarget(GridTarget):
         Keep at most this many frames.
     resize : (H, W) or float, optional
         Frame size, or a scale factor of the source size.
-    modes : xy+t | x+y+t
-        Axis grouping of a field fitted to this clip: one network over the
-        image plane and one over time (default), or one per axis.
+    modes : x+y+t | xy+t
+        Axis grouping of a field fitted to this clip: one network per axis
+        (default), or one over the image plane and one over time.
     fps : float, optional
         Source frame rate (default: from the file, 25 for folders and arrays).
     backend : auto | pyav | ffmpeg
         Video file decoder.
     """
 
-    # Tucker r64 over (x, y) + (t) from a random start: best at full resolution in the layout study
-    # (benchmarks/speed.py); a closed-form start of the (x, y) mode begins low on video.
-    field_defaults = {"decomposition": "tucker", "rank": 64, "width": 128}
-    init_default = "random"
+    # CP r256 over (x) + (y) + (t) from a closed-form start (benchmarks/speed.py, RESULTS.md). A weak
+    # readout ridge keeps the CP-ALS start (carphone: 28.0 dB against 23.9 dB with the image ridge of
+    # 0.1), and a slow refinement of the hidden layers keeps the readout: ten Adam steps of 1e-5 on them
+    # alone cost 1.4 dB, on the output layers and channel factor nothing.
+    # The (x, y) + (t) layout keeps its own settings: Tucker r64 from a random start at the default lr.
+    readout_ridge = 1e-3
+    hidden_lr_default = 0.1
+
+    @property
+    def field_defaults(self) -> dict:
+        if self.layout == "x+y+t":
+            return {"decomposition": "cp", "rank": 256, "width": 128}
+        return {"decomposition": "tucker", "rank": 64, "width": 128}
+
+    @property
+    def init_default(self) -> str:
+        return "closed_form" if self.layout == "x+y+t" else "random"
+
+    @property
+    def fit_defaults(self) -> dict:
+        return {"lr": 5e-4} if self.layout == "x+y+t" else {}
 
     def __init__(self, source, *, frames: Optional[tuple] = None, stride: int = 1, max_frames: Optional[int] = None,
-                 resize=None, modes: str = "xy+t", fps: Optional[float] = None, backend: str = "auto",
+                 resize=None, modes: str = "x+y+t", fps: Optional[float] = None, backend: str = "auto",
                  max_values: int = MAX_VIDEO_VALUES):
         if modes not in MODE_LAYOUTS:
             raise InputError(f"unknown video modes {modes!r}; use one of {sorted(MODE_LAYOUTS)}")

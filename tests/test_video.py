@@ -98,10 +98,10 @@ def test_read_frame_folder_natural_order_and_options(tmp_path, clip_u8):
 
 
 def test_array_source_and_describe(clip_u8):
-    t = VideoTarget(clip_u8, fps=24, modes="x+y+t")
+    t = VideoTarget(clip_u8, fps=24, modes="xy+t")
     assert (t.shape, t.channels, t.axis_names) == ((8, 24, 32), 3, ("t", "y", "x"))
-    assert t.default_modes == [(0,), (1,), (2,)]
-    assert VideoTarget(clip_u8).default_modes == [(1, 2), (0,)]
+    assert t.default_modes == [(1, 2), (0,)]
+    assert VideoTarget(clip_u8).default_modes == [(0,), (1,), (2,)]
     d = t.describe()
     assert d["kind"] == "video" and d["fps"] == 24 and d["shape"] == [8, 24, 32]
     assert t.frames.dtype == torch.uint8  # stored at 1 byte a value, not as a float copy
@@ -247,12 +247,16 @@ def test_missing_path_and_bad_suffix(tmp_path):
 
 
 # --------------------------------------------------------------------------- fitting and scoring
-def test_tiny_fit_reaches_psnr_bar_and_scores_per_frame(clip_u8):
+@pytest.mark.parametrize("layout,decomposition,rank,modes", [
+    ("x+y+t", "cp", 32, [(0,), (1,), (2,)]),  # the default layout, closed-form start
+    ("xy+t", "tucker", 8, [(1, 2), (0,)]),
+])
+def test_tiny_fit_reaches_psnr_bar_and_scores_per_frame(clip_u8, layout, decomposition, rank, modes):
     import finr3d
 
-    target = VideoTarget(clip_u8)
-    field = finr3d.fit(target, decomposition="tucker", rank=8, width=32, steps=200, seed=0)
-    assert field.modes == [(1, 2), (0,)]
+    target = VideoTarget(clip_u8, modes=layout)
+    field = finr3d.fit(target, decomposition=decomposition, rank=rank, width=32, steps=200, seed=0)
+    assert field.modes == modes
     report = target.evaluate(field)
     assert report["psnr"] > 28, report["psnr"]
     assert len(report["psnr_per_frame"]) == len(report["ssim_per_frame"]) == 8

@@ -63,8 +63,8 @@ def add_arguments(p) -> None:
     v.add_argument("--frames", help="frame range START:STOP (stop exclusive), e.g. 0:64")
     v.add_argument("--stride", type=int, help="keep every Nth frame (default 1)")
     v.add_argument("--resize", help="resize frames to HxW, e.g. 144x176")
-    v.add_argument("--layout", choices=["xy+t", "x+y+t"],
-                   help="modes: one network over (x, y) and one over t (default), or one per axis")
+    v.add_argument("--layout", choices=["x+y+t", "xy+t"],
+                   help="modes: one network per axis (default), or one over (x, y) and one over t")
     p.add_argument("--force", action="store_true", help="overwrite the output file if it exists")
 
 
