@@ -255,12 +255,17 @@ def distil_factors(field, mode_coords: list[torch.Tensor], targets: list[torch.T
 
 
 def closed_form_start(field, target, *, seconds: Optional[float], steps: Optional[int], seed: int = 0,
-                      max_samples: int = 256**3, callback: Optional[Callable] = None) -> dict:
+                      max_samples: Optional[int] = None, callback: Optional[Callable] = None) -> dict:
     """Initialise ``field`` from a discrete decomposition of ``target`` and distil it.
 
+    The decomposition sees at most ``max_samples`` grid points (default: the
+    target's ``closed_form_samples``, else 256^3), an evenly spaced sub-lattice
+    of larger targets, so its time and memory stay bounded on long clips.
     Returns timing and loss information for the fit history.
     """
     t0 = time.perf_counter()
+    if max_samples is None:
+        max_samples = int(getattr(target, "closed_form_samples", 256**3))
     coords, values = target.dense(max_samples=max_samples)
     with torch.no_grad():
         field.bias.copy_(values.reshape(-1, values.shape[-1]).mean(0).to(field.device))

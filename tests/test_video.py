@@ -303,3 +303,19 @@ def test_for_field_rebuilds_the_fitted_window(frame_folder, clip_u8):
     torch.testing.assert_close(again.data, fitted.data)
     with pytest.raises(InputError, match="fitted to 3x12x16"):
         VideoTarget(frame_folder).evaluate(field)
+
+
+def test_closed_form_start_of_a_long_clip_uses_a_bounded_sub_lattice(clip_u8, monkeypatch):
+    """CP-ALS sees at most closed_form_samples points; the readout still gives a usable start."""
+    import finr3d
+    import finr3d.closed_form as cf
+
+    seen = []
+    real = cf.discrete_decomposition
+    monkeypatch.setattr(cf, "discrete_decomposition", lambda field, values: seen.append(values.shape) or real(field, values))
+    target = VideoTarget(clip_u8)
+    monkeypatch.setattr(target, "closed_form_samples", 8 * 12 * 16, raising=False)
+    field = finr3d.fit(target, rank=16, width=32, steps=60, seed=0)
+    assert len(seen) == 1 and 2 * 6 * 8 <= seen[0][:3].numel() <= 8 * 12 * 16 < 8 * 24 * 32
+    assert field.history["fit_config"]["init"] == "closed_form"
+    assert target.evaluate(field)["psnr"] > 25
