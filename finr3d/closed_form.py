@@ -22,7 +22,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-__all__ = ["discrete_decomposition", "hosvd", "distil_factors", "closed_form_start"]
+__all__ = ["discrete_decomposition", "hosvd", "distil_factors", "column_energies", "closed_form_start"]
 
 
 def _mode_tensor(values: torch.Tensor, modes) -> torch.Tensor:
@@ -200,12 +200,14 @@ def _spline_samples(coords: torch.Tensor, feats: torch.Tensor, factor: int, gen:
 
 def distil_factors(field, mode_coords: list[torch.Tensor], targets: list[torch.Tensor], *,
                    seconds: Optional[float], steps: Optional[int], lr: float = 5e-4, upsample: int = 4,
-                   ridge: float = 0.1,
+                   ridge: float = 0.1, weights: Optional[list[torch.Tensor]] = None,
                    seed: int = 0, callback: Optional[Callable] = None) -> dict:
     """Regress each mode network onto its factor curves (continuous, spline-upsampled).
 
-    mode_coords : per mode (N_m, k_m) lattice coordinates; targets : per mode (N_m, D_m).
-    Trains all mode networks jointly (one Adam) on MSE summed over modes.
+    mode_coords : per mode (N_m, k_m) lattice coordinates; targets : per mode (N_m, D_m);
+    weights : per mode (D_m,) column weights of the squared error (mean 1), e.g. the energy each
+    column carries in the reconstruction (:func:`column_energies`). Trains all mode networks jointly
+    (one Adam) on the weighted MSE summed over modes.
     """
     gen = torch.Generator().manual_seed(seed)
     device = field.device
@@ -214,6 +216,9 @@ def distil_factors(field, mode_coords: list[torch.Tensor], targets: list[torch.T
         if coords.shape[1] == 1 and coords.shape[0] >= 4 and upsample > 1:
             coords, feats = _spline_samples(coords.cpu(), feats.cpu(), upsample, gen)
         data.append((coords.to(device), feats.to(device)))
+    if weights is None:
+        weights = [torch.ones(feats.shape[1]) for _, feats in data]
+    col_w = [w.to(device=device, dtype=torch.float32) for w in weights]
     # ridge readout first: the best output layer for the random hidden features. A strong ridge
     # (0.1 of the mean eigenvalue) costs a little of the start but keeps the weights small enough for
     # Adam to keep learning the features: at 200 steps on Kodak crops, ridge 1e-3 ended 3 dB below a
@@ -240,8 +245,8 @@ def distil_factors(field, mode_coords: list[torch.Tensor], targets: list[torch.T
             g["lr"] = lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
         opt.zero_grad(set_to_none=True)
         loss = 0.0
-        for net, (coords, feats) in zip(field.nets, data):
-            loss = loss + torch.mean((net(coords) - feats) ** 2)
+        for net, (coords, feats), w in zip(field.nets, data, col_w):
+            loss = loss + torch.mean((net(coords) - feats) ** 2 * w)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
@@ -252,6 +257,41 @@ def distil_factors(field, mode_coords: list[torch.Tensor], targets: list[torch.T
                 callback({"phase": "distil", "step": step, "loss": float(loss), "elapsed": time.perf_counter() - t0})
     return {"distil_steps": step, "distil_seconds": time.perf_counter() - t0,
             "distil_loss": float(loss.detach()) if step else float("nan")}
+
+
+def column_energies(field, blocks_mix: list[torch.Tensor], floor: float = 0.01) -> list[torch.Tensor]:
+    """Per mode, the share of the reconstruction's energy that each factor column carries (mean 1).
+
+    With unit-RMS factor columns, an error in column k of mode m reaches the
+    output scaled by the energy of the mixing slice that column feeds (the
+    Tucker core slice, the CP component's channel weights), so the distillation
+    weights its squared error by that energy: the leading, energetic columns are
+    matched first, which also keeps small rank prefixes close to a model fitted at
+    that rank. TT cores get uniform weights. Weights are floored at ``floor`` of
+    the mean, so no network output is left untrained.
+    """
+    name = field.config.decomposition
+    per_mode: list[list[torch.Tensor]] = [[] for _ in field.modes]
+    for mix in blocks_mix:
+        mix = mix.detach().float().cpu()
+        for m in range(len(field.modes)):
+            if name == "tucker":
+                e = mix.pow(2).movedim(m, 0).reshape(mix.shape[m], -1).sum(1)
+            elif name == "cp":
+                e = mix.pow(2).sum(1)
+            else:
+                e = None
+            per_mode[m].append(e)
+    out = []
+    for m, parts in enumerate(per_mode):
+        if any(e is None for e in parts):
+            out.append(None)
+            continue
+        e = torch.cat(parts)
+        e = e / e.mean().clamp_min(1e-30)
+        e = e.clamp_min(floor)
+        out.append(e / e.mean())
+    return out
 
 
 def closed_form_start(field, target, *, seconds: Optional[float], steps: Optional[int], seed: int = 0,
@@ -277,7 +317,10 @@ def closed_form_start(field, target, *, seconds: Optional[float], steps: Optiona
     # per-mode targets: concatenate channel blocks along features
     targets = [torch.cat([bf[m] for bf in blocks_feats], dim=1) for m in range(len(field.modes))]
     mode_coords = [field._mode_coords([c.cpu() for c in coords], m) for m in range(len(field.modes))]
+    energies = column_energies(field, blocks_mix)
+    weights = [e if e is not None and e.numel() == t.shape[1] else torch.ones(t.shape[1])
+               for e, t in zip(energies, targets)]
     info = distil_factors(field, mode_coords, targets, seconds=seconds, steps=steps, seed=seed, callback=callback,
-                          ridge=float(getattr(target, "readout_ridge", 0.1)))
+                          ridge=float(getattr(target, "readout_ridge", 0.1)), weights=weights)
     info["decomposition_seconds"] = t_decomp
     return info

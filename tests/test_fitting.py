@@ -181,3 +181,30 @@ def test_resolve_device_auto_picks_what_exists():
     expected = "cuda" if torch.cuda.is_available() else ("mps" if mps else "cpu")
     assert resolve_device("auto").type == expected
     assert resolve_device("cpu").type == "cpu"
+
+
+def test_column_energies_follow_the_core_and_have_mean_one():
+    """Distillation weights: HOSVD columns come out in decreasing energy, floored, mean 1."""
+    from finr3d.closed_form import column_energies, discrete_decomposition
+    from finr3d.config import FieldConfig
+    from finr3d.field import FactorizedField
+
+    gen = torch.Generator().manual_seed(0)
+    factors = [torch.randn(n, 3, generator=gen) for n in (12, 10, 8)]
+    x = torch.einsum("ar,br,cr->abc", *factors)[..., None] * torch.tensor([1.0, 0.01, 0.0001]).sum()
+    field = FactorizedField(3, 1, FieldConfig(decomposition="tucker", rank=6, width=8))
+    _, mix = discrete_decomposition(field, x)
+    weights = column_energies(field, mix, floor=0.01)
+    assert len(weights) == 3
+    for w in weights:
+        assert w.shape == (6,) and float(w.mean()) == pytest.approx(1.0, rel=1e-5)
+        assert torch.all(w[:-1] >= w[1:] - 1e-5)  # HOSVD orders columns by energy
+        assert float(w.min()) >= 0.0099  # floored at 1 % of the mean: no output is left untrained
+        assert float(w[0]) > 5 * float(w[-1])  # rank-3 data: the padding columns carry almost nothing
+    cp = FactorizedField(3, 1, FieldConfig(decomposition="cp", rank=4, width=8))
+    _, cmix = discrete_decomposition(cp, x)
+    cw = column_energies(cp, cmix)
+    assert all(torch.allclose(cw[0], w) for w in cw)  # one weight per CP component, shared by the modes
+    tt = FactorizedField(3, 1, FieldConfig(decomposition="tt", rank=4, width=8))
+    _, tmix = discrete_decomposition(tt, x)
+    assert column_energies(tt, tmix) == [None, None, None]
