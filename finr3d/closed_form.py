@@ -111,11 +111,18 @@ def cp_als(x: torch.Tensor, rank: int, *, n_iter: int = 5, seed: int = 0) -> tup
     x = x.float()  # float32 sweeps: twice as fast, and the ridge keeps the normal equations well posed
     n = x.ndim
     factors = []
-    if n == 3 and rank <= min(x.shape[:2]):
+    if n == 3:
         # a matrix with channels (an image): the truncated SVD of the channel mean pairs the row and column
-        # factors already (independent unfoldings do not), so a few sweeps finish what many would otherwise do
+        # factors already (independent unfoldings do not), so a few sweeps finish what many would otherwise do;
+        # a rank above the matrix rank is padded with small random components
         u, s, vh = torch.linalg.svd(x.mean(-1), full_matrices=False)
-        factors = [u[:, :rank].contiguous(), (vh[:rank].T * s[:rank]).contiguous(), torch.ones(x.shape[2], rank)]
+        k = min(rank, s.shape[0])
+        a, b = u[:, :k], vh[:k].T * s[:k]
+        if k < rank:
+            scale = 1e-3 * float(s[0]) / math.sqrt(max(x.shape[0], 1))
+            a = torch.cat([a, torch.randn(x.shape[0], rank - k, generator=gen) / math.sqrt(x.shape[0])], 1)
+            b = torch.cat([b, torch.randn(x.shape[1], rank - k, generator=gen) * scale], 1)
+        factors = [a.contiguous(), b.contiguous(), torch.ones(x.shape[2], rank)]
         n_iter = min(n_iter, 4)
     else:
         for m in range(n):
@@ -254,7 +261,7 @@ def distil_factors(field, mode_coords: list[torch.Tensor], targets: list[torch.T
         if step % 50 == 0:
             losses.append(float(loss.detach()))
             if callback is not None:
-                callback({"phase": "distil", "step": step, "loss": float(loss), "elapsed": time.perf_counter() - t0})
+                callback({"phase": "distil", "step": step, "loss": losses[-1], "elapsed": time.perf_counter() - t0})
     return {"distil_steps": step, "distil_seconds": time.perf_counter() - t0,
             "distil_loss": float(loss.detach()) if step else float("nan")}
 

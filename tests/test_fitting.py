@@ -58,6 +58,12 @@ def test_cp_als_of_an_image_is_near_its_truncated_svd():
     best = sum(float(torch.linalg.svdvals(x[..., c])[6:].pow(2).sum()) for c in range(3)) ** 0.5 / float(x.norm())
     assert err < best * 1.6 + 1e-3, (err, best)
     assert torch.all(w.norm(dim=1)[:-1] >= w.norm(dim=1)[1:] - 1e-6)  # sorted by weight
+    # a rank above the image's matrix rank (a small image at the default rank 256): padded, still exact-ish
+    small = x[:10, :9]
+    (a, b), w = cp_als(small, 16)
+    assert a.shape == (10, 16) and b.shape == (9, 16) and torch.isfinite(w).all()
+    approx = torch.einsum("yr,xr,rc->yxc", a, b, w)
+    assert float((approx - small).norm() / small.norm()) < 0.05
 
 
 def test_all_distillation_budget_skips_refinement_and_stays_good():
