@@ -59,7 +59,7 @@ from finr3d.video import VideoTarget  # noqa: E402
 ALL_METHODS = ("finr3d", "siren", "relu_ff", "hashgrid", "hashgrid_eq", "cp_als", "tucker", "tt_svd")
 #: finr3d settings per data kind, decomposition:rank[:layout]: the targets' defaults (finr3d/video.py,
 #: finr3d/targets.py). The layout study that chose them is in benchmarks/RESULTS.md.
-DEFAULT_FINR3D = {"video": "cp:256:x+y+t", "image": "cp:256"}
+DEFAULT_FINR3D = {"video": "cp:256:x+y+t", "image": "tucker:128"}
 EQUAL_TIME_FRACTIONS = (0.1, 0.25, 0.5, 1.0)
 
 
