@@ -31,14 +31,15 @@ def add_arguments(p) -> None:
     p.add_argument("-o", "--output", required=True, help="where to write the .finr file")
     p.add_argument("--kind", default="auto", choices=["auto", "sdf", "volume", "image", "video"],
                    help="what the input is (default: from the file name)")
-    p.add_argument("--decomposition", choices=["cp", "tucker", "tt"], help=fd["decomposition"] + " (default cp)")
-    p.add_argument("--rank", type=_rank, help=fd["rank"] + " E.g. 64 or 32,32,16. (default 64)")
+    p.add_argument("--decomposition", choices=["cp", "tucker", "tt"], help=fd["decomposition"] + " (default by kind: tucker for meshes and images, cp for video and volumes)")
+    p.add_argument("--rank", type=_rank, help=fd["rank"] + " E.g. 64 or 32,32,16. (default by kind: meshes 48, images 128, video 256, volumes 64;"
+                   " a rank without --decomposition means a cp rank)")
     p.add_argument("--backbone", choices=["relu", "siren", "wire", "finer"], help=fd["backbone"] + " (default siren)")
     p.add_argument("--width", type=int, help=fd["width"] + " (default 128)")
     p.add_argument("--depth", type=int, help=fd["depth"] + " (default 2)")
     p.add_argument("--steps", type=int, help=td["steps"])
     p.add_argument("--seconds", type=float, help=td["seconds"])
-    p.add_argument("--lr", type=float, help=td["lr"] + " (default 2e-3)")
+    p.add_argument("--lr", type=float, help=td["lr"] + " (default 2e-3; images 1e-3, video 5e-4)")
     p.add_argument("--init", choices=["auto", "closed_form", "random"], help=td["init"])
     p.add_argument("--nested-ranks", action="store_true", default=None, help=td["nested_ranks"])
     p.add_argument("--eikonal", type=float, help=td["eikonal"])
