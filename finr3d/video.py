@@ -48,7 +48,7 @@ FRAME_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 #: Axis groupings a video field can use; axes are (t, y, x) = (0, 1, 2).
 #: ``xy+t``: one network over the image plane and one over time; ``x+y+t``: one
 #: network per axis. x+y+t is the default: with a CP-256 closed-form start (CP-ALS
-#: of the clip, read out into the networks) it is at 28.0 dB after 1.9 s on
+#: of the clip, read out into the networks) it is at 27.5 dB after 2 s on
 #: carphone's 120 frames (one core), where Tucker-64 over xy+t from a random start
 #: needs about 45 s; xy+t has no cheap closed-form start, because a network over
 #: the image plane cannot take 64 factor images from a readout.
@@ -422,8 +422,8 @@ class VideoTarget(GridTarget):
     """
 
     # CP r256 over (x) + (y) + (t) from a closed-form start (benchmarks/speed.py, RESULTS.md). A weak
-    # readout ridge keeps the CP-ALS start (carphone: 28.0 dB against 23.9 dB with the image ridge of
-    # 0.1), and a slow refinement of the hidden layers keeps the readout: ten Adam steps of 1e-5 on them
+    # readout ridge keeps the CP-ALS start (carphone, 8 sweeps: 28.3 dB at 1e-4, 28.1 dB at 1e-3 against
+    # 23.9 dB with the image ridge of 0.1), and a slow refinement of the hidden layers keeps the readout: ten Adam steps of 1e-5 on them
     # alone cost 1.4 dB, on the output layers and channel factor nothing.
     # The (x, y) + (t) layout keeps its own settings: Tucker r64 from a random start at the default lr.
     readout_ridge = 1e-3
