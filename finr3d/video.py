@@ -422,8 +422,8 @@ class VideoTarget(GridTarget):
     """
 
     # CP r256 over (x) + (y) + (t) from a closed-form start (benchmarks/speed.py, RESULTS.md). A weak
-    # readout ridge keeps the CP-ALS start (carphone, 8 sweeps: 28.3 dB at 1e-4, 28.1 dB at 1e-3 against
-    # 23.9 dB with the image ridge of 0.1), and a slow refinement of the hidden layers keeps the readout: ten Adam steps of 1e-5 on them
+    # readout ridge keeps the CP-ALS start (carphone, 8 sweeps: 28.3 dB at 1e-4 against 23.9 dB with the
+    # image ridge of 0.1; 5 sweeps: 28.05 dB at 1e-4, 27.5 dB at 1e-3, the ridge speed.py measured at 300 s), and a slow refinement of the hidden layers keeps the readout: ten Adam steps of 1e-5 on them
     # alone cost 1.4 dB, on the output layers and channel factor nothing.
     # The (x, y) + (t) layout keeps its own settings: Tucker r64 from a random start at the default lr.
     readout_ridge = 1e-3
