@@ -51,11 +51,12 @@ def run_finr(target, config: str, seconds: float, seed: int) -> dict:
     row = {"method": f"finr3d {decomposition} r{rank} w{width}", "params": field.parameter_count(),
            "bytes_fp16": field.nbytes(2)["total"], "steps": field.history["steps"],
            "fit_seconds": field.history["seconds"]}
+    meshes = {}
     for res in (256, 512):
         t0 = time.perf_counter()
-        mesh = extract_mesh(field, res)
+        meshes[res] = extract_mesh(field, res)
         row[f"extract_{res}_s"] = time.perf_counter() - t0
-    row.update({k: v for k, v in mesh_metrics(extract_mesh(field, 256), target.mesh).items() if k in KEYS})
+    row.update({k: v for k, v in mesh_metrics(meshes[256], target.mesh).items() if k in KEYS})
     return row
 
 

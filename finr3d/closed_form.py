@@ -99,8 +99,11 @@ def tt_svd(x: torch.Tensor, bonds) -> tuple[list[torch.Tensor], torch.Tensor]:
     return cores, weights
 
 
-def cp_als(x: torch.Tensor, rank: int, *, n_iter: int = 5, seed: int = 0) -> tuple[list[torch.Tensor], torch.Tensor]:
+def cp_als(x: torch.Tensor, rank: int, *, n_iter: Optional[int] = None,
+           seed: int = 0) -> tuple[list[torch.Tensor], torch.Tensor]:
     """CP-ALS of ``x`` (N_0..N_{M-1}, C); returns factors (N_m, R) and W (R, C), sorted by weight.
+
+    ``n_iter`` sweeps (default 4 for a matrix with channels, whose start is already paired, else 5).
 
     Alternating least squares (Kolda & Bader 2009, as in tensorly's ``parafac``)
     written over torch tensors so a few sweeps of a rank-256 image cost well
@@ -123,8 +126,9 @@ def cp_als(x: torch.Tensor, rank: int, *, n_iter: int = 5, seed: int = 0) -> tup
             a = torch.cat([a, torch.randn(x.shape[0], rank - k, generator=gen) / math.sqrt(x.shape[0])], 1)
             b = torch.cat([b, torch.randn(x.shape[1], rank - k, generator=gen) * scale], 1)
         factors = [a.contiguous(), b.contiguous(), torch.ones(x.shape[2], rank)]
-        n_iter = min(n_iter, 4)
+        n_iter = 4 if n_iter is None else n_iter
     else:
+        n_iter = 5 if n_iter is None else n_iter
         for m in range(n):
             if m < n - 1 and rank <= x.shape[m]:
                 factors.append(_leading_vectors(_unfold(x, m), rank))
@@ -212,8 +216,8 @@ def distil_factors(field, mode_coords: list[torch.Tensor], targets: list[torch.T
     """Regress each mode network onto its factor curves (continuous, spline-upsampled).
 
     mode_coords : per mode (N_m, k_m) lattice coordinates; targets : per mode (N_m, D_m);
-    weights : per mode (D_m,) column weights of the squared error (mean 1), e.g. the energy each
-    column carries in the reconstruction (:func:`column_energies`). Trains all mode networks jointly
+    weights : per mode (D_m,) column weights of the squared error (mean 1; None: uniform), e.g. the
+    energy each column carries in the reconstruction (:func:`column_energies`). Trains all mode networks jointly
     (one Adam) on the weighted MSE summed over modes.
     """
     gen = torch.Generator().manual_seed(seed)
@@ -223,9 +227,9 @@ def distil_factors(field, mode_coords: list[torch.Tensor], targets: list[torch.T
         if coords.shape[1] == 1 and coords.shape[0] >= 4 and upsample > 1:
             coords, feats = _spline_samples(coords.cpu(), feats.cpu(), upsample, gen)
         data.append((coords.to(device), feats.to(device)))
-    if weights is None:
-        weights = [torch.ones(feats.shape[1]) for _, feats in data]
-    col_w = [w.to(device=device, dtype=torch.float32) for w in weights]
+    weights = weights or [None] * len(data)
+    col_w = [torch.ones(feats.shape[1], device=device) if w is None else w.to(device=device, dtype=torch.float32)
+             for (_, feats), w in zip(data, weights)]
     # ridge readout first: the best output layer for the random hidden features. A strong ridge
     # (0.1 of the mean eigenvalue) costs a little of the start but keeps the weights small enough for
     # Adam to keep learning the features: at 200 steps on Kodak crops, ridge 1e-3 ended 3 dB below a
@@ -266,7 +270,7 @@ def distil_factors(field, mode_coords: list[torch.Tensor], targets: list[torch.T
             "distil_loss": float(loss.detach()) if step else float("nan")}
 
 
-def column_energies(field, blocks_mix: list[torch.Tensor], floor: float = 0.01) -> list[torch.Tensor]:
+def column_energies(field, blocks_mix: list[torch.Tensor], floor: float = 0.01) -> list[Optional[torch.Tensor]]:
     """Per mode, the share of the reconstruction's energy that each factor column carries (mean 1).
 
     With unit-RMS factor columns, an error in column k of mode m reaches the
@@ -274,29 +278,20 @@ def column_energies(field, blocks_mix: list[torch.Tensor], floor: float = 0.01) 
     Tucker core slice, the CP component's channel weights), so the distillation
     weights its squared error by that energy: the leading, energetic columns are
     matched first, which also keeps small rank prefixes close to a model fitted at
-    that rank. TT cores get uniform weights. Weights are floored at ``floor`` of
-    the mean, so no network output is left untrained.
+    that rank. TT cores get uniform weights (None). Weights are floored at
+    ``floor`` of the mean, so no network output is left untrained.
     """
     name = field.config.decomposition
-    per_mode: list[list[torch.Tensor]] = [[] for _ in field.modes]
-    for mix in blocks_mix:
-        mix = mix.detach().float().cpu()
-        for m in range(len(field.modes)):
-            if name == "tucker":
-                e = mix.pow(2).movedim(m, 0).reshape(mix.shape[m], -1).sum(1)
-            elif name == "cp":
-                e = mix.pow(2).sum(1)
-            else:
-                e = None
-            per_mode[m].append(e)
+    if name not in ("tucker", "cp"):
+        return [None] * len(field.modes)
     out = []
-    for m, parts in enumerate(per_mode):
-        if any(e is None for e in parts):
-            out.append(None)
-            continue
+    for m in range(len(field.modes)):
+        parts = []
+        for mix in blocks_mix:  # channel blocks, in the order their features are concatenated
+            sq = mix.detach().float().cpu().pow(2)
+            parts.append(sq.movedim(m, 0).reshape(sq.shape[m], -1).sum(1) if name == "tucker" else sq.sum(1))
         e = torch.cat(parts)
-        e = e / e.mean().clamp_min(1e-30)
-        e = e.clamp_min(floor)
+        e = (e / e.mean().clamp_min(1e-30)).clamp_min(floor)
         out.append(e / e.mean())
     return out
 
@@ -324,10 +319,8 @@ def closed_form_start(field, target, *, seconds: Optional[float], steps: Optiona
     # per-mode targets: concatenate channel blocks along features
     targets = [torch.cat([bf[m] for bf in blocks_feats], dim=1) for m in range(len(field.modes))]
     mode_coords = [field._mode_coords([c.cpu() for c in coords], m) for m in range(len(field.modes))]
-    energies = column_energies(field, blocks_mix)
-    weights = [e if e is not None and e.numel() == t.shape[1] else torch.ones(t.shape[1])
-               for e, t in zip(energies, targets)]
     info = distil_factors(field, mode_coords, targets, seconds=seconds, steps=steps, seed=seed, callback=callback,
-                          ridge=float(getattr(target, "readout_ridge", 0.1)), weights=weights)
+                          ridge=float(getattr(target, "readout_ridge", 0.1)),
+                          weights=column_energies(field, blocks_mix))
     info["decomposition_seconds"] = t_decomp
     return info

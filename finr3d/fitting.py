@@ -176,9 +176,10 @@ def fit_field(field: FactorizedField, target: Target, config: FitConfig | None =
     hidden = [p for n, p in field.named_parameters() if n.startswith("nets.") and ".out." not in n]
     hidden_ids = {id(p) for p in hidden}
     rest = [p for p in params if id(p) not in hidden_ids]
-    hidden_scale = 1.0 if config.hidden_lr is None else float(config.hidden_lr)
-    if config.hidden_lr is None and config.init == "closed_form":
-        hidden_scale = float(getattr(target, "hidden_lr_default", 1.0))
+    if config.hidden_lr is not None:
+        hidden_scale = float(config.hidden_lr)
+    else:
+        hidden_scale = float(getattr(target, "hidden_lr_default", 1.0)) if config.init == "closed_form" else 1.0
 
     def make_optimizer(lr0: float) -> torch.optim.Optimizer:
         groups = [{"params": rest, "scale": 1.0}]

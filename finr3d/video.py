@@ -57,6 +57,12 @@ MODE_LAYOUTS: dict[str, list[tuple[int, ...]]] = {
     "x+y+t": [(0,), (1,), (2,)],
 }
 
+#: Per layout: (field_defaults, init_default, fit_defaults) of a :class:`VideoTarget`.
+LAYOUT_DEFAULTS: dict[str, tuple[dict, str, dict]] = {
+    "x+y+t": ({"decomposition": "cp", "rank": 256, "width": 128}, "closed_form", {"lr": 5e-4}),
+    "xy+t": ({"decomposition": "tucker", "rank": 64, "width": 128}, "random", {}),
+}
+
 #: Most decoded values a clip may hold (2 GiB at uint8); beyond it the user is
 #: asked to read a frame range, a stride or a smaller size.
 MAX_VIDEO_VALUES = 1 << 31
@@ -423,28 +429,16 @@ class VideoTarget(GridTarget):
 
     # CP r256 over (x) + (y) + (t) from a closed-form start (benchmarks/speed.py, RESULTS.md). A weak
     # readout ridge keeps the CP-ALS start (carphone, 8 sweeps: 28.3 dB at 1e-4 against 23.9 dB with the
-    # image ridge of 0.1; 5 sweeps: 28.05 dB at 1e-4, 27.5 dB at 1e-3, the ridge speed.py measured at 300 s), and a slow refinement of the hidden layers keeps the readout: ten Adam steps of 1e-5 on them
+    # image ridge of 0.1; 5 sweeps: 28.05 dB at 1e-4, 27.5 dB at 1e-3, the ridge speed.py measured at
+    # 300 s), and a slow refinement of the hidden layers keeps the readout: ten Adam steps of 1e-5 on them
     # alone cost 1.4 dB, on the output layers and channel factor nothing.
     # The (x, y) + (t) layout keeps its own settings: Tucker r64 from a random start at the default lr.
+    # field_defaults, init_default and fit_defaults are set per layout in __init__ (LAYOUT_DEFAULTS).
     readout_ridge = 1e-3
     hidden_lr_default = 0.1
     # CP-ALS sees at most this many (t, y, x) points, an evenly spaced sub-lattice of longer or larger clips:
     # carphone's 3.0M take 1.7 s for five rank-256 sweeps on one core, and the time grows linearly
     closed_form_samples = 1 << 22
-
-    @property
-    def field_defaults(self) -> dict:
-        if self.layout == "x+y+t":
-            return {"decomposition": "cp", "rank": 256, "width": 128}
-        return {"decomposition": "tucker", "rank": 64, "width": 128}
-
-    @property
-    def init_default(self) -> str:
-        return "closed_form" if self.layout == "x+y+t" else "random"
-
-    @property
-    def fit_defaults(self) -> dict:
-        return {"lr": 5e-4} if self.layout == "x+y+t" else {}
 
     def __init__(self, source, *, frames: Optional[tuple] = None, stride: int = 1, max_frames: Optional[int] = None,
                  resize=None, modes: str = "x+y+t", fps: Optional[float] = None, backend: str = "auto",
@@ -475,6 +469,8 @@ class VideoTarget(GridTarget):
         self.source = name
         self.fps = float(rate)
         self.layout = modes
+        field_defaults, self.init_default, fit_defaults = LAYOUT_DEFAULTS[modes]
+        self.field_defaults, self.fit_defaults = dict(field_defaults), dict(fit_defaults)
         self.frame_start, self.frame_stride = first, step
         self.levels = _LEVELS.get(arr.dtype, 1.0)
         self.bit_depth = 16 if arr.dtype == np.uint16 else 8
