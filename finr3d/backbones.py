@@ -12,6 +12,13 @@ layer ``out``; selecting rows of that layer gives a rank prefix.
   (Saragadam et al. 2023; ω = 20, s = 10).
 - ``finer``: variable-periodic ``sin(ω0 (|z| + 1) z)`` with the scale ``|z|+1``
   held out of the gradient and a wide first-layer bias (Liu et al. 2024).
+
+Every backbone of a 1-D mode can also read out a cosine series: ``basis`` B adds
+the features ``cos(π k (x + 1) / 2)``, k < B, beside the last hidden layer. On
+``linspace(-1, 1, N)`` these are the DCT-I vectors, so with B = N the output layer
+can reproduce any factor curve on the stored samples exactly (a closed-form start
+is then read out without loss), and between samples the curve is the cosine
+interpolant plus the network's smooth part.
 """
 
 from __future__ import annotations
@@ -26,6 +33,9 @@ from torch import nn
 __all__ = ["BACKBONES", "Backbone", "ReluPE", "Siren", "Wire", "Finer", "make_backbone"]
 
 BACKBONES: dict[str, type["Backbone"]] = {}
+
+#: Most cosine terms a mode network may read out.
+MAX_BASIS = 8192
 
 
 class Backbone(nn.Module):
@@ -43,19 +53,35 @@ class Backbone(nn.Module):
             cls.name = name
             BACKBONES[name] = cls
 
-    def __init__(self, in_dim: int, out_dim: int, width: int = 128, depth: int = 2, **options):
+    def __init__(self, in_dim: int, out_dim: int, width: int = 128, depth: int = 2, *, basis: int = 0, **options):
         super().__init__()
         self.in_dim, self.out_dim, self.width, self.depth = int(in_dim), int(out_dim), int(width), int(depth)
+        basis = int(basis)
+        if not 0 <= basis <= MAX_BASIS:
+            raise ValueError(f"basis must be between 0 and {MAX_BASIS}, got {basis}")
+        if basis and self.in_dim != 1:
+            raise ValueError(f"a cosine basis needs a 1-D mode, this one has {self.in_dim} inputs")
+        self.basis = basis
         self.options = dict(options)
+        self.register_buffer("basis_freqs", torch.arange(basis, dtype=torch.float32) * (math.pi / 2), persistent=False)
 
     def _finish(self, hidden_dim: int, init_bound: float) -> None:
-        self.out = nn.Linear(hidden_dim, self.out_dim)
+        self.out = nn.Linear(hidden_dim + self.basis, self.out_dim)
         with torch.no_grad():
             self.out.weight.uniform_(-init_bound, init_bound)
+            self.out.weight[:, hidden_dim:] = 0.0  # the cosine terms start silent; a readout sets them
             self.out.bias.zero_()
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
+    def hidden(self, x: torch.Tensor) -> torch.Tensor:
+        """The last hidden layer's features (n, width)."""
         raise NotImplementedError
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """What the output layer reads: the hidden features, then the cosine terms (n, width + basis)."""
+        h = self.hidden(x)
+        if not self.basis:
+            return h
+        return torch.cat([h, torch.cos((x[:, :1] + 1) * self.basis_freqs)], dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: (n, in_dim) normalized coordinates; returns (n, out_dim)."""
@@ -63,8 +89,11 @@ class Backbone(nn.Module):
 
     def config(self) -> dict:
         """JSON-ready arguments that rebuild this backbone (weights aside)."""
-        return {"name": self.name, "in_dim": self.in_dim, "out_dim": self.out_dim,
-                "width": self.width, "depth": self.depth, **self.options}
+        out = {"name": self.name, "in_dim": self.in_dim, "out_dim": self.out_dim,
+               "width": self.width, "depth": self.depth, **self.options}
+        if self.basis:
+            out["basis"] = self.basis
+        return out
 
     def select_outputs(self, index: torch.Tensor) -> "Backbone":
         """A copy whose outputs are ``self(x)[:, index]`` (used for rank prefixes)."""
@@ -107,14 +136,16 @@ class Siren(Backbone, name="siren"):
     Options: ``omega0`` (first layer, default 30) and ``omega_hidden`` (default 30).
     """
 
-    def __init__(self, in_dim, out_dim, width=128, depth=2, omega0: float = 30.0, omega_hidden: float = 30.0):
-        super().__init__(in_dim, out_dim, width, depth, omega0=float(omega0), omega_hidden=float(omega_hidden))
+    def __init__(self, in_dim, out_dim, width=128, depth=2, omega0: float = 30.0, omega_hidden: float = 30.0,
+                 basis: int = 0):
+        super().__init__(in_dim, out_dim, width, depth, basis=basis, omega0=float(omega0),
+                         omega_hidden=float(omega_hidden))
         layers = [_SineLayer(in_dim, width, omega0, first=True)]
         layers += [_SineLayer(width, width, omega_hidden, first=False) for _ in range(depth)]
         self.body = nn.Sequential(*layers)
         self._finish(width, math.sqrt(6.0 / width) / omega_hidden)
 
-    def features(self, x):
+    def hidden(self, x):
         return self.body(x)
 
 
@@ -133,15 +164,15 @@ class Finer(Backbone, name="finer"):
     """
 
     def __init__(self, in_dim, out_dim, width=128, depth=2, omega0: float = 30.0, omega_hidden: float = 30.0,
-                 first_bias_scale: float = 1.0):
-        super().__init__(in_dim, out_dim, width, depth, omega0=float(omega0), omega_hidden=float(omega_hidden),
+                 first_bias_scale: float = 1.0, basis: int = 0):
+        super().__init__(in_dim, out_dim, width, depth, basis=basis, omega0=float(omega0), omega_hidden=float(omega_hidden),
                          first_bias_scale=float(first_bias_scale))
         layers = [_FinerLayer(in_dim, width, omega0, first=True, bias_scale=first_bias_scale)]
         layers += [_FinerLayer(width, width, omega_hidden, first=False) for _ in range(depth)]
         self.body = nn.Sequential(*layers)
         self._finish(width, math.sqrt(6.0 / width) / omega_hidden)
 
-    def features(self, x):
+    def hidden(self, x):
         return self.body(x)
 
 
@@ -162,14 +193,15 @@ class Wire(Backbone, name="wire"):
     Options: ``omega0`` (ω, 20) and ``scale`` (s, 10), the paper's defaults.
     """
 
-    def __init__(self, in_dim, out_dim, width=128, depth=2, omega0: float = 20.0, scale: float = 10.0):
-        super().__init__(in_dim, out_dim, width, depth, omega0=float(omega0), scale=float(scale))
+    def __init__(self, in_dim, out_dim, width=128, depth=2, omega0: float = 20.0, scale: float = 10.0,
+                 basis: int = 0):
+        super().__init__(in_dim, out_dim, width, depth, basis=basis, omega0=float(omega0), scale=float(scale))
         layers = [_GaborLayer(in_dim, width, omega0, scale)]
         layers += [_GaborLayer(width, width, omega0, scale) for _ in range(depth)]
         self.body = nn.Sequential(*layers)
         self._finish(width, 1.0 / math.sqrt(width))
 
-    def features(self, x):
+    def hidden(self, x):
         return self.body(x)
 
 
@@ -179,8 +211,8 @@ class ReluPE(Backbone, name="relu"):
     Options: ``frequencies`` L (default 10).
     """
 
-    def __init__(self, in_dim, out_dim, width=128, depth=2, frequencies: int = 10):
-        super().__init__(in_dim, out_dim, width, depth, frequencies=int(frequencies))
+    def __init__(self, in_dim, out_dim, width=128, depth=2, frequencies: int = 10, basis: int = 0):
+        super().__init__(in_dim, out_dim, width, depth, basis=basis, frequencies=int(frequencies))
         self.register_buffer("freqs", (2.0 ** torch.arange(int(frequencies), dtype=torch.float32)) * math.pi,
                              persistent=False)
         enc_dim = in_dim * (1 + 2 * int(frequencies))
@@ -194,5 +226,5 @@ class ReluPE(Backbone, name="relu"):
         xb = x[..., None] * self.freqs  # (n, in, L)
         return torch.cat([x, torch.sin(xb).flatten(1), torch.cos(xb).flatten(1)], dim=-1)
 
-    def features(self, x):
+    def hidden(self, x):
         return self.body(self.encode(x))

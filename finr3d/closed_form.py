@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 import torch
 
-__all__ = ["discrete_decomposition", "hosvd", "distil_factors", "column_energies", "closed_form_start"]
+__all__ = ["discrete_decomposition", "hosvd", "cp_als", "cp_als_sweeps", "distil_factors", "readout",
+           "column_energies", "reads_out_exactly", "closed_form_start"]
 
 
 def _mode_tensor(values: torch.Tensor, modes) -> torch.Tensor:
@@ -99,21 +100,39 @@ def tt_svd(x: torch.Tensor, bonds) -> tuple[list[torch.Tensor], torch.Tensor]:
     return cores, weights
 
 
-def cp_als(x: torch.Tensor, rank: int, *, n_iter: Optional[int] = None,
-           seed: int = 0) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """CP-ALS of ``x`` (N_0..N_{M-1}, C); returns factors (N_m, R) and W (R, C), sorted by weight.
+#: Largest Khatri-Rao intermediate (values) of one MTTKRP chunk: bounds CP-ALS memory on long clips.
+MTTKRP_CHUNK = 1 << 26
 
-    ``n_iter`` sweeps (default 4 for a matrix with channels, whose start is already paired, else 5).
+#: CP-ALS sweeps of a closed-form start with a step budget (a seconds budget sweeps until its share ends).
+ALS_SWEEPS = 10
 
-    Alternating least squares (Kolda & Bader 2009, as in tensorly's ``parafac``)
-    written over torch tensors so a few sweeps of a rank-256 image cost well
-    under a second: tensorly's numpy ``parafac`` took over 20 s on a Kodak image
-    at rank 256, which is the whole budget of a short fit. Spatial factors start from the leading singular vectors.
+
+def _mttkrp(x: torch.Tensor, factors: list[torch.Tensor], m: int) -> torch.Tensor:
+    """``x`` times the Khatri-Rao product of every factor but ``m``'s: (N_m, R).
+
+    Chunked along the largest other axis so the intermediate stays under
+    :data:`MTTKRP_CHUNK` values whatever the clip length and rank.
     """
-    gen = torch.Generator().manual_seed(seed)
-    x = x.float()  # float32 sweeps: twice as fast, and the ridge keeps the normal equations well posed
+    n, rank = x.ndim, factors[0].shape[1]
+    letters = _letters(n)
+    others = [k for k in range(n) if k != m]
+    eq = letters + "," + ",".join(f"{letters[k]}r" for k in others) + f"->{letters[m]}r"
+    c = max(others, key=lambda k: x.shape[k])
+    per_row = x.numel() // (x.shape[m] * x.shape[c]) * rank
+    step = max(1, MTTKRP_CHUNK // max(per_row, 1))
+    if step >= x.shape[c]:
+        return torch.einsum(eq, x, *[factors[k] for k in others])
+    out = None
+    for i in range(0, x.shape[c], step):
+        part = torch.einsum(eq, x.narrow(c, i, min(step, x.shape[c] - i)),
+                            *[factors[k].narrow(0, i, min(step, x.shape[c] - i)) if k == c else factors[k]
+                              for k in others])
+        out = part if out is None else out + part
+    return out
+
+
+def _cp_init(x: torch.Tensor, rank: int, gen: torch.Generator) -> list[torch.Tensor]:
     n = x.ndim
-    factors = []
     if n == 3:
         # a matrix with channels (an image): the truncated SVD of the channel mean pairs the row and column
         # factors already (independent unfoldings do not), so a few sweeps finish what many would otherwise do;
@@ -125,27 +144,43 @@ def cp_als(x: torch.Tensor, rank: int, *, n_iter: Optional[int] = None,
             scale = 1e-3 * float(s[0]) / math.sqrt(max(x.shape[0], 1))
             a = torch.cat([a, torch.randn(x.shape[0], rank - k, generator=gen) / math.sqrt(x.shape[0])], 1)
             b = torch.cat([b, torch.randn(x.shape[1], rank - k, generator=gen) * scale], 1)
-        factors = [a.contiguous(), b.contiguous(), torch.ones(x.shape[2], rank)]
-        n_iter = 4 if n_iter is None else n_iter
-    else:
-        n_iter = 5 if n_iter is None else n_iter
-        for m in range(n):
-            if m < n - 1 and rank <= x.shape[m]:
-                factors.append(_leading_vectors(_unfold(x, m), rank))
-            else:
-                factors.append(torch.randn(x.shape[m], rank, generator=gen))
-    letters = _letters(n)
+        return [a.contiguous(), b.contiguous(), torch.ones(x.shape[2], rank)]
+    factors = []
+    for m in range(n):
+        if m < n - 1 and rank <= x.shape[m]:
+            factors.append(_leading_vectors(_unfold(x, m), rank))
+        else:
+            factors.append(torch.randn(x.shape[m], rank, generator=gen))
+    return factors
+
+
+def cp_als_sweeps(x: torch.Tensor, rank: int, *, seed: int = 0) -> Iterator[list[torch.Tensor]]:
+    """Endless CP-ALS sweeps of ``x`` (N_0..N_{M-1}, C): yields the raw factors after each sweep.
+
+    Alternating least squares (Kolda & Bader 2009, as in tensorly's ``parafac``)
+    over torch tensors: tensorly's numpy ``parafac`` took over 20 s on a Kodak
+    image at rank 256, and on carphone (3M pixels) a rank-1024 sweep takes 1.2 s on
+    one core here. The caller decides when to stop; :func:`cp_normalized` turns the
+    raw factors into unit columns and channel weights.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    x = x.float()  # float32 sweeps: twice as fast, and the ridge keeps the normal equations well posed
+    n = x.ndim
+    factors = _cp_init(x, rank, gen)
     eye = torch.eye(rank)
-    for _ in range(n_iter):
+    while True:
         for m in [n - 1, *range(n - 1)]:  # the channel factor first: it starts as a guess
-            others = [factors[k] for k in range(n) if k != m]
             gram = torch.ones(rank, rank)
-            for f in others:
-                gram = gram * (f.T @ f)
-            eq = letters + "," + ",".join(f"{letters[k]}r" for k in range(n) if k != m) + f"->{letters[m]}r"
-            mttkrp = torch.einsum(eq, x, *others)
+            for k in range(n):
+                if k != m:
+                    gram = gram * (factors[k].T @ factors[k])
             reg = 1e-6 * torch.trace(gram) / rank
-            factors[m] = torch.linalg.solve(gram + reg * eye, mttkrp.T).T
+            factors[m] = torch.linalg.solve(gram + reg * eye, _mttkrp(x, factors, m).T).T
+        yield factors
+
+
+def cp_normalized(factors: list[torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Raw CP factors -> unit-norm factors of every mode but the last, and W (R, C), sorted by weight."""
     w = factors[-1]
     spatial = []
     for f in factors[:-1]:
@@ -154,6 +189,23 @@ def cp_als(x: torch.Tensor, rank: int, *, n_iter: Optional[int] = None,
         w = w * norm
     order = torch.argsort(w.norm(dim=0), descending=True)
     return [f[:, order].float() for f in spatial], w[:, order].T.contiguous().float()
+
+
+def cp_als(x: torch.Tensor, rank: int, *, n_iter: Optional[int] = None,
+           seed: int = 0) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """CP-ALS of ``x`` (N_0..N_{M-1}, C); returns factors (N_m, R) and W (R, C), sorted by weight.
+
+    ``n_iter`` sweeps (default 4 for a matrix with channels, whose start is already paired, else 5).
+    Spatial factors start from the leading singular vectors.
+    """
+    if n_iter is None:
+        n_iter = 4 if x.ndim == 3 else 5
+    if n_iter <= 0:
+        return cp_normalized(_cp_init(x.float(), rank, torch.Generator().manual_seed(seed)))
+    for done, factors in enumerate(cp_als_sweeps(x, rank, seed=seed), 1):
+        if done >= n_iter:
+            return cp_normalized(factors)
+    raise AssertionError("unreachable")
 
 
 def discrete_decomposition(field, values: torch.Tensor) -> tuple[list[list[torch.Tensor]], list[torch.Tensor]]:
@@ -209,6 +261,22 @@ def _spline_samples(coords: torch.Tensor, feats: torch.Tensor, factor: int, gen:
     return torch.from_numpy(fine[:, None]).float(), torch.from_numpy(spline(fine)).float()
 
 
+def readout(net, coords: torch.Tensor, feats: torch.Tensor, ridge: float) -> None:
+    """Set ``net``'s output layer to the ridge regression of ``feats`` (n, D) on its features at ``coords``.
+
+    The ridge is a fraction of the mean eigenvalue of the feature Gram matrix.
+    """
+    with torch.no_grad():
+        h = net.features(coords)
+        h1 = torch.cat([h, torch.ones(h.shape[0], 1, device=h.device)], dim=1).double()
+        gram = h1.T @ h1
+        gram += ridge * torch.trace(gram) / gram.shape[0] * torch.eye(gram.shape[0], dtype=gram.dtype,
+                                                                       device=gram.device)
+        sol = torch.linalg.solve(gram, h1.T @ feats.double()).float()
+        net.out.weight.copy_(sol[:-1].T)
+        net.out.bias.copy_(sol[-1])
+
+
 def distil_factors(field, mode_coords: list[torch.Tensor], targets: list[torch.Tensor], *,
                    seconds: Optional[float], steps: Optional[int], lr: float = 5e-4, upsample: int = 4,
                    ridge: float = 0.1, weights: Optional[list[torch.Tensor]] = None,
@@ -234,15 +302,8 @@ def distil_factors(field, mode_coords: list[torch.Tensor], targets: list[torch.T
     # (0.1 of the mean eigenvalue) costs a little of the start but keeps the weights small enough for
     # Adam to keep learning the features: at 200 steps on Kodak crops, ridge 1e-3 ended 3 dB below a
     # random start, ridge 0.1 within 0.4 dB of it or above, from a 20-27 dB start instead of 14 dB.
-    with torch.no_grad():
-        for net, (coords, feats) in zip(field.nets, data):
-            h = net.features(coords)
-            h1 = torch.cat([h, torch.ones(h.shape[0], 1, device=h.device)], dim=1).double()
-            gram = h1.T @ h1
-            gram += ridge * torch.trace(gram) / gram.shape[0] * torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
-            sol = torch.linalg.solve(gram, h1.T @ feats.double()).float()
-            net.out.weight.copy_(sol[:-1].T)
-            net.out.bias.copy_(sol[-1])
+    for net, (coords, feats) in zip(field.nets, data):
+        readout(net, coords, feats, ridge)
     params = [p for net in field.nets for p in net.parameters()]
     opt = torch.optim.Adam(params, lr=lr)
     t0 = time.perf_counter()
@@ -296,13 +357,91 @@ def column_energies(field, blocks_mix: list[torch.Tensor], floor: float = 0.01) 
     return out
 
 
+def reads_out_exactly(field, target) -> bool:
+    """Whether every factor curve of ``field`` can take any values on ``target``'s grid.
+
+    True for a CP field with a shared channel factor whose 1-D mode networks each
+    read out a cosine basis at least as long as their axis (``basis='grid'``): a
+    closed-form CP then moves into the networks without loss, and the closed-form
+    phase keeps sweeping CP-ALS instead of distilling by gradient steps.
+    """
+    return (field.config.decomposition == "cp" and not field.independent
+            and all(len(axes) == 1 and getattr(net, "basis", 0) >= target.shape[axes[0]]
+                    for axes, net in zip(field.modes, field.nets)))
+
+
+def _set_cp(field, factors: list[torch.Tensor], coords: list[torch.Tensor], fine: list[torch.Tensor],
+            ridge: float) -> None:
+    """Put raw CP-ALS factors (decomposed on ``coords``) into ``field``: weights and network readouts.
+
+    A factor decomposed on a sub-lattice of its axis is spline-interpolated onto
+    the axis's stored samples ``fine`` first.
+    """
+    from scipy.interpolate import CubicSpline
+
+    spatial, w = cp_normalized(factors)
+    with torch.no_grad():
+        for m, f in enumerate(spatial):
+            rms = f.pow(2).mean(dim=0).sqrt().clamp_min(1e-12)
+            f = f / rms
+            w = w * rms[:, None]
+            c, x = coords[m].reshape(-1), fine[m].reshape(-1)
+            if len(c) != len(x) or not torch.allclose(c, x):
+                f = torch.from_numpy(CubicSpline(c.numpy().astype(np.float64), f.numpy().astype(np.float64),
+                                                 axis=0)(x.numpy().astype(np.float64))).float()
+            readout(field.nets[m], x[:, None].to(field.device), f.to(field.device), ridge)
+        field.blocks[0].mixing_parameter().copy_(w.to(field.device))
+
+
+def _als_start(field, target, coords, values, *, seconds, steps, seed, t0, callback, checkpoint) -> dict:
+    """Closed-form phase of an exactly-reading-out CP field: CP-ALS sweeps, read out as they go.
+
+    With a seconds budget the sweeps run until it ends (a sweep's time is
+    predicted from the last one); with a step budget :data:`ALS_SWEEPS` sweeps.
+    The networks read the factors out after sweeps 1, 2, 4, 8, ... and the last,
+    and ``checkpoint()`` (the fit's validation) runs after each readout. A
+    ``callback`` returning False stops after the next readout.
+    """
+    x = _mode_tensor(values.float().cpu() - field.bias.detach().cpu(), field.modes)
+    mode_coords = [c.cpu().reshape(-1) for c in coords]
+    fine = [target.axis_coords(axes[0]).reshape(-1) for axes in field.modes]
+    ridge = float(getattr(target, "readout_ridge", 0.1))
+    limit = seconds if seconds is not None else float("inf")
+    max_sweeps = ALS_SWEEPS if seconds is None else 10**9
+    if steps is not None and seconds is None and steps <= 0:
+        max_sweeps = 1
+    sweep, last_sweep, stop, t_read = 0, 0.0, False, 0.0
+    t_sweep = time.perf_counter()
+    for factors in cp_als_sweeps(x, field.ranks[0], seed=seed):
+        sweep += 1
+        now = time.perf_counter()
+        last_sweep, t_sweep = now - t_sweep, now
+        done = sweep >= max_sweeps or (now - t0) + last_sweep > limit
+        if callback is not None:
+            stop = callback({"phase": "closed_form", "step": sweep, "elapsed": now - t0}) is False
+        if done or stop or sweep & (sweep - 1) == 0:
+            r0 = time.perf_counter()
+            _set_cp(field, factors, mode_coords, fine, ridge)
+            if checkpoint is not None:
+                checkpoint()
+            t_read += time.perf_counter() - r0
+            t_sweep = time.perf_counter()
+        if done or stop:
+            break
+    return {"als_sweeps": sweep, "decomposition_seconds": time.perf_counter() - t0, "readout_seconds": t_read,
+            "distil_steps": 0, "distil_seconds": 0.0, "cancelled": stop}
+
+
 def closed_form_start(field, target, *, seconds: Optional[float], steps: Optional[int], seed: int = 0,
-                      max_samples: Optional[int] = None, callback: Optional[Callable] = None) -> dict:
+                      max_samples: Optional[int] = None, callback: Optional[Callable] = None,
+                      checkpoint: Optional[Callable[[], None]] = None) -> dict:
     """Initialise ``field`` from a discrete decomposition of ``target`` and distil it.
 
     The decomposition sees at most ``max_samples`` grid points (default: the
     target's ``closed_form_samples``, else 256^3), an evenly spaced sub-lattice
     of larger targets, so its time and memory stay bounded on long clips.
+    A field that reads out exactly (:func:`reads_out_exactly`) keeps sweeping
+    CP-ALS for the whole phase instead, calling ``checkpoint()`` after each readout.
     Returns timing and loss information for the fit history.
     """
     t0 = time.perf_counter()
@@ -311,6 +450,9 @@ def closed_form_start(field, target, *, seconds: Optional[float], steps: Optiona
     coords, values = target.dense(max_samples=max_samples)
     with torch.no_grad():
         field.bias.copy_(values.reshape(-1, values.shape[-1]).mean(0).to(field.device))
+    if reads_out_exactly(field, target):
+        return _als_start(field, target, coords, values, seconds=seconds, steps=steps, seed=seed, t0=t0,
+                          callback=callback, checkpoint=checkpoint)
     blocks_feats, blocks_mix = discrete_decomposition(field, values)
     t_decomp = time.perf_counter() - t0
     with torch.no_grad():

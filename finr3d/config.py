@@ -45,8 +45,11 @@ class FieldConfig:
     channel_factor: bool = True
     """Share the rank across channels with a learned channel factor (else independent per-channel blocks)."""
 
+    basis: Union[int, str] = 0
+    """Cosine terms cos(pi k (x+1)/2) read out beside each 1-D mode network's hidden features: 0 = none, 'grid' = one per stored sample of the axis (the factor curves can then hold any values on the stored grid)."""
+
     def validate(self) -> "FieldConfig":
-        from finr3d.backbones import BACKBONES
+        from finr3d.backbones import BACKBONES, MAX_BASIS
         from finr3d.decompositions import DECOMPOSITIONS
 
         if self.decomposition not in DECOMPOSITIONS:
@@ -62,6 +65,9 @@ class FieldConfig:
             raise InputError(f"width must be between 1 and 4096, got {self.width}")
         if not 0 <= self.depth <= 16:
             raise InputError(f"depth must be between 0 and 16, got {self.depth}")
+        if self.basis != "grid" and (isinstance(self.basis, bool) or not isinstance(self.basis, int)
+                                     or not 0 <= self.basis <= MAX_BASIS):
+            raise InputError(f"basis must be 'grid' or an integer between 0 and {MAX_BASIS}, got {self.basis!r}")
         if self.omega0 is not None and not (0 < self.omega0 < 1e5):
             raise InputError(f"omega0 must be positive, got {self.omega0}")
         return self

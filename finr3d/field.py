@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from finr3d import __version__
-from finr3d.backbones import make_backbone
+from finr3d.backbones import MAX_BASIS, make_backbone
 from finr3d.config import FieldConfig
 from finr3d.decompositions import DECOMPOSITIONS
 from finr3d.errors import FormatError, InputError
@@ -111,6 +111,8 @@ class FactorizedField(nn.Module):
                 config.backbone, max(samples[a] for a in axes))
             if omega is not None:
                 options["omega0"] = omega
+            if len(axes) == 1 and config.basis:
+                options["basis"] = min(samples[axes[0]], MAX_BASIS) if config.basis == "grid" else int(config.basis)
             nets.append(make_backbone(config.backbone, len(axes), dims[m] * n_blocks,
                                       width=config.width, depth=config.depth, **options))
         self.nets = nn.ModuleList(nets)

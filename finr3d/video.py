@@ -47,21 +47,39 @@ FRAME_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
 #: Axis groupings a video field can use; axes are (t, y, x) = (0, 1, 2).
 #: ``xy+t``: one network over the image plane and one over time; ``x+y+t``: one
-#: network per axis. x+y+t is the default: with a CP-256 closed-form start (CP-ALS
-#: of the clip, read out into the networks) it is at 27.5 dB after 2 s on
-#: carphone's 120 frames (one core), where Tucker-64 over xy+t from a random start
-#: needs about 45 s; xy+t has no cheap closed-form start, because a network over
-#: the image plane cannot take 64 factor images from a readout.
+#: network per axis. x+y+t is the default: its CP field reads a cosine basis as
+#: long as each axis (``basis='grid'``), so CP-ALS of the clip moves into the
+#: networks without loss and the fit is CP-ALS sweeps read out as they go
+#: (carphone, 120 frames, one core: 29.1 dB after 1.4 s, 35.6 dB after 60 s;
+#: benchmarks/RESULTS.md). xy+t has no such start, because a network over the
+#: image plane cannot take hundreds of factor images from a readout.
 MODE_LAYOUTS: dict[str, list[tuple[int, ...]]] = {
     "xy+t": [(1, 2), (0,)],
     "x+y+t": [(0,), (1,), (2,)],
 }
 
-#: Per layout: (field_defaults, init_default, fit_defaults) of a :class:`VideoTarget`.
+#: Per layout: (field_defaults, init_default, fit_defaults) of a :class:`VideoTarget`; the x+y+t rank
+#: comes from the clip's size (:func:`default_video_rank`).
 LAYOUT_DEFAULTS: dict[str, tuple[dict, str, dict]] = {
-    "x+y+t": ({"decomposition": "cp", "rank": 256, "width": 128}, "closed_form", {"lr": 5e-4}),
+    # Adam steps after the CP-ALS phase gained nothing in a 60-s probe (34.43 -> 34.44 dB in 30 s,
+    # where 30 more s of sweeps gained 1.1 dB), so the whole budget sweeps (distill_fraction 1)
+    "x+y+t": ({"decomposition": "cp", "width": 32, "basis": "grid"}, "closed_form",
+              {"lr": 5e-4, "distill_fraction": 1.0}),
     "xy+t": ({"decomposition": "tucker", "rank": 64, "width": 128}, "random", {}),
 }
+
+#: Largest default CP rank of a clip, and the least compression the default keeps (clip values per parameter).
+VIDEO_MAX_RANK = 1024
+VIDEO_MIN_RATIO = 4
+
+
+def default_video_rank(shape: Sequence[int], channels: int, width: int = 32) -> int:
+    """The default CP rank of an x+y+t clip: 1024, or less where the field would hold more than
+    1/:data:`VIDEO_MIN_RATIO` of the clip's values (each rank costs one readout weight per stored sample
+    of every axis, per hidden feature and per channel)."""
+    per_rank = sum(shape) + len(shape) * width + channels
+    fit = math.prod(shape) * channels // (VIDEO_MIN_RATIO * per_rank)
+    return int(max(16, min(VIDEO_MAX_RANK, fit)))
 
 #: Most decoded values a clip may hold (2 GiB at uint8); beyond it the user is
 #: asked to read a frame range, a stride or a smaller size.
@@ -471,6 +489,8 @@ class VideoTarget(GridTarget):
         self.layout = modes
         field_defaults, self.init_default, fit_defaults = LAYOUT_DEFAULTS[modes]
         self.field_defaults, self.fit_defaults = dict(field_defaults), dict(fit_defaults)
+        if "rank" not in self.field_defaults:
+            self.field_defaults["rank"] = default_video_rank(self.shape, self.channels, self.field_defaults["width"])
         self.frame_start, self.frame_stride = first, step
         self.levels = _LEVELS.get(arr.dtype, 1.0)
         self.bit_depth = 16 if arr.dtype == np.uint16 else 8

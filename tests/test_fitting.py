@@ -7,7 +7,8 @@ import pytest
 import torch
 
 import finr3d
-from finr3d.config import FitConfig
+import finr3d.fitting
+from finr3d.config import FieldConfig, FitConfig
 from finr3d.errors import FitCancelled, InputError
 from finr3d.targets import ImageTarget, VolumeTarget
 
@@ -214,3 +215,33 @@ def test_column_energies_follow_the_core_and_have_mean_one():
     tt = FactorizedField(3, 1, FieldConfig(decomposition="tt", rank=4, width=8))
     _, tmix = discrete_decomposition(tt, x)
     assert column_energies(tt, tmix) == [None, None, None]
+
+
+def test_chunked_mttkrp_matches_one_einsum(monkeypatch):
+    """CP-ALS bounds its memory on long clips by chunking the MTTKRP; the sums must not change."""
+    import finr3d.closed_form as cf
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 7, 9, 3, generator=gen)
+    factors = [torch.randn(n, 5, generator=gen) for n in x.shape]
+    whole = [cf._mttkrp(x, factors, m) for m in range(4)]
+    monkeypatch.setattr(cf, "MTTKRP_CHUNK", 40)  # a few rows of the chunked axis at a time
+    for m in range(4):
+        torch.testing.assert_close(cf._mttkrp(x, factors, m), whole[m], rtol=1e-5, atol=1e-5)
+    letters = "abcd"
+    for m in range(4):
+        eq = letters + "," + ",".join(f"{letters[k]}r" for k in range(4) if k != m) + f"->{letters[m]}r"
+        torch.testing.assert_close(whole[m], torch.einsum(eq, x, *[factors[k] for k in range(4) if k != m]))
+
+
+def test_exact_readout_is_only_claimed_when_the_basis_covers_every_axis():
+    from finr3d.closed_form import reads_out_exactly
+    from finr3d.targets import ImageTarget
+
+    img = ImageTarget(np.random.default_rng(0).random((12, 10, 3)).astype(np.float32))
+    build = lambda **kw: finr3d.fitting.build_field(img, FieldConfig(rank=8, width=8, **kw))
+    assert reads_out_exactly(build(basis="grid"), img)
+    assert not reads_out_exactly(build(basis=10), img)  # 10 terms for 12 rows
+    assert not reads_out_exactly(build(basis="grid", decomposition="tucker"), img)
+    assert not reads_out_exactly(build(basis="grid", channel_factor=False), img)
+    assert not reads_out_exactly(build(), img)

@@ -305,17 +305,81 @@ def test_for_field_rebuilds_the_fitted_window(frame_folder, clip_u8):
         VideoTarget(frame_folder).evaluate(field)
 
 
-def test_closed_form_start_of_a_long_clip_uses_a_bounded_sub_lattice(clip_u8, monkeypatch):
-    """CP-ALS sees at most closed_form_samples points; the readout still gives a usable start."""
+@pytest.mark.parametrize("basis", ["grid", 0])
+def test_closed_form_start_of_a_long_clip_uses_a_bounded_sub_lattice(clip_u8, monkeypatch, basis):
+    """CP-ALS sees at most closed_form_samples points; the readout (spline-interpolated onto every stored
+    sample with the default cosine basis, distilled without it) still gives a usable start."""
     import finr3d
     import finr3d.closed_form as cf
 
     seen = []
-    real = cf.discrete_decomposition
-    monkeypatch.setattr(cf, "discrete_decomposition", lambda field, values: seen.append(values.shape) or real(field, values))
+    real = cf.cp_als_sweeps  # both paths sweep through it (cp_als too)
+    monkeypatch.setattr(cf, "cp_als_sweeps", lambda x, rank, **kw: seen.append(x.shape) or real(x, rank, **kw))
     target = VideoTarget(clip_u8)
     monkeypatch.setattr(target, "closed_form_samples", 8 * 12 * 16, raising=False)
-    field = finr3d.fit(target, rank=16, width=32, steps=60, seed=0)
+    field = finr3d.fit(target, rank=16, width=32, steps=60, seed=0, basis=basis)
     assert len(seen) == 1 and 2 * 6 * 8 <= seen[0][:3].numel() <= 8 * 12 * 16 < 8 * 24 * 32
     assert field.history["fit_config"]["init"] == "closed_form"
+    assert ("als_sweeps" in field.history) == (basis == "grid")
     assert target.evaluate(field)["psnr"] > 25
+
+
+# --------------------------------------------------------------------------- the CP-ALS default
+def test_default_video_rank_keeps_the_clip_compressed():
+    from finr3d.video import VIDEO_MAX_RANK, VIDEO_MIN_RATIO, default_video_rank
+
+    assert default_video_rank((120, 144, 176), 3) == VIDEO_MAX_RANK  # carphone
+    for shape in [(8, 24, 32), (32, 128, 128), (300, 288, 352)]:
+        r = default_video_rank(shape, 3)
+        assert 16 <= r <= VIDEO_MAX_RANK
+        if r > 16:
+            assert r * (sum(shape) + 3 * 32 + 3) * VIDEO_MIN_RATIO <= np.prod(shape) * 3
+    assert VideoTarget(blob_clip()).field_defaults["rank"] == default_video_rank((8, 24, 32), 3)
+
+
+def test_default_fit_is_cp_als_read_out_without_loss(clip_u8):
+    """The default x+y+t field reads a cosine basis per axis, so the fit is CP-ALS sweeps read out into the
+    networks: the field equals the discrete CP of the same sweeps, and the fit's curve has a point per readout."""
+    import finr3d
+    from finr3d.closed_form import ALS_SWEEPS, cp_als
+
+    target = VideoTarget(clip_u8)
+    field = finr3d.fit(target, rank=24, steps=100, seed=0)
+    h = field.history
+    assert field.config.basis == "grid" and [net.basis for net in field.nets] == [8, 24, 32]
+    assert h["als_sweeps"] == ALS_SWEEPS and h["steps"] == 100 and h["distil_steps"] == 0
+    assert len(h["curve"]) >= 5  # readouts after sweeps 1, 2, 4, 8 and 10, then the final validation
+    assert h["curve"][0]["psnr"] < h["curve"][-1]["psnr"]
+    data = target.data
+    mean = data.reshape(-1, 3).mean(0)
+    factors, w = cp_als(data - mean, 24, n_iter=ALS_SWEEPS, seed=0)
+    discrete = torch.einsum("ir,jr,kr,rc->ijkc", *factors, w) + mean
+    mse = float(((discrete - data) ** 2).mean())
+    ours = torch.from_numpy(field.grid(list(target.shape), squeeze=False))
+    assert float(((ours - discrete) ** 2).mean()) < 0.01 * mse  # the readout adds under 1 % of the error
+    assert target.evaluate(field)["psnr"] > 32
+
+
+def test_cancelling_during_the_sweeps_keeps_a_read_out_field(clip_u8):
+    import finr3d
+    from finr3d.errors import FitCancelled
+
+    calls = []
+
+    def stop_at_third(info):
+        calls.append(info)
+        return not (info.get("phase") == "closed_form" and info["step"] >= 3)
+
+    with pytest.raises(FitCancelled) as exc:
+        finr3d.fit(VideoTarget(clip_u8), rank=16, steps=100, seed=0, callback=stop_at_third)
+    field = exc.value.field
+    assert field.history["als_sweeps"] == 3 and field.history["stopped"] == "cancelled"
+    assert VideoTarget(clip_u8).evaluate(field)["psnr"] > 25
+
+
+def test_seconds_budget_sweeps_until_it_ends(clip_u8):
+    import finr3d
+
+    field = finr3d.fit(VideoTarget(clip_u8), rank=16, seconds=1.0, seed=0)
+    h = field.history
+    assert h["als_sweeps"] > 10 and h["seconds"] < 2.0
