@@ -6,7 +6,8 @@ another in one process, and records PSNR against its own elapsed time:
 - ``finr3d``: one or more factorized fields (``--finr3d tucker:32:xy+t,cp:64``);
   the first is the one the others are compared with. Its time includes its
   closed-form start and its own validation passes.
-- ``siren``, ``relu_ff``, ``hashgrid`` (T = 2^19, the paper's) and
+- ``siren``, ``siren_eq`` (SIREN widened to finr3d's parameter count),
+  ``relu_ff``, ``hashgrid`` (T = 2^19, the paper's) and
   ``hashgrid_eq`` (the table shrunk to finr3d's parameter count): neural
   baselines with their papers' settings (``benchmarks/baselines``); their
   time excludes the periodic scoring on 2^16 random pixels.
@@ -56,10 +57,11 @@ from shared_assets import shared_assets  # noqa: E402
 from finr3d.targets import ImageTarget, psnr, ssim  # noqa: E402
 from finr3d.video import VideoTarget  # noqa: E402
 
-ALL_METHODS = ("finr3d", "siren", "relu_ff", "hashgrid", "hashgrid_eq", "cp_als", "tucker", "tt_svd")
-#: finr3d settings per data kind, decomposition:rank[:layout]: the targets' defaults (finr3d/video.py,
-#: finr3d/targets.py). The layout study that chose them is in benchmarks/RESULTS.md.
-DEFAULT_FINR3D = {"video": "cp:256:x+y+t", "image": "tucker:128"}
+ALL_METHODS = ("finr3d", "siren", "siren_eq", "relu_ff", "hashgrid", "hashgrid_eq", "cp_als", "tucker", "tt_svd")
+#: finr3d settings per data kind, decomposition:rank[:layout], or ``default``: the target's own defaults
+#: (finr3d/video.py: CP over x+y+t at a rank from the clip's size; finr3d/targets.py). The studies that chose
+#: them are in benchmarks/RESULTS.md.
+DEFAULT_FINR3D = {"video": "default", "image": "tucker:128"}
 EQUAL_TIME_FRACTIONS = (0.1, 0.25, 0.5, 1.0)
 
 
@@ -109,8 +111,14 @@ def score(recon: np.ndarray, data: np.ndarray) -> dict:
 
 
 def parse_finr3d_spec(spec: str, kind: str) -> dict:
-    """``decomposition:rank[:layout]``, e.g. ``tucker:48:xy+t``, ``cp:128``, ``tt:32,32:x+y+t``."""
+    """``decomposition:rank[:layout]``, e.g. ``tucker:48:xy+t``, ``cp:128``, ``tt:32,32:x+y+t``, or
+    ``default[:layout]`` (the target's defaults)."""
     parts = spec.split(":")
+    if parts[0] == "default":
+        out = {"default": True}
+        if kind == "video":
+            out["layout"] = parts[1] if len(parts) > 1 else "x+y+t"
+        return out
     if len(parts) < 2 or parts[0] not in ("cp", "tucker", "tt"):
         raise SystemExit(f"--finr3d {spec!r}: use decomposition:rank[:layout], e.g. tucker:48:xy+t")
     ranks = [int(r) for r in parts[1].replace("x", "/").replace("/", ",").split(",") if r]
@@ -129,8 +137,9 @@ def run_finr3d(data: np.ndarray, kind: str, spec: dict, args) -> dict:
         target = VideoTarget(data, modes=spec["layout"])
     else:
         target = ImageTarget(data)
-    options = dict(decomposition=spec["decomposition"], rank=spec["rank"], backbone=args.backbone,
-                   seconds=args.seconds, seed=args.seed, device=args.device)
+    options = dict(backbone=args.backbone, seconds=args.seconds, seed=args.seed, device=args.device)
+    if not spec.get("default"):
+        options.update(decomposition=spec["decomposition"], rank=spec["rank"])
     if args.width:
         options["width"] = args.width
     if args.init:
@@ -141,18 +150,21 @@ def run_finr3d(data: np.ndarray, kind: str, spec: dict, args) -> dict:
     curve = [(c["elapsed"], c["psnr"]) for c in field.history["curve"]]
     recon = field.grid(list(data.shape[:-1]), squeeze=False)
     return {"curve": curve, "params": field.parameter_count(), "steps": field.history["steps"], "wall": wall,
-            "settings": {**spec, "backbone": field.config.backbone, "width": field.config.width,
-                         "depth": field.config.depth, "ranks": list(field.ranks), "modes": field.modes,
+            "settings": {**spec, "decomposition": field.config.decomposition, "backbone": field.config.backbone,
+                         "width": field.config.width, "depth": field.config.depth, "basis": field.config.basis,
+                         "ranks": list(field.ranks), "modes": field.modes,
                          "init": field.history.get("fit_config", {}).get("init")},
             **score(recon, data)}
 
 
 def make_method(name: str, finr_params: int, data: np.ndarray, args):
-    from baselines import HashGridBaseline, make_baseline
+    from baselines import HashGridBaseline, SirenBaseline, make_baseline
 
     common = {"seed": args.seed}
-    if name in ("siren", "relu_ff", "hashgrid", "hashgrid_eq"):
+    if name in ("siren", "siren_eq", "relu_ff", "hashgrid", "hashgrid_eq"):
         common["device"] = args.device
+    if name == "siren_eq":
+        return SirenBaseline.for_parameters(finr_params, data.ndim - 1, data.shape[-1], **common)
     if name == "hashgrid":
         return make_baseline("hashgrid", log2_table_size=args.hash_log2_table, batch=args.hash_batch, **common)
     if name == "hashgrid_eq":
@@ -342,7 +354,7 @@ def main(argv=None) -> int:
         print(f"\n## {item}: shape {data.shape}", flush=True)
         results = {}
         for i, spec in enumerate(specs):
-            name = "finr3d" if i == 0 else f"finr3d[{':'.join(str(v) for v in spec.values())}]"
+            name = "finr3d" if i == 0 else f"finr3d[{':'.join('default' if v is True else str(v) for v in spec.values())}]"
             results[name] = run_finr3d(data, args.data, spec, args)
             print(_line(name, results[name]), flush=True)
         finr_params = results["finr3d"]["params"]

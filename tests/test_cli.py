@@ -57,6 +57,8 @@ def test_fit_info_decode_round_trip(tiny_png, tmp_path, capsys):
     (["fit", "{png}", "-o", "{tmp}/a.txt"], "unsupported output"),
     (["fit", "{png}", "-o", "{tmp}/a.finr", "--rank", "0"], "rank"),
     (["fit", "{png}", "-o", "{tmp}/a.finr", "--rank", "abc"], "rank"),
+    (["fit", "{png}", "-o", "{tmp}/a.finr", "--basis", "all"], "basis"),
+    (["fit", "{png}", "-o", "{tmp}/a.finr", "--basis", "-3"], "basis"),
     (["fit", "{png}", "-o", "{tmp}/nodir/a.finr"], "does not exist"),
     (["info", "{tmp}/missing.finr"], "no such file"),
     (["info", "{png}"], "magic"),

@@ -57,6 +57,19 @@ class SirenBaseline(NeuralBaseline, name="siren"):
         self.width, self.hidden_layers, self.omega0 = int(width), int(hidden_layers), float(omega0)
         self.sample_fraction = float(sample_fraction)
 
+    @classmethod
+    def for_parameters(cls, budget: int, in_dim: int, out_dim: int, **options) -> "SirenBaseline":
+        """The paper's SIREN widened (same depth) to the largest width within ``budget`` parameters."""
+        layers = int(options.get("hidden_layers", 3))
+
+        def count(w):
+            return (in_dim + 1) * w + layers * (w + 1) * w + (w + 1) * out_dim
+
+        width = 8
+        while count(width + 1) <= budget:
+            width += 1
+        return cls(width=width, **options)
+
     def build(self, in_dim, out_dim, shape):
         layers = [SineLayer(in_dim, self.width, self.omega0, first=True)]
         layers += [SineLayer(self.width, self.width, self.omega0, first=False) for _ in range(self.hidden_layers)]

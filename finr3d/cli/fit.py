@@ -32,11 +32,12 @@ def add_arguments(p) -> None:
     p.add_argument("--kind", default="auto", choices=["auto", "sdf", "volume", "image", "video"],
                    help="what the input is (default: from the file name)")
     p.add_argument("--decomposition", choices=["cp", "tucker", "tt"], help=fd["decomposition"] + " (default by kind: tucker for meshes and images, cp for video and volumes)")
-    p.add_argument("--rank", type=_rank, help=fd["rank"] + " E.g. 64 or 32,32,16. (default by kind: meshes 48, images 128, video 256, volumes 64;"
+    p.add_argument("--rank", type=_rank, help=fd["rank"] + " E.g. 64 or 32,32,16. (default by kind: meshes 48, images 128, video up to 1024 by clip size, volumes 64;"
                    " a rank without --decomposition means a cp rank)")
     p.add_argument("--backbone", choices=["relu", "siren", "wire", "finer"], help=fd["backbone"] + " (default siren)")
-    p.add_argument("--width", type=int, help=fd["width"] + " (default 128)")
+    p.add_argument("--width", type=int, help=fd["width"] + " (default 128; video 32)")
     p.add_argument("--depth", type=int, help=fd["depth"] + " (default 2)")
+    p.add_argument("--basis", type=_basis, help=fd["basis"] + " (default by kind: grid for video, else 0)")
     p.add_argument("--steps", type=int, help=td["steps"])
     p.add_argument("--seconds", type=float, help=td["seconds"])
     p.add_argument("--lr", type=float, help=td["lr"] + " (default 2e-3; images 1e-3, video 5e-4)")
@@ -90,6 +91,15 @@ def _video_options(args) -> dict:
     return out
 
 
+def _basis(text: str):
+    if text.strip().lower() == "grid":
+        return "grid"
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be 'grid' or a number of cosine terms, got {text!r}") from None
+
+
 def _rank(text: str):
     try:
         parts = [int(t) for t in text.replace("x", ",").split(",") if t.strip()]
@@ -115,7 +125,7 @@ def run(args) -> int:
         torch.set_num_threads(args.threads)
     if not Path(args.input).exists():
         raise FileNotFoundError(f"{args.input}: no such file; check the path")
-    options = {k: getattr(args, k) for k in ("decomposition", "rank", "backbone", "width", "depth", "steps",
+    options = {k: getattr(args, k) for k in ("decomposition", "rank", "backbone", "width", "depth", "basis", "steps",
                                              "seconds", "lr", "init", "nested_ranks", "eikonal", "target_metric",
                                              "seed", "device")}
     options = {k: v for k, v in options.items() if v is not None}
