@@ -454,9 +454,10 @@ class VideoTarget(GridTarget):
     # field_defaults, init_default and fit_defaults are set per layout in __init__ (LAYOUT_DEFAULTS).
     readout_ridge = 1e-3
     hidden_lr_default = 0.1
-    # CP-ALS sees at most this many (t, y, x) points, an evenly spaced sub-lattice of longer or larger clips:
-    # carphone's 3.0M take 1.7 s for five rank-256 sweeps on one core, and the time grows linearly
-    closed_form_samples = 1 << 22
+    # CP-ALS sees at most this many (t, y, x) points (200 MB as float32 RGB), an evenly spaced sub-lattice of
+    # longer or larger clips: a rank-1024 sweep of carphone's 3.0M points takes 1.2 s on one core, and the time
+    # grows linearly with the points and the rank
+    closed_form_samples = 1 << 24
 
     def __init__(self, source, *, frames: Optional[tuple] = None, stride: int = 1, max_frames: Optional[int] = None,
                  resize=None, modes: str = "x+y+t", fps: Optional[float] = None, backend: str = "auto",
@@ -491,6 +492,9 @@ class VideoTarget(GridTarget):
         self.field_defaults, self.fit_defaults = dict(field_defaults), dict(fit_defaults)
         if "rank" not in self.field_defaults:
             self.field_defaults["rank"] = default_video_rank(self.shape, self.channels, self.field_defaults["width"])
+        if self.fit_defaults.get("distill_fraction") == 1.0 and math.prod(self.shape) > self.closed_form_samples:
+            # CP-ALS sees a sub-lattice of this clip: half the budget refines on sub-grids of every stored sample
+            self.fit_defaults["distill_fraction"] = 0.5
         self.frame_start, self.frame_stride = first, step
         self.levels = _LEVELS.get(arr.dtype, 1.0)
         self.bit_depth = 16 if arr.dtype == np.uint16 else 8

@@ -315,12 +315,15 @@ def test_closed_form_start_of_a_long_clip_uses_a_bounded_sub_lattice(clip_u8, mo
     seen = []
     real = cf.cp_als_sweeps  # both paths sweep through it (cp_als too)
     monkeypatch.setattr(cf, "cp_als_sweeps", lambda x, rank, **kw: seen.append(x.shape) or real(x, rank, **kw))
+    monkeypatch.setattr(VideoTarget, "closed_form_samples", 8 * 12 * 16)
     target = VideoTarget(clip_u8)
-    monkeypatch.setattr(target, "closed_form_samples", 8 * 12 * 16, raising=False)
+    # sweeps of a sub-lattice leave half the budget to refinement on every stored sample
+    assert target.fit_defaults["distill_fraction"] == 0.5
     field = finr3d.fit(target, rank=16, width=32, steps=60, seed=0, basis=basis)
     assert len(seen) == 1 and 2 * 6 * 8 <= seen[0][:3].numel() <= 8 * 12 * 16 < 8 * 24 * 32
     assert field.history["fit_config"]["init"] == "closed_form"
     assert ("als_sweeps" in field.history) == (basis == "grid")
+    assert field.history["curve"][-1]["step"] == 60  # refinement ran after the closed-form phase
     assert target.evaluate(field)["psnr"] > 25
 
 
