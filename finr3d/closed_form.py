@@ -399,8 +399,9 @@ def _als_start(field, target, coords, values, *, seconds, steps, seed, t0, callb
     With a seconds budget the sweeps run until it ends (a sweep's time is
     predicted from the last one); with a step budget :data:`ALS_SWEEPS` sweeps.
     The networks read the factors out after sweeps 1, 2, 4, 8, ... and the last,
-    and ``checkpoint()`` (the fit's validation) runs after each readout. A
-    ``callback`` returning False stops after the next readout.
+    and ``checkpoint()`` (the fit's validation) runs after each readout; it
+    returns True when the fit has reached its target metric, which ends the
+    sweeps. A ``callback`` returning False stops after the next readout.
     """
     x = _mode_tensor(values.float().cpu() - field.bias.detach().cpu(), field.modes)
     mode_coords = [c.cpu().reshape(-1) for c in coords]
@@ -410,7 +411,7 @@ def _als_start(field, target, coords, values, *, seconds, steps, seed, t0, callb
     max_sweeps = ALS_SWEEPS if seconds is None else 10**9
     if steps is not None and seconds is None and steps <= 0:
         max_sweeps = 1
-    sweep, last_sweep, stop, t_read = 0, 0.0, False, 0.0
+    sweep, last_sweep, stop, reached, t_read = 0, 0.0, False, False, 0.0
     t_sweep = time.perf_counter()
     for factors in cp_als_sweeps(x, field.ranks[0], seed=seed):
         sweep += 1
@@ -423,18 +424,18 @@ def _als_start(field, target, coords, values, *, seconds, steps, seed, t0, callb
             r0 = time.perf_counter()
             _set_cp(field, factors, mode_coords, fine, ridge)
             if checkpoint is not None:
-                checkpoint()
+                reached = bool(checkpoint())
             t_read += time.perf_counter() - r0
             t_sweep = time.perf_counter()
-        if done or stop:
+        if done or stop or reached:
             break
     return {"als_sweeps": sweep, "decomposition_seconds": time.perf_counter() - t0, "readout_seconds": t_read,
-            "distil_steps": 0, "distil_seconds": 0.0, "cancelled": stop}
+            "distil_steps": 0, "distil_seconds": 0.0, "cancelled": stop, "target_reached": reached}
 
 
 def closed_form_start(field, target, *, seconds: Optional[float], steps: Optional[int], seed: int = 0,
                       max_samples: Optional[int] = None, callback: Optional[Callable] = None,
-                      checkpoint: Optional[Callable[[], None]] = None) -> dict:
+                      checkpoint: Optional[Callable[[], bool]] = None) -> dict:
     """Initialise ``field`` from a discrete decomposition of ``target`` and distil it.
 
     The decomposition sees at most ``max_samples`` grid points (default: the

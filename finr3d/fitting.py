@@ -150,6 +150,12 @@ def fit_field(field: FactorizedField, target: Target, config: FitConfig | None =
         p = progress()
         return None if p <= 0 else max(0.0, t / p - t)
 
+    def checkpoint() -> bool:
+        """Validate a closed-form readout: a curve point; True once the target metric is reached."""
+        score = evaluate()[0]
+        history["curve"].append({"elapsed": elapsed(), "step": 0, metric_name: score})
+        return config.target_metric is not None and score >= config.target_metric
+
     # --- closed-form start --------------------------------------------------
     if config.init == "closed_form":
         from finr3d.closed_form import closed_form_start
@@ -164,12 +170,13 @@ def fit_field(field: FactorizedField, target: Target, config: FitConfig | None =
             steps=None if steps_budget is None else int(steps_budget * frac),
             seed=config.seed,
             callback=(lambda d: callback(dict(d, eta=_eta(d["elapsed"])))) if callback else None,
-            checkpoint=lambda: history["curve"].append({"elapsed": elapsed(), "step": 0, metric_name: evaluate()[0]}),
+            checkpoint=checkpoint,
         )
         history.update(info)
     else:
         _calibrate_random_init(field, target)
     cancelled = bool(history.pop("cancelled", False))
+    reached = bool(history.pop("target_reached", False))
 
     lr_scale = 1.0
     params = list(field.parameters())
@@ -203,7 +210,7 @@ def fit_field(field: FactorizedField, target: Target, config: FitConfig | None =
     history["curve"].append({"elapsed": elapsed(), "step": 0, metric_name: best_score})
     loss_ema, loss_floor = None, float("inf")
     last_report = -1.0
-    stopped = "cancelled" if cancelled else "budget"
+    stopped = "cancelled" if cancelled else "target_metric" if reached else "budget"
     amp = config.amp and device.type == "cuda"
     if config.compile:
         if device.type == "cuda":
@@ -220,7 +227,7 @@ def fit_field(field: FactorizedField, target: Target, config: FitConfig | None =
     warmup = config.warmup if config.warmup is not None else (100 if config.init == "closed_form" else 20)
     warmup = max(1, warmup)
 
-    while not cancelled and not out_of_budget():
+    while not (cancelled or reached) and not out_of_budget():
         p = progress()
         warm = min(1.0, (step - step0 + 1) / warmup)
         lr = config.lr * lr_scale * warm * (config.lr_final + (1 - config.lr_final) * 0.5 * (1 + math.cos(math.pi * p)))

@@ -386,3 +386,11 @@ def test_seconds_budget_sweeps_until_it_ends(clip_u8):
     field = finr3d.fit(VideoTarget(clip_u8), rank=16, seconds=1.0, seed=0)
     h = field.history
     assert h["als_sweeps"] > 10 and h["seconds"] < 2.0
+
+
+def test_target_metric_ends_the_sweeps(clip_u8):
+    import finr3d
+
+    field = finr3d.fit(VideoTarget(clip_u8), rank=16, steps=100, seed=0, target_metric=20.0)
+    h = field.history
+    assert h["stopped"] == "target_metric" and h["als_sweeps"] < 10 and h["psnr"] >= 20
