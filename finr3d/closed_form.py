@@ -11,6 +11,12 @@
 
 The discrete factors are ordered by energy (singular values; CP components by
 weight), so rank prefixes of the result are already good models.
+
+A CP field whose networks read out a cosine basis as long as each axis
+(``basis='grid'``, the video default) skips step 3's regression: its readout
+reproduces any factor curve on the stored samples, so the whole closed-form
+phase is CP-ALS sweeps, each read out exactly, with a validation point after
+sweeps 1, 2, 4, 8, ... (:func:`reads_out_exactly`).
 """
 
 from __future__ import annotations
