@@ -11,7 +11,7 @@ another in one process, and records PSNR against its own elapsed time:
   ``hashgrid_eq`` (the table shrunk to finr3d's parameter count): neural
   baselines with their papers' settings (``benchmarks/baselines``); their
   time excludes the periodic scoring on 2^16 random pixels.
-- ``cp_als``, ``tucker``, ``tt_svd``: discrete decompositions of the data with
+- ``cp_als``, ``cp_als_torch``, ``tucker``, ``tt_svd``: discrete decompositions of the data with
   finr3d's parameter count. Iterative ones check the clock between sweeps, so
   their last point may land one sweep past the budget; equal-time columns
   only count points within the time.
@@ -57,7 +57,8 @@ from shared_assets import shared_assets  # noqa: E402
 from finr3d.targets import ImageTarget, psnr, ssim  # noqa: E402
 from finr3d.video import VideoTarget  # noqa: E402
 
-ALL_METHODS = ("finr3d", "siren", "siren_eq", "relu_ff", "hashgrid", "hashgrid_eq", "cp_als", "tucker", "tt_svd")
+ALL_METHODS = ("finr3d", "siren", "siren_eq", "relu_ff", "hashgrid", "hashgrid_eq", "cp_als", "cp_als_torch", "tucker",
+               "tt_svd")
 #: finr3d settings per data kind, decomposition:rank[:layout], or ``default``: the target's own defaults
 #: (finr3d/video.py: CP over x+y+t at a rank from the clip's size; finr3d/targets.py). The studies that chose
 #: them are in benchmarks/RESULTS.md.
@@ -170,7 +171,7 @@ def make_method(name: str, finr_params: int, data: np.ndarray, args):
     if name == "hashgrid_eq":
         return HashGridBaseline.for_parameters(finr_params, data.shape[:-1], data.shape[-1],
                                                batch=args.hash_batch, **common)
-    if name in ("cp_als", "tucker", "tt_svd"):
+    if name in ("cp_als", "cp_als_torch", "tucker", "tt_svd"):
         return make_baseline(name, parameters=finr_params, seed=args.seed)
     return make_baseline(name, **common)
 

@@ -446,13 +446,14 @@ class VideoTarget(GridTarget):
         Video file decoder.
     """
 
-    # CP r256 over (x) + (y) + (t) from a closed-form start (benchmarks/speed.py, RESULTS.md). A weak
-    # readout ridge keeps the CP-ALS start (carphone, 8 sweeps: 28.3 dB at 1e-4 against 23.9 dB with the
-    # image ridge of 0.1; 5 sweeps: 28.05 dB at 1e-4, 27.5 dB at 1e-3, the ridge speed.py measured at
-    # 300 s), and a slow refinement of the hidden layers keeps the readout: ten Adam steps of 1e-5 on them
-    # alone cost 1.4 dB, on the output layers and channel factor nothing.
-    # The (x, y) + (t) layout keeps its own settings: Tucker r64 from a random start at the default lr.
-    # field_defaults, init_default and fit_defaults are set per layout in __init__ (LAYOUT_DEFAULTS).
+    # x+y+t: CP over (x) + (y) + (t) whose networks also read out a cosine basis per axis, fitted by CP-ALS
+    # sweeps read out as they go (benchmarks/speed.py, RESULTS.md). The readout ridge (1e-3 of the mean
+    # eigenvalue) leaves the readout exact to well under 1 % of the fit's error there; without the cosine
+    # basis (basis=0) a weak ridge keeps the CP-ALS start (carphone, CP r256: 28.3 dB at 1e-4 against 23.9 dB
+    # with the image ridge of 0.1) and a slow refinement of the hidden layers keeps the readout (ten Adam
+    # steps of 1e-5 on them alone cost 1.4 dB). The (x, y) + (t) layout keeps its own settings: Tucker r64
+    # from a random start at the default lr. field_defaults, init_default and fit_defaults are set per
+    # layout in __init__ (LAYOUT_DEFAULTS).
     readout_ridge = 1e-3
     hidden_lr_default = 0.1
     # CP-ALS sees at most this many (t, y, x) points (200 MB as float32 RGB), an evenly spaced sub-lattice of

@@ -12,8 +12,8 @@ reports PSNR against training time:
 - ``siren``: monolithic SIREN (Sitzmann et al. 2020).
 - ``relu_ff``: monolithic ReLU MLP on Gaussian Fourier features (Tancik et al. 2020).
 - ``hashgrid``: Instant-NGP multiresolution hash encoding + tiny MLP (Müller et al. 2022), pure PyTorch.
-- ``cp_als``, ``tucker``, ``tt_svd``: discrete tensor decompositions of the data
-  (CP-ALS, HOSVD + HOOI, TT-SVD) sized to a parameter budget.
+- ``cp_als``, ``cp_als_torch``, ``tucker``, ``tt_svd``: discrete tensor decompositions of the data
+  (CP-ALS in numpy and with finr3d's torch sweeps, HOSVD + HOOI, TT-SVD) sized to a parameter budget.
 
 Baselines join :data:`BASELINES` when their class is defined.
 """
@@ -22,7 +22,7 @@ from ._base import BASELINES, Baseline, make_baseline
 from .hashgrid import HashGridBaseline
 from .relu_ff import ReluFFBaseline
 from .siren import SirenBaseline
-from .tensorly_baselines import CPALSBaseline, TTSVDBaseline, TuckerBaseline
+from .tensorly_baselines import CPALSBaseline, CPALSTorchBaseline, TTSVDBaseline, TuckerBaseline
 
 __all__ = ["BASELINES", "Baseline", "make_baseline", "SirenBaseline", "ReluFFBaseline", "HashGridBaseline",
-           "CPALSBaseline", "TuckerBaseline", "TTSVDBaseline"]
+           "CPALSBaseline", "CPALSTorchBaseline", "TuckerBaseline", "TTSVDBaseline"]

@@ -9,6 +9,12 @@ parameters as the finr3d model it is compared with:
   computed in rank chunks with ``einsum`` instead of tensorly's explicit
   Khatri-Rao product, which for a 120-frame clip at rank 200 would need ~5 GB;
   the maths is the same as ``tensorly.decomposition.parafac``.
+- ``cp_als_torch``: the same CP-ALS with finr3d's own torch sweeps
+  (:func:`finr3d.closed_form.cp_als_sweeps`, one einsum MTTKRP per mode: about
+  100x faster per sweep than ``cp_als`` at rank 1000+ on one core), the channel
+  mode included in the rank budget, data centred on its mean. It is finr3d's
+  closed-form phase without the networks: the discrete model finr3d would be at
+  equal parameters if every parameter were a factor entry.
 - ``tucker``: truncated HOSVD (De Lathauwer et al. 2000) refined by HOOI sweeps,
   with tensorly's ``unfold``, ``multi_mode_dot`` and ``svd_interface`` (the same
   steps as ``tensorly.decomposition.tucker``, timed per sweep). Ranks are
@@ -30,7 +36,7 @@ import numpy as np
 
 from ._base import Baseline, Callback, Curve, check_data, psnr_from_mse
 
-__all__ = ["CPALSBaseline", "TuckerBaseline", "TTSVDBaseline", "cp_rank_for", "tucker_ranks_for", "tt_ranks_for"]
+__all__ = ["CPALSBaseline", "CPALSTorchBaseline", "TuckerBaseline", "TTSVDBaseline", "cp_rank_for", "tucker_ranks_for", "tt_ranks_for"]
 
 #: default parameter budget as a fraction of the data's values, when none is given
 DEFAULT_BUDGET_FRACTION = 0.01
@@ -159,6 +165,60 @@ class CPALSBaseline(_TensorBaseline, name="cp_als"):
         import tensorly as tl
 
         return tl.cp_to_tensor((None, self.factors))
+
+    def settings(self):
+        return {"rank": getattr(self, "rank_used", self.rank)}
+
+
+class CPALSTorchBaseline(_TensorBaseline, name="cp_als_torch"):
+    """CP-ALS with finr3d's torch sweeps; PSNR of the reconstruction after sweeps 1, 2, 4, 8, ... and the last.
+
+    The clock excludes the reconstructions made for the curve (as the neural
+    baselines' clocks exclude their scoring).
+    """
+
+    reference = "CP-ALS (Kolda & Bader 2009) with finr3d's torch MTTKRP, rank from the parameter budget"
+
+    def fit(self, data, seconds: float, callback: Callback = None) -> Curve:
+        import torch
+
+        from finr3d.closed_form import cp_als_sweeps
+
+        x = check_data(data)
+        self.shape = x.shape
+        rank = int(self.rank) if self.rank else cp_rank_for(x.shape, self._budget(x))
+        self.rank_used = rank
+        xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        self.mean = xt.reshape(-1, x.shape[-1]).mean(0)
+        centred = xt - self.mean
+        self.steps, self.curve = 0, []
+        self._report(None, 0.0, self._psnr(float((xt ** 2).sum()), x.size))  # the zero model
+        spent, last = 0.0, 0.0
+        t0 = time.perf_counter()
+        for factors in cp_als_sweeps(centred, rank, seed=self.seed):
+            now = time.perf_counter()
+            last, spent = now - t0, spent + (now - t0)
+            self.steps += 1
+            self.factors = [f.clone() for f in factors]
+            done = spent + last > seconds
+            if done or self.steps & (self.steps - 1) == 0:
+                err = float(((torch.from_numpy(self._reconstruct()) - xt) ** 2).sum())
+                if not self._report(callback, spent, self._psnr(err, x.size)):
+                    break
+            if done:
+                break
+            t0 = time.perf_counter()
+        return self.curve
+
+    def parameter_count(self) -> int:
+        return self.rank_used * sum(self.shape)
+
+    def _reconstruct(self):
+        import torch
+
+        letters = "abcdefgh"[: len(self.shape)]
+        eq = ",".join(f"{c}z" for c in letters) + "->" + letters
+        return (torch.einsum(eq, *self.factors) + self.mean).numpy()
 
     def settings(self):
         return {"rank": getattr(self, "rank_used", self.rank)}
