@@ -267,19 +267,28 @@ def _spline_samples(coords: torch.Tensor, feats: torch.Tensor, factor: int, gen:
     return torch.from_numpy(fine[:, None]).float(), torch.from_numpy(spline(fine)).float()
 
 
-def readout(net, coords: torch.Tensor, feats: torch.Tensor, ridge: float) -> None:
+def readout(net, coords: torch.Tensor, feats: torch.Tensor, ridge: float, *, hidden: bool = True) -> None:
     """Set ``net``'s output layer to the ridge regression of ``feats`` (n, D) on its features at ``coords``.
 
     The ridge is a fraction of the mean eigenvalue of the feature Gram matrix.
+    ``hidden=False`` reads out the cosine terms only and zeroes the hidden
+    features' weights: with as many terms as samples the curve is then the
+    cosine interpolant of ``feats``. A least-squares mix of both interpolates
+    badly between samples, because the minimum-norm solution leans on sine
+    features far faster than the samples resolve (a test clip decoded on a
+    twice-finer grid: 22.7 dB with the mix, 35.9 dB with the cosines alone, at
+    35.9 dB on the stored samples either way).
     """
     with torch.no_grad():
         h = net.features(coords)
-        h1 = torch.cat([h, torch.ones(h.shape[0], 1, device=h.device)], dim=1).double()
+        skip = 0 if hidden else h.shape[1] - net.basis
+        h1 = torch.cat([h[:, skip:], torch.ones(h.shape[0], 1, device=h.device)], dim=1).double()
         gram = h1.T @ h1
         gram += ridge * torch.trace(gram) / gram.shape[0] * torch.eye(gram.shape[0], dtype=gram.dtype,
                                                                        device=gram.device)
         sol = torch.linalg.solve(gram, h1.T @ feats.double()).float()
-        net.out.weight.copy_(sol[:-1].T)
+        net.out.weight[:, :skip] = 0.0
+        net.out.weight[:, skip:] = sol[:-1].T
         net.out.bias.copy_(sol[-1])
 
 
@@ -395,7 +404,7 @@ def _set_cp(field, factors: list[torch.Tensor], coords: list[torch.Tensor], fine
             if len(c) != len(x) or not torch.allclose(c, x):
                 f = torch.from_numpy(CubicSpline(c.numpy().astype(np.float64), f.numpy().astype(np.float64),
                                                  axis=0)(x.numpy().astype(np.float64))).float()
-            readout(field.nets[m], x[:, None].to(field.device), f.to(field.device), ridge)
+            readout(field.nets[m], x[:, None].to(field.device), f.to(field.device), ridge, hidden=False)
         field.blocks[0].mixing_parameter().copy_(w.to(field.device))
 
 
