@@ -16,9 +16,10 @@ layer ``out``; selecting rows of that layer gives a rank prefix.
 Every backbone of a 1-D mode can also read out a cosine series: ``basis`` B adds
 the features ``cos(π k (x + 1) / 2)``, k < B, beside the last hidden layer. On
 ``linspace(-1, 1, N)`` these are the DCT-I vectors, so with B = N the output layer
-can reproduce any factor curve on the stored samples exactly (a closed-form start
-is then read out without loss), and between samples the curve is the cosine
-interpolant plus the network's smooth part.
+can reproduce any factor curve on the stored samples exactly: a closed-form start
+is then read out without loss, through the cosine terms alone (the hidden
+features' weights start at zero and are left to refinement), so that between
+samples the curve is the cosine interpolant of the stored values.
 """
 
 from __future__ import annotations
