@@ -108,7 +108,7 @@ class FitConfig:
     """Start: closed_form (discrete decomposition of the target distilled into the networks), random, or auto (the target's default)."""
 
     distill_fraction: Optional[float] = None
-    """Share of the budget spent distilling the closed-form factors into the networks before end-to-end refinement (None: the target's default)."""
+    """Share of the budget spent in the closed-form phase before end-to-end refinement: distilling the closed-form factors into the networks, or sweeping CP-ALS for a CP field whose cosine basis covers the grid (None: the target's default)."""
 
     nested_ranks: bool = False
     """Also train a random rank prefix each step so that every prefix is a good model (rank preview)."""

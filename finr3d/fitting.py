@@ -158,11 +158,14 @@ def fit_field(field: FactorizedField, target: Target, config: FitConfig | None =
 
     # --- closed-form start --------------------------------------------------
     if config.init == "closed_form":
-        from finr3d.closed_form import closed_form_start
+        from finr3d.closed_form import closed_form_start, reads_out_exactly
 
         frac = config.distill_fraction
         if frac is None:
-            frac = float(getattr(target, "distill_default", 0.0))
+            # a field that reads out exactly spends its closed-form share on CP-ALS sweeps (target.sweep_fraction);
+            # one that distils by gradient steps spends target.distill_default
+            frac = float(getattr(target, "sweep_fraction", 1.0) if reads_out_exactly(field, target)
+                         else getattr(target, "distill_default", 0.0))
         config.distill_fraction = frac
         info = closed_form_start(
             field, target,

@@ -62,9 +62,8 @@ MODE_LAYOUTS: dict[str, list[tuple[int, ...]]] = {
 #: comes from the clip's size (:func:`default_video_rank`).
 LAYOUT_DEFAULTS: dict[str, tuple[dict, str, dict]] = {
     # Adam steps after the CP-ALS phase gained nothing in a 60-s probe (34.43 -> 34.44 dB in 30 s,
-    # where 30 more s of sweeps gained 1.1 dB), so the whole budget sweeps (distill_fraction 1)
-    "x+y+t": ({"decomposition": "cp", "width": 32, "basis": "grid"}, "closed_form",
-              {"lr": 5e-4, "distill_fraction": 1.0}),
+    # where 30 more s of sweeps gained 1.1 dB), so the whole budget sweeps (VideoTarget.sweep_fraction)
+    "x+y+t": ({"decomposition": "cp", "width": 32, "basis": "grid"}, "closed_form", {"lr": 5e-4}),
     "xy+t": ({"decomposition": "tucker", "rank": 64, "width": 128}, "random", {}),
 }
 
@@ -494,9 +493,9 @@ class VideoTarget(GridTarget):
         self.field_defaults, self.fit_defaults = dict(field_defaults), dict(fit_defaults)
         if "rank" not in self.field_defaults:
             self.field_defaults["rank"] = default_video_rank(self.shape, self.channels, self.field_defaults["width"])
-        if self.fit_defaults.get("distill_fraction") == 1.0 and math.prod(self.shape) > self.closed_form_samples:
-            # CP-ALS sees a sub-lattice of this clip: half the budget refines on sub-grids of every stored sample
-            self.fit_defaults["distill_fraction"] = 0.5
+        # share of the budget a CP field with an exact readout spends sweeping CP-ALS: all of it, or half when
+        # the sweeps see a sub-lattice of this clip, leaving half to refine on sub-grids of every stored sample
+        self.sweep_fraction = 1.0 if math.prod(self.shape) <= self.closed_form_samples else 0.5
         self.frame_start, self.frame_stride = first, step
         self.levels = _LEVELS.get(arr.dtype, 1.0)
         self.bit_depth = 16 if arr.dtype == np.uint16 else 8

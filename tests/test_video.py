@@ -318,11 +318,12 @@ def test_closed_form_start_of_a_long_clip_uses_a_bounded_sub_lattice(clip_u8, mo
     monkeypatch.setattr(VideoTarget, "closed_form_samples", 8 * 12 * 16)
     target = VideoTarget(clip_u8)
     # sweeps of a sub-lattice leave half the budget to refinement on every stored sample
-    assert target.fit_defaults["distill_fraction"] == 0.5
+    assert target.sweep_fraction == 0.5 and VideoTarget(clip_u8[:2, :4, :4]).sweep_fraction == 1.0
     field = finr3d.fit(target, rank=16, width=32, steps=60, seed=0, basis=basis)
     assert len(seen) == 1 and 2 * 6 * 8 <= seen[0][:3].numel() <= 8 * 12 * 16 < 8 * 24 * 32
     assert field.history["fit_config"]["init"] == "closed_form"
     assert ("als_sweeps" in field.history) == (basis == "grid")
+    assert field.history["fit_config"]["distill_fraction"] == (0.5 if basis == "grid" else 0.0)
     assert field.history["curve"][-1]["step"] == 60  # refinement ran after the closed-form phase
     assert target.evaluate(field)["psnr"] > 25
 
