@@ -120,11 +120,15 @@ class CPALSBaseline(_TensorBaseline, name="cp_als"):
 
     reference = "CP-ALS (Kolda & Bader 2009), rank from the parameter budget"
 
-    def fit(self, data, seconds: float, callback: Callback = None) -> Curve:
+    def _setup(self, data) -> tuple[np.ndarray, int]:
+        """The checked data and the rank (given, or from the parameter budget)."""
         x = check_data(data)
         self.shape = x.shape
-        rank = int(self.rank) if self.rank else cp_rank_for(x.shape, self._budget(x))
-        self.rank_used = rank
+        self.rank_used = int(self.rank) if self.rank else cp_rank_for(x.shape, self._budget(x))
+        return x, self.rank_used
+
+    def fit(self, data, seconds: float, callback: Callback = None) -> Curve:
+        x, rank = self._setup(data)
         rng = np.random.default_rng(self.seed)
         t0 = time.perf_counter()
         import tensorly as tl
@@ -170,7 +174,7 @@ class CPALSBaseline(_TensorBaseline, name="cp_als"):
         return {"rank": getattr(self, "rank_used", self.rank)}
 
 
-class CPALSTorchBaseline(_TensorBaseline, name="cp_als_torch"):
+class CPALSTorchBaseline(CPALSBaseline, name="cp_als_torch"):
     """CP-ALS with finr3d's torch sweeps; PSNR of the reconstruction after sweeps 1, 2, 4, 8, ... and the last.
 
     The clock excludes the reconstructions made for the curve (as the neural
@@ -184,10 +188,7 @@ class CPALSTorchBaseline(_TensorBaseline, name="cp_als_torch"):
 
         from finr3d.closed_form import cp_als_sweeps
 
-        x = check_data(data)
-        self.shape = x.shape
-        rank = int(self.rank) if self.rank else cp_rank_for(x.shape, self._budget(x))
-        self.rank_used = rank
+        x, rank = self._setup(data)
         xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
         self.mean = xt.reshape(-1, x.shape[-1]).mean(0)
         centred = xt - self.mean
@@ -210,18 +211,12 @@ class CPALSTorchBaseline(_TensorBaseline, name="cp_als_torch"):
             t0 = time.perf_counter()
         return self.curve
 
-    def parameter_count(self) -> int:
-        return self.rank_used * sum(self.shape)
-
     def _reconstruct(self):
         import torch
 
         letters = "abcdefgh"[: len(self.shape)]
         eq = ",".join(f"{c}z" for c in letters) + "->" + letters
         return (torch.einsum(eq, *self.factors) + self.mean).numpy()
-
-    def settings(self):
-        return {"rank": getattr(self, "rank_used", self.rank)}
 
 
 class TuckerBaseline(_TensorBaseline, name="tucker"):
