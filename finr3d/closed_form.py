@@ -245,26 +245,35 @@ def discrete_decomposition(field, values: torch.Tensor) -> tuple[list[list[torch
             blocks_feats.append(feats)
             blocks_mix.append(w)
         else:
-            factors, w = cp_als(xc, ranks[0])
-            feats = []
-            for f in factors:
-                rms = f.pow(2).mean(dim=0).sqrt().clamp_min(1e-12)
-                feats.append(f / rms)
-                w = w * rms[:, None]
+            feats, w = _unit_rms_cp(*cp_als(xc, ranks[0]))
             blocks_feats.append(feats)
             blocks_mix.append(w)
     return blocks_feats, blocks_mix
 
 
-def _spline_samples(coords: torch.Tensor, feats: torch.Tensor, factor: int, gen: torch.Generator):
-    """Factor curves sampled ``factor`` x denser by cubic-spline interpolation (1-D modes)."""
+def _unit_rms_cp(factors: list[torch.Tensor], w: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """CP factors scaled to unit-RMS columns, the scale moved into the channel weights W (R, C)."""
+    feats = []
+    for f in factors:
+        rms = f.pow(2).mean(dim=0).sqrt().clamp_min(1e-12)
+        feats.append(f / rms)
+        w = w * rms[:, None]
+    return feats, w
+
+
+def _spline_to(coords: torch.Tensor, feats: torch.Tensor, fine: torch.Tensor) -> torch.Tensor:
+    """Factor curves ``feats`` (n, D) sampled at 1-D ``coords`` (n,), cubic-spline-interpolated at ``fine``."""
     from scipy.interpolate import CubicSpline
 
-    x = coords[:, 0].numpy().astype(np.float64)
-    n = len(x)
-    fine = torch.linspace(-1, 1, (n - 1) * factor + 1).numpy()
-    spline = CubicSpline(x, feats.numpy().astype(np.float64), axis=0, bc_type="not-a-knot")
-    return torch.from_numpy(fine[:, None]).float(), torch.from_numpy(spline(fine)).float()
+    spline = CubicSpline(coords.numpy().astype(np.float64), feats.numpy().astype(np.float64), axis=0,
+                         bc_type="not-a-knot")
+    return torch.from_numpy(spline(fine.numpy().astype(np.float64))).float()
+
+
+def _spline_samples(coords: torch.Tensor, feats: torch.Tensor, factor: int):
+    """Factor curves sampled ``factor`` x denser by cubic-spline interpolation (1-D modes)."""
+    fine = torch.linspace(-1, 1, (len(coords) - 1) * factor + 1)
+    return fine[:, None], _spline_to(coords[:, 0], feats, fine)
 
 
 def readout(net, coords: torch.Tensor, feats: torch.Tensor, ridge: float, *, hidden: bool = True) -> None:
@@ -303,12 +312,11 @@ def distil_factors(field, mode_coords: list[torch.Tensor], targets: list[torch.T
     energy each column carries in the reconstruction (:func:`column_energies`). Trains all mode networks jointly
     (one Adam) on the weighted MSE summed over modes.
     """
-    gen = torch.Generator().manual_seed(seed)
     device = field.device
     data = []
     for coords, feats in zip(mode_coords, targets):
         if coords.shape[1] == 1 and coords.shape[0] >= 4 and upsample > 1:
-            coords, feats = _spline_samples(coords.cpu(), feats.cpu(), upsample, gen)
+            coords, feats = _spline_samples(coords.cpu(), feats.cpu(), upsample)
         data.append((coords.to(device), feats.to(device)))
     weights = weights or [None] * len(data)
     col_w = [torch.ones(feats.shape[1], device=device) if w is None else w.to(device=device, dtype=torch.float32)
@@ -392,18 +400,12 @@ def _set_cp(field, factors: list[torch.Tensor], coords: list[torch.Tensor], fine
     A factor decomposed on a sub-lattice of its axis is spline-interpolated onto
     the axis's stored samples ``fine`` first.
     """
-    from scipy.interpolate import CubicSpline
-
-    spatial, w = cp_normalized(factors)
+    feats, w = _unit_rms_cp(*cp_normalized(factors))
     with torch.no_grad():
-        for m, f in enumerate(spatial):
-            rms = f.pow(2).mean(dim=0).sqrt().clamp_min(1e-12)
-            f = f / rms
-            w = w * rms[:, None]
+        for m, f in enumerate(feats):
             c, x = coords[m].reshape(-1), fine[m].reshape(-1)
             if len(c) != len(x) or not torch.allclose(c, x):
-                f = torch.from_numpy(CubicSpline(c.numpy().astype(np.float64), f.numpy().astype(np.float64),
-                                                 axis=0)(x.numpy().astype(np.float64))).float()
+                f = _spline_to(c, f, x)
             readout(field.nets[m], x[:, None].to(field.device), f.to(field.device), ridge, hidden=False)
         field.blocks[0].mixing_parameter().copy_(w.to(field.device))
 
@@ -423,9 +425,7 @@ def _als_start(field, target, coords, values, *, seconds, steps, seed, t0, callb
     fine = [target.axis_coords(axes[0]).reshape(-1) for axes in field.modes]
     ridge = float(getattr(target, "readout_ridge", 0.1))
     limit = seconds if seconds is not None else float("inf")
-    max_sweeps = ALS_SWEEPS if seconds is None else 10**9
-    if steps is not None and seconds is None and steps <= 0:
-        max_sweeps = 1
+    max_sweeps = 10**9 if seconds is not None else ALS_SWEEPS if steps is None or steps > 0 else 1
     sweep, last_sweep, stop, reached, t_read = 0, 0.0, False, False, 0.0
     t_sweep = time.perf_counter()
     for factors in cp_als_sweeps(x, field.ranks[0], seed=seed):

@@ -189,21 +189,20 @@ class CPALSTorchBaseline(CPALSBaseline, name="cp_als_torch"):
         from finr3d.closed_form import cp_als_sweeps
 
         x, rank = self._setup(data)
-        xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-        self.mean = xt.reshape(-1, x.shape[-1]).mean(0)
-        centred = xt - self.mean
+        self.mean = x.reshape(-1, x.shape[-1]).mean(0)
+        centred = torch.from_numpy(np.ascontiguousarray(x - self.mean, dtype=np.float32))
         self.steps, self.curve = 0, []
-        self._report(None, 0.0, self._psnr(float((xt ** 2).sum()), x.size))  # the zero model
+        self._report(None, 0.0, self._psnr(float(np.sum(np.square(x, dtype=np.float64))), x.size))  # the zero model
         spent, last = 0.0, 0.0
         t0 = time.perf_counter()
         for factors in cp_als_sweeps(centred, rank, seed=self.seed):
             now = time.perf_counter()
             last, spent = now - t0, spent + (now - t0)
             self.steps += 1
-            self.factors = [f.clone() for f in factors]
+            self.factors = [f.numpy().copy() for f in factors]
             done = spent + last > seconds
             if done or self.steps & (self.steps - 1) == 0:
-                err = float(((torch.from_numpy(self._reconstruct()) - xt) ** 2).sum())
+                err = float(np.sum(np.square(self._reconstruct() - x, dtype=np.float64)))
                 if not self._report(callback, spent, self._psnr(err, x.size)):
                     break
             if done:
@@ -212,11 +211,7 @@ class CPALSTorchBaseline(CPALSBaseline, name="cp_als_torch"):
         return self.curve
 
     def _reconstruct(self):
-        import torch
-
-        letters = "abcdefgh"[: len(self.shape)]
-        eq = ",".join(f"{c}z" for c in letters) + "->" + letters
-        return (torch.einsum(eq, *self.factors) + self.mean).numpy()
+        return super()._reconstruct() + self.mean  # the sweeps fit the clip minus its mean
 
 
 class TuckerBaseline(_TensorBaseline, name="tucker"):
