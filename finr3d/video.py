@@ -50,7 +50,7 @@ FRAME_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 #: network per axis. x+y+t is the default: its CP field reads a cosine basis as
 #: long as each axis (``basis='grid'``), so CP-ALS of the clip moves into the
 #: networks without loss and the fit is CP-ALS sweeps read out as they go
-#: (carphone, 120 frames, one core: 29.1 dB after 1.4 s, 35.6 dB after 60 s;
+#: (carphone, 120 frames, one core: 29.1 dB after 1.5 s, 35.6 dB after 60 s;
 #: benchmarks/RESULTS.md). xy+t has no such start, because a network over the
 #: image plane cannot take hundreds of factor images from a readout.
 MODE_LAYOUTS: dict[str, list[tuple[int, ...]]] = {
@@ -61,8 +61,9 @@ MODE_LAYOUTS: dict[str, list[tuple[int, ...]]] = {
 #: Per layout: (field_defaults, init_default, fit_defaults) of a :class:`VideoTarget`; the x+y+t rank
 #: comes from the clip's size (:func:`default_video_rank`).
 LAYOUT_DEFAULTS: dict[str, tuple[dict, str, dict]] = {
-    # Adam steps after the CP-ALS phase gained nothing in a 60-s probe (34.43 -> 34.44 dB in 30 s,
-    # where 30 more s of sweeps gained 1.1 dB), so the whole budget sweeps (VideoTarget.sweep_fraction)
+    # Adam steps after the CP-ALS phase cost more than they gain (benchmarks/video_readout.py, carphone, 60 s:
+    # 35.56 dB sweeping throughout, 35.02 dB with the second half on Adam), so the whole budget sweeps
+    # (VideoTarget.sweep_fraction)
     "x+y+t": ({"decomposition": "cp", "width": 32, "basis": "grid"}, "closed_form", {"lr": 5e-4}),
     "xy+t": ({"decomposition": "tucker", "rank": 64, "width": 128}, "random", {}),
 }
