@@ -20,7 +20,7 @@ _LAZY = {
     "fit_field": "finr3d.fitting",
     "load": "finr3d.field",
     "ImageTarget": "finr3d.targets",
-    "VolumeTarget": "finr3d.targets",
+    "VolumeTarget": "finr3d.volume",
     "load_target": "finr3d.targets",
     "SDFTarget": "finr3d.sdf",
     "VideoTarget": "finr3d.video",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -10,25 +11,218 @@ import numpy as np
 
 from finr3d.errors import InputError
 
-__all__ = ["decode_array", "decode_field", "atomic_write"]
+__all__ = ["decode_array", "decode_field", "decode_shape", "decode_slabs", "stream_npy", "write_frame_folder",
+           "check_decode_memory", "check_decode_disk", "available_memory", "atomic_write"]
 
 
-def decode_array(field, *, rank=None, resolution=None) -> np.ndarray:
-    """The field on its target's lattice (or ``resolution`` per axis), in the signal's units.
+#: Values per slab of a streamed decode (64 MiB of float32).
+SLAB_VALUES = 1 << 24
+#: Bytes kept free beside a decode: it is refused when it would leave less memory or disk than this.
+HEADROOM_BYTES = 256 << 20
 
-    Returns (n_0, ..., n_{d-1}, C) float32.
+
+def decode_shape(field, resolution=None) -> list[int]:
+    """Samples per axis a decode produces: the target's stored shape, or ``resolution`` per axis.
+
+    A time-varying volume keeps its stored frames; ``resolution`` then applies to its space axes.
     """
     info = field.target_info or {}
     shape = info.get("shape")
     if resolution is not None:
         if not 1 <= int(resolution) <= 65536:
             raise InputError(f"resolution must be between 1 and 65536, got {resolution}")
-        shape = [int(resolution)] * field.ndim
+        if field.kind == "volume" and field.ndim == 4 and shape is not None:
+            return [int(shape[0])] + [int(resolution)] * 3
+        return [int(resolution)] * field.ndim
     if shape is None:
         raise InputError("the field does not record its sample shape; pass --resolution")
-    values = field.grid([int(s) for s in shape], rank=rank, squeeze=False)
-    scale, offset = float(info.get("value_scale", 1.0)), float(info.get("value_offset", 0.0))
-    return values * np.float32(scale) + np.float32(offset)
+    return [int(s) for s in shape]
+
+
+def available_memory() -> int | None:
+    """Bytes of memory the system can still give (``MemAvailable``), or None where unknown."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except Exception:  # psutil absent or unsupported platform
+        return None
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
+
+
+def check_decode_memory(nbytes: int, what: str) -> None:
+    """Refuse up front a decode that needs ``nbytes`` of memory when the system has less free."""
+    free = available_memory()
+    if free is not None and nbytes + HEADROOM_BYTES > free:
+        raise InputError(f"{what} needs {_gib(nbytes)} of memory but {_gib(free)} is free; "
+                         "decode at a lower --resolution, or to .npy (streamed to disk)")
+
+
+def check_decode_disk(nbytes: int, folder, what: str) -> None:
+    """Refuse up front a streamed decode whose output would not fit on the disk of ``folder``."""
+    import shutil
+
+    free = shutil.disk_usage(folder).free
+    if nbytes + HEADROOM_BYTES > free:
+        raise InputError(f"{what} needs {_gib(nbytes)} of disk but {_gib(free)} is free in {folder}; "
+                         "decode at a lower --resolution or elsewhere")
+
+
+def decode_slabs(field, shape, *, rank=None):
+    """Yield ``(start, stop, values)``: the field on its grid, slab by slab along axis 0, in the signal's units.
+
+    ``values`` is ``(stop - start, n_1, ..., n_{d-1}, C)`` float32; each slab
+    holds at most :data:`SLAB_VALUES` values (one plane when a plane is larger).
+    """
+    from finr3d.targets import lattice
+
+    info = field.target_info or {}
+    scale, offset = np.float32(info.get("value_scale", 1.0)), np.float32(info.get("value_offset", 0.0))
+    coords = [lattice(int(n)) for n in shape]
+    plane = math.prod(shape[1:]) * field.channels
+    step = max(1, SLAB_VALUES // max(1, plane))
+    for start in range(0, shape[0], step):
+        stop = min(shape[0], start + step)
+        values = field.grid([coords[0][start:stop]] + coords[1:], rank=rank, squeeze=False)
+        values *= scale
+        values += offset
+        yield start, stop, values
+
+
+def decode_array(field, *, rank=None, resolution=None) -> np.ndarray:
+    """The field on its target's lattice (or ``resolution`` per axis), in the signal's units.
+
+    Returns (n_0, ..., n_{d-1}, C) float32. Refused up front (:class:`InputError`,
+    with the size it needs) when the array would not fit in free memory.
+    """
+    shape = decode_shape(field, resolution)
+    nbytes = math.prod(shape) * field.channels * 4
+    check_decode_memory(nbytes, f"a {'x'.join(map(str, shape))} decode")
+    out = np.empty([*shape, field.channels], np.float32)
+    for start, stop, values in decode_slabs(field, shape, rank=rank):
+        out[start:stop] = values
+    return out
+
+
+def _source_layout(field, shape):
+    """(letters of the written array, permutation from the decoded axes to them, drop the channel axis).
+
+    Volume fields are written back in their source's axis order (``target_info['source_axes']``);
+    other fields in their own axis order with channels last.
+    """
+    info = field.target_info or {}
+    letters = info.get("source_axes") if field.kind == "volume" else None
+    if not letters:
+        return None, list(range(len(shape) + 1)), False
+    canon = [a for a in "tzyxc" if a in letters]
+    drop = "c" not in letters
+    if drop:
+        canon.append("c")
+    perm = [canon.index(a) for a in letters]
+    return letters, perm, drop
+
+
+def stream_npy(field, out: Path, *, rank=None, resolution=None) -> Path:
+    """Decode into a ``.npy`` file slab by slab (memory stays at one slab), atomically.
+
+    Volume fields are written in their source's axis order; a single-channel
+    volume without a ``c`` axis is written without one.
+    """
+    from numpy.lib.format import open_memmap
+
+    shape = decode_shape(field, resolution)
+    letters, perm, drop = _source_layout(field, shape)
+    full = [*shape, field.channels]
+    stored = [full[i] for i in perm] if letters else full
+    nbytes = math.prod(full) * 4
+    folder = out.parent if str(out.parent) else Path(".")
+    check_decode_disk(nbytes, folder, f"a {'x'.join(map(str, shape))} decode")
+
+    def write(tmp):
+        mm = open_memmap(tmp, mode="w+", dtype=np.float32, shape=tuple(stored))
+        view = mm.transpose(np.argsort(perm)) if letters else mm
+        if drop:
+            view = view[..., None]
+        for start, stop, values in decode_slabs(field, shape, rank=rank):
+            view[start:stop] = values
+        mm.flush()
+        del mm, view
+
+    atomic_write(out, write)
+    return out
+
+
+def write_frame_folder(field, folder: Path, *, rank=None, resolution=None, force: bool = False) -> Path:
+    """Decode a time-varying volume field into a folder of per-frame ``.npy`` volumes (``frame_00000.npy`` ...).
+
+    Each frame is in the source's per-frame axis order. A new folder appears
+    whole or not at all; into an existing one (``force``), one atomic write per frame.
+    """
+    import shutil
+    import tempfile
+
+    if field.ndim != 4 or field.kind != "volume":
+        raise InputError("a frame folder is written for time-varying volume fields; decode this field to .npy")
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"{folder} exists and is not a folder; choose another output name")
+    if folder.exists() and any(folder.iterdir()) and not force:
+        raise FileExistsError(f"{folder}/ holds files; pass --force to write frames into it")
+    shape = decode_shape(field, resolution)
+    letters, perm, drop = _source_layout(field, shape)
+    frame_letters = letters.replace("t", "") if letters else "zyxc"
+    canon = [a for a in "zyxc" if a in frame_letters] + ([] if "c" in frame_letters else ["c"])
+    fperm = [canon.index(a) for a in frame_letters] + ([] if "c" in frame_letters else [len(canon) - 1])
+    nbytes = math.prod(shape) * field.channels * 4
+    parent = folder.parent if str(folder.parent) else Path(".")
+    check_decode_disk(nbytes, parent, f"a {'x'.join(map(str, shape))} decode")
+    digits = max(5, len(str(shape[0] - 1)))
+    names = [f"frame_{i:0{digits}d}.npy" for i in range(shape[0])]
+    frame_shape = shape[1:]
+
+    def frames():
+        from finr3d.volume import frame_field
+
+        for t in range(shape[0]):
+            one = frame_field(field, t)
+            arr = np.empty([*frame_shape, field.channels], np.float32)
+            for start, stop, values in decode_slabs(_Shaped(one, field), frame_shape, rank=rank):
+                arr[start:stop] = values
+            arr = arr.transpose(fperm)
+            yield names[t], (arr[..., 0] if "c" not in frame_letters else arr)
+
+    if folder.exists():
+        for name, arr in frames():
+            atomic_write(folder / name, lambda tmp, a=arr: np.save(tmp, a, allow_pickle=False))
+        return folder
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=parent))
+    try:
+        for name, arr in frames():
+            np.save(tmp / name, arr, allow_pickle=False)
+        os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+class _Shaped:
+    """A frame of a 4-D field seen through :func:`decode_slabs` (grid, channels, target_info)."""
+
+    def __init__(self, frame, field):
+        self.frame, self.channels, self.target_info = frame, field.channels, field.target_info
+
+    def grid(self, coords, rank=None, squeeze=False):
+        return self.frame.grid(coords, rank=rank, squeeze=squeeze)
 
 
 def atomic_write(path: Path, write) -> None:
@@ -45,15 +239,22 @@ def atomic_write(path: Path, write) -> None:
         raise
 
 
-def decode_field(field, out, *, rank=None, resolution=None) -> Path:
-    """Write the decoded field to ``out`` (.npy, .png for images, .mp4/.webm/.avi/.gif for video)."""
+def decode_field(field, out, *, rank=None, resolution=None, force: bool = False) -> Path:
+    """Write the decoded field to ``out``.
+
+    ``.npy`` for any field (streamed slab by slab; volumes in their source's
+    axis order), ``.png`` for images, ``.mp4``/``.webm``/``.avi``/``.gif`` for
+    video, and for a time-varying volume a path without a suffix: a folder of
+    per-frame ``.npy`` volumes.
+    """
     out = Path(out)
     suffix = out.suffix.lower()
     kind = field.kind
-    arr = decode_array(field, rank=rank, resolution=resolution)
     if suffix == ".npy":
-        atomic_write(out, lambda tmp: np.save(tmp, arr, allow_pickle=False))
-        return out
+        return stream_npy(field, out, rank=rank, resolution=resolution)
+    if suffix == "" and kind == "volume":
+        return write_frame_folder(field, out, rank=rank, resolution=resolution, force=force)
+    arr = decode_array(field, rank=rank, resolution=resolution)
     if suffix == ".png" and kind == "image":
         from finr3d.targets import write_png
 
@@ -66,5 +267,6 @@ def decode_field(field, out, *, rank=None, resolution=None) -> Path:
         from finr3d.video import write_video
 
         return write_video(np.clip(arr, 0, 1), out, fps=float((field.target_info or {}).get("fps", 25.0)))
-    raise InputError(f"cannot decode a {kind} field to {suffix}; use .npy"
-                     + (" or .png" if kind == "image" else "") + (" or .mp4" if kind == "video" else ""))
+    raise InputError(f"cannot decode a {kind} field to {suffix or 'a folder'}; use .npy"
+                     + (" or .png" if kind == "image" else "") + (" or .mp4" if kind == "video" else "")
+                     + (" or a folder name (one .npy per frame)" if kind == "volume" and field.ndim == 4 else ""))

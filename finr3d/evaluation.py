@@ -37,6 +37,12 @@ def evaluate(field, reference, *, rank=None, resolution: int = 256, **kwargs) ->
 
         # re-read the clip with the fit's frame range, stride and size
         return VideoTarget.for_field(reference, field.target_info).evaluate(field, rank=rank)
+    if kind == "volume" and isinstance(reference, (str, os.PathLike)):
+        from finr3d.volume import VolumeTarget
+
+        # re-read the reference with the axes the fit was given (a 4-D source needs them)
+        axes = (getattr(field, "target_info", None) or {}).get("source_axes")
+        return VolumeTarget(reference, axes=axes).evaluate(field, rank=rank)
     if kind != "sdf":
         from finr3d.targets import load_target
 

@@ -30,7 +30,7 @@ __all__ = [
     "Target",
     "GridTarget",
     "ImageTarget",
-    "VolumeTarget",
+    "VolumeTarget",  # defined in finr3d.volume
     "load_target",
     "lattice",
     "interpolate_subgrid",
@@ -170,6 +170,11 @@ class Target:
     readout_ridge: float = 0.1
     #: learning rate of the mode networks' hidden layers after a closed-form start, as a fraction of lr
     hidden_lr_default: float = 1.0
+    #: peak-to-peak range of the signal in the field's units: the PSNR peak (images, video and volumes are
+    #: normalized to [0, 1], so 1; a volume's range in its own units is ``value_scale``)
+    data_range: float = 1.0
+    #: the signal's bounds in the field's units; predictions are clipped to them before scoring
+    value_bounds: tuple = (0.0, 1.0)
 
     @property
     def ndim(self) -> int:
@@ -212,8 +217,7 @@ class Target:
     def metric(self, pred: torch.Tensor, truth: torch.Tensor) -> dict[str, float]:
         """Cheap metric of a sub-grid prediction, used for early stop and reports."""
         mse = float(torch.mean((pred.float() - truth.float()) ** 2))
-        rng = 1.0 / self.value_scale
-        return {"psnr": 10 * math.log10(rng**2 / max(mse, 1e-20))}
+        return {"psnr": 10 * math.log10(self.data_range**2 / max(mse, 1e-20))}
 
     def evaluate(self, field, rank=None) -> dict[str, float]:
         """Full-quality scores of ``field`` against this target."""
@@ -282,17 +286,12 @@ class GridTarget(Target):
         return super().dense(max_samples)
 
     def evaluate(self, field, rank=None) -> dict[str, float]:
-        pred = field.grid([self.axis_coords(i) for i in range(self.ndim)], rank=rank)
-        pred = np.asarray(pred, np.float32)
+        pred = field.grid([self.axis_coords(i) for i in range(self.ndim)], rank=rank, squeeze=False)
+        pred = np.clip(np.asarray(pred, np.float32), *self.value_bounds)
         ref = self.data.numpy()
-        rng = 1.0 / self.value_scale
-        pred_c = np.clip(pred, (0 - self.value_offset) / self.value_scale, rng - self.value_offset / self.value_scale)
-        out = {"psnr": psnr(pred_c, ref, data_range=rng)}
+        out = {"psnr": psnr(pred, ref, data_range=self.data_range)}
         if self.ndim == 2:
-            out["ssim"] = ssim(pred_c, ref, channel_axis=-1, data_range=rng)
-        elif self.ndim == 3 and self.kind == "volume":
-            # mean of 2-D SSIM over z slices keeps it cheap and standard for volumes
-            out["ssim"] = ssim(pred_c[..., 0], ref[..., 0], channel_axis=None, data_range=rng)
+            out["ssim"] = ssim(pred, ref, channel_axis=-1, data_range=self.data_range)
         return out
 
 
@@ -382,40 +381,6 @@ def write_png(path, img: np.ndarray) -> None:
         writer.write(fh, img.reshape(h, w * c))
 
 
-_RAW_NAME = re.compile(r"(\d+)x(\d+)x(\d+)(?:x(\d+))?_(u?int8|u?int16|u?int32|float32|float64)", re.I)
-
-
-class VolumeTarget(GridTarget):
-    """A scalar (or multi-channel) volume from ``.npy``, ``.npz``, headerless ``.raw`` or NIfTI.
-
-    ``.raw`` files take dims and dtype from the name (``name_128x128x128_uint8.raw``,
-    dims listed x first, x fastest) or from ``dims``/``dtype``. Arrays are
-    indexed ``[z, y, x]``. Values are min-max normalized to [0, 1] and the
-    mapping is kept to restore the original units.
-    """
-
-    def __init__(self, source, *, dims: Sequence[int] | None = None, dtype: str | None = None, key: str | None = None):
-        if isinstance(source, (str, os.PathLike)):
-            path = _existing_file(source)
-            arr = _read_volume(path, dims=dims, dtype=dtype, key=key)
-            name = str(path)
-        else:
-            arr, name = np.asarray(source), "<array>"
-        if arr.ndim == 3:
-            arr = arr[..., None]
-        if arr.ndim != 4:
-            raise InputError(f"{name}: expected a 3-D volume (Z, Y, X) or (Z, Y, X, C), got shape {arr.shape}")
-        if arr.dtype.kind not in "uif" or arr.dtype == np.float16 and False:
-            raise InputError(f"{name}: unsupported voxel type {arr.dtype}")
-        check_finite(arr, name)
-        lo, hi = float(arr.min()), float(arr.max())
-        scale = hi - lo if hi > lo else 1.0
-        nz, ny, nx = arr.shape[:3]
-        super().__init__(arr, kind="volume", axis_names=("z", "y", "x"),
-                         bounds=[[0, nz - 1], [0, ny - 1], [0, nx - 1]],
-                         value_offset=lo, value_scale=scale, source=name)
-
-
 def _existing_file(source) -> Path:
     path = Path(source)
     if not path.exists():
@@ -427,64 +392,14 @@ def _existing_file(source) -> Path:
     return path
 
 
-def _read_volume(path: Path, *, dims=None, dtype=None, key=None) -> np.ndarray:
-    suffix = path.suffix.lower()
-    name = path.name.lower()
-    try:
-        if suffix == ".npy":
-            return np.load(path, allow_pickle=False)
-        if suffix == ".npz":
-            with np.load(path, allow_pickle=False) as z:
-                keys = list(z.keys())
-                if not keys:
-                    raise InputError(f"{path.name}: the .npz holds no arrays")
-                if key is None and len(keys) > 1:
-                    raise InputError(f"{path.name}: the .npz holds {keys}; choose one with key=")
-                return z[key or keys[0]]
-    except ValueError as exc:
-        if isinstance(exc, InputError):
-            raise
-        raise InputError(f"{path.name}: cannot read the array ({exc}); object/pickled arrays are refused") from exc
-    if suffix == ".raw":
-        if dims is None or dtype is None:
-            m = _RAW_NAME.search(path.stem)
-            if m is None:
-                raise InputError(
-                    f"{path.name}: a .raw volume needs its dims and dtype, e.g. name it "
-                    "'name_128x128x128_uint8.raw' or pass dims=(X, Y, Z) and dtype='uint8'"
-                )
-            dims = dims or tuple(int(g) for g in m.groups()[:3])
-            dtype = dtype or m.group(5).lower()
-        nx, ny, nz = (int(d) for d in dims)
-        if min(nx, ny, nz) < 1:
-            raise InputError(f"{path.name}: dims must be positive, got {dims}")
-        dt = np.dtype(dtype)
-        expected = nx * ny * nz * dt.itemsize
-        size = path.stat().st_size
-        if size != expected:
-            raise InputError(
-                f"{path.name}: {size} bytes, but {nx}x{ny}x{nz} {dt} needs {expected}; check dims and dtype"
-            )
-        return np.fromfile(path, dtype=dt).reshape(nz, ny, nx)
-    if suffix in (".nii", ".gz") and (name.endswith(".nii") or name.endswith(".nii.gz")):
-        try:
-            import nibabel
-        except ImportError as exc:
-            raise InputError("reading NIfTI needs nibabel: pip install 'finr3d[nifti]'") from exc
-        try:
-            img = nibabel.load(str(path))
-            return np.asarray(img.get_fdata(dtype=np.float32)).transpose(2, 1, 0)
-        except Exception as exc:
-            raise InputError(f"{path.name}: cannot read NIfTI ({exc})") from exc
-    raise InputError(f"{path.name}: unsupported volume type; use .npy, .npz, .raw (with dims in the name) or .nii[.gz]")
-
-
 def detect_kind(path) -> str:
     """Guess the target kind from a file name: image, volume, sdf or video."""
     p = Path(path)
     name = p.name.lower()
     if p.is_dir():
-        return "video"
+        from finr3d.volume import is_volume_folder
+
+        return "volume" if is_volume_folder(p) else "video"
     suffix = p.suffix.lower()
     if suffix in IMAGE_SUFFIXES:
         return "image"
@@ -515,6 +430,8 @@ def load_target(source, kind: str = "auto", **options) -> Target:
     if kind == "image":
         return ImageTarget(source, **options)
     if kind == "volume":
+        from finr3d.volume import VolumeTarget
+
         return VolumeTarget(source, **options)
     if kind == "sdf":
         from finr3d.sdf import SDFTarget
@@ -523,3 +440,12 @@ def load_target(source, kind: str = "auto", **options) -> Target:
     from finr3d.video import VideoTarget
 
     return VideoTarget(source, **options)
+
+
+def __getattr__(name):
+    # VolumeTarget lives in finr3d.volume (which imports this module); kept importable from here
+    if name == "VolumeTarget":
+        from finr3d.volume import VolumeTarget
+
+        return VolumeTarget
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -71,6 +71,24 @@ def _user_errors():
             PermissionError, NotADirectoryError, ImportError)
 
 
+def _raised_by_finr3d(exc: BaseException) -> bool:
+    """Whether the innermost frame that raised ``exc`` is finr3d's own code (a deliberate user-facing error).
+
+    A ``ValueError`` raised inside a library (scikit-image's "Input images must have the same
+    dimensions", a numpy shape error) is a bug in how finr3d called it, not the user's input.
+    """
+    import finr3d
+
+    root = os.path.dirname(os.path.abspath(finr3d.__file__))
+    tb, last = exc.__traceback__, None
+    while tb is not None:
+        last = tb
+        tb = tb.tb_next
+    if last is None:
+        return True
+    return os.path.abspath(last.tb_frame.f_code.co_filename).startswith(root + os.sep)
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -88,8 +106,14 @@ def main(argv=None) -> int:
         os.dup2(devnull, sys.stdout.fileno())
         return 0
     except _user_errors() as exc:
+        from finr3d.errors import Finr3dError
+
         if debug:
             raise
+        if isinstance(exc, ValueError) and not isinstance(exc, Finr3dError) and not _raised_by_finr3d(exc):
+            print(f"finr3d {args.command}: unexpected {type(exc).__name__}: {exc} "
+                  "(set FINR3D_DEBUG=1 for a traceback and report it)", file=sys.stderr)
+            return 1
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         print(f"finr3d {args.command}: error: {msg}", file=sys.stderr)
         return 2

@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
-HELP = "decode a .finr field to an image (.png), video (.mp4, or a folder of .png frames) or array (.npy)"
+HELP = ("decode a .finr field to an image (.png), video (.mp4, or a folder of .png frames), array (.npy) "
+        "or, for a time-varying volume, a folder of per-frame .npy volumes")
 EPILOG = """\
 examples:
   finr3d decode photo.finr -o photo.png
   finr3d decode photo.finr -o photo_r64.png --rank 64
   finr3d decode volume.finr -o volume.npy --resolution 256
   finr3d decode clip.finr -o clip.mp4
+  finr3d decode smoke.finr -o smoke.npy          (a 4-D volume, in the source's axis order)
+  finr3d decode smoke.finr -o smoke_frames       (one .npy volume per frame)
+
+.npy outputs are written slab by slab; a decode whose output would not fit in
+free memory (images, video) or on the disk (.npy) is refused up front with the
+size it needs.
 """
 
 
 def add_arguments(p) -> None:
     p.add_argument("model", help="a .finr file")
-    p.add_argument("-o", "--output", required=True, help="output file: .png (images), .mp4 (video), .npy (any)")
+    p.add_argument("-o", "--output", required=True,
+                   help="output file: .png (images), .mp4 (video), .npy (any), a folder name (time-varying volumes)")
     p.add_argument("--rank", type=int, help="decode the rank-R prefix model (default: all ranks)")
     p.add_argument("--resolution", type=int,
                    help="samples per axis (default: the fitted target's own shape)")
@@ -30,10 +38,17 @@ def run(args) -> int:
     from finr3d.cli._common import check_output
     from finr3d.decoding import decode_field
 
-    out = check_output(args.output, {".png", ".npy", ".mp4", ".webm", ".avi", ".gif"}, force=args.force)
+    from pathlib import Path
+
     if not os.path.exists(args.model):
         raise FileNotFoundError(f"{args.model}: no such file; check the path")
     field = finr3d.load(args.model)
+    if field.kind == "volume" and field.ndim == 4 and Path(args.output).suffix == "":
+        written = decode_field(field, Path(args.output), rank=args.rank, resolution=args.resolution,
+                               force=args.force)
+        print(f"wrote {written}")
+        return 0
+    out = check_output(args.output, {".png", ".npy", ".mp4", ".webm", ".avi", ".gif"}, force=args.force)
     frames_dir = out.with_suffix("")
     if field.kind == "video" and out.suffix.lower() == ".png" and frames_dir.is_dir() and any(frames_dir.iterdir()) \
             and not args.force:

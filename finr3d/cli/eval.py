@@ -21,7 +21,11 @@ world units. Lengths are fractions of the reference bounding-box diagonal D:
   hausdorff95          95th percentile of the surface distances, in D
   fscore_0.5, fscore_1 F-score of surface points within 0.5% / 1% of D (1 is perfect)
   normal_consistency   mean |cos| between matched normals (1 is perfect)
-Images, volumes and video: PSNR in dB (and SSIM)."""
+Images and video: PSNR in dB and SSIM (2-D, per frame for video).
+Volumes: PSNR in dB on the source's value range (max - min of the reference), and
+SSIM in 3-D (uniform 7x7x7 window, mean over voxels); a time-varying volume adds
+psnr_mean (the mean of the per-frame PSNRs), psnr_per_frame and ssim_per_frame
+(psnr itself is over every voxel of every frame)."""
 
 EPILOG = """\
 examples:
@@ -70,7 +74,11 @@ def run(args) -> int:
     width = max(len(k) for k in keys)
     for k in keys:
         v = metrics[k]
+        if isinstance(v, list):
+            v = " ".join(f"{x:.4g}" for x in v)
         print(f"  {k:<{width}}  {v:.6g}" if isinstance(v, float) else f"  {k:<{width}}  {v}")
     if getattr(field, "kind", None) == "sdf":
         print("  (lengths are fractions of the reference bounding-box diagonal)")
+    elif getattr(field, "kind", None) == "volume":
+        print("  (PSNR on the reference's value range; SSIM 3-D, 7x7x7 window)")
     return 0

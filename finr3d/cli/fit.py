@@ -61,12 +61,17 @@ def add_arguments(p) -> None:
     g.add_argument("--sign", choices=["auto", "raycast", "winding"],
                    help="inside/outside test: raycast for watertight meshes, winding numbers for open or "
                         "multi-part ones; auto picks (default auto)")
+    vol = p.add_argument_group("volumes (.npy .npz .raw .nii, or a folder of per-frame volumes)")
+    vol.add_argument("--axes", help="the array's axes, slowest first, in the letters t z y x c, e.g. tzyx (time "
+                                    "first) or zyxc (channels last); needed for any array that is not 3-D "
+                                    "(default: zyx; NIfTI: x, y, z[, t] from the file)")
     v = p.add_argument_group("video")
     v.add_argument("--frames", help="frame range START:STOP (stop exclusive), e.g. 0:64")
     v.add_argument("--stride", type=int, help="keep every Nth frame (default 1)")
     v.add_argument("--resize", help="resize frames to HxW, e.g. 144x176")
-    v.add_argument("--layout", choices=["x+y+t", "xy+t"],
-                   help="modes: one network per axis (default), or one over (x, y) and one over t")
+    p.add_argument("--layout",
+                   help="modes as axis letters grouped by '+': video x+y+t (default) or xy+t; volumes x+y+z[+t] "
+                        "(default) or grouped, e.g. xyz+t (one network over space, one over time)")
     p.add_argument("--force", action="store_true", help="overwrite the output file if it exists")
 
 
@@ -86,8 +91,6 @@ def _video_options(args) -> dict:
         except ValueError:
             raise ValueError(f"--resize must be HxW like 144x176, got {args.resize!r}") from None
         out["resize"] = (h, w)
-    if args.layout:
-        out["modes"] = args.layout
     return out
 
 
@@ -142,8 +145,16 @@ def run(args) -> int:
         raise ValueError("--resolution and --sign apply to meshes only")
     video_options = _video_options(args)
     if video_options and kind != "video":
-        raise ValueError("--frames, --stride, --resize and --layout apply to video only")
+        raise ValueError("--frames, --stride and --resize apply to video only")
     target_options.update(video_options)
+    if args.axes is not None and kind != "volume":
+        raise ValueError("--axes applies to volumes (.npy .npz .raw .nii); images and video know their axes")
+    if args.axes is not None:
+        target_options["axes"] = args.axes
+    if args.layout is not None:
+        if kind not in ("video", "volume"):
+            raise ValueError("--layout applies to video and volumes")
+        target_options["modes" if kind == "video" else "layout"] = args.layout
     auto = [x for x in (args.budget_kb, args.target_psnr, args.target_chamfer) if x is not None]
     if len(auto) > 1:
         raise ValueError("give only one of --budget-kb, --target-psnr and --target-chamfer")

@@ -1,0 +1,601 @@
+"""Volumes and time-varying volumes: reading N-D arrays without guessing, sampling without a float copy.
+
+A volume is stored in the array order ``(z, y, x)``, a time-varying one in
+``(t, z, y, x)``, with channels last; these are the target's axes. The source
+may hold its axes in any order: ``axes`` names them with the letters
+``t z y x c`` (``"zyx"``, ``"tzyx"``, ``"zyxc"``, ``"xyzt"``, ...). A 3-D
+array is read as ``zyx``; an array of any other rank needs ``axes``, so a
+(6, 24, 24, 24) array is never read silently as 24 channels. NIfTI names its
+axes itself (``x, y, z[, t]``) and a folder of per-frame volumes is ``t`` then
+the frame's axes.
+
+The source array is kept in its own dtype, memory-mapped where the format
+allows (``.npy``, ``.raw``, uncompressed NIfTI), and only the samples a
+sub-grid touches are converted to float32: a 512^3 uint8 volume fits without a
+dense float copy (``benchmarks/volume_fit.py``, the memory bound). Scores are
+computed slab by slab for the same reason.
+
+Values are min-max normalized: the field predicts ``(v - lo) / (hi - lo)`` in
+``[0, 1]``, and PSNR takes the source's value range ``hi - lo`` as its peak
+(1 in the field's units).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from finr3d.errors import InputError
+from finr3d.targets import MAX_SAMPLES, Target, check_finite, lattice, psnr
+
+__all__ = ["VolumeTarget", "read_volume", "parse_axes", "parse_layout", "ssim_volume", "frame_field",
+           "FRAME_SUFFIXES", "AXIS_LETTERS"]
+
+#: Letters ``axes`` may use: time, the three space axes (array order z, y, x) and channels.
+AXIS_LETTERS = "tzyxc"
+#: Per-frame volume files a folder may hold.
+FRAME_SUFFIXES = (".npy", ".raw", ".nii", ".nii.gz")
+#: Values per slab when a field is scored or decoded slab by slab (64 MiB of float32).
+SLAB_VALUES = 1 << 24
+#: Side of the SSIM window (7^3 voxels, scikit-image's default for 3-D).
+SSIM_WINDOW = 7
+
+_RAW_NAME = re.compile(r"(\d+)x(\d+)x(\d+)(?:x(\d+))?_(u?int8|u?int16|u?int32|float32|float64)", re.I)
+
+
+# ---------------------------------------------------------------------------
+# Axes and layouts
+# ---------------------------------------------------------------------------
+
+def parse_axes(axes: str, ndim: int, name: str = "the array") -> str:
+    """Validate an axes string (letters of ``t z y x c``, one per array axis) and return it lower-cased.
+
+    Raises :class:`InputError` naming the problem: wrong length, unknown or
+    repeated letters, or a missing space axis.
+    """
+    letters = str(axes).strip().lower()
+    bad = sorted(set(letters) - set(AXIS_LETTERS))
+    if bad:
+        raise InputError(f"--axes {axes!r}: unknown letter(s) {''.join(bad)!r}; use t z y x c, e.g. tzyx or zyxc")
+    if len(set(letters)) != len(letters):
+        raise InputError(f"--axes {axes!r} repeats a letter; name each axis once, e.g. tzyx")
+    if len(letters) != ndim:
+        raise InputError(f"--axes {axes!r} names {len(letters)} axes but {name} has {ndim} "
+                         f"(one letter per axis, slowest first)")
+    missing = [a for a in "zyx" if a not in letters]
+    if missing:
+        raise InputError(f"--axes {axes!r} has no {', '.join(missing)} axis; a volume needs z, y and x")
+    return letters
+
+
+def canonical_order(letters: str) -> list[int]:
+    """Permutation taking an array with axes ``letters`` to ``[t] z y x [c]``."""
+    return [letters.index(a) for a in AXIS_LETTERS if a in letters]
+
+
+def parse_layout(layout: Optional[str], axis_names: Sequence[str]) -> list[tuple[int, ...]]:
+    """Modes from a layout string: ``"x+y+z+t"`` one mode per axis, ``"xyz+t"`` grouped.
+
+    Each ``+``-separated group names the axes of one mode network; every axis
+    appears once. Returns axis-index tuples (indices into ``axis_names``), each
+    sorted, in the order given.
+    """
+    if layout is None:
+        return [(i,) for i in range(len(axis_names))]
+    text = str(layout).strip().lower().replace(" ", "").replace("(", "").replace(")", "").replace(",", "")
+    groups = [g for g in text.split("+")]
+    known = "".join(axis_names)
+    if any(not g for g in groups) or any(ch not in known for g in groups for ch in g):
+        raise InputError(f"layout {layout!r}: use the axis letters {'+'.join(reversed(known))} grouped by '+', "
+                         f"e.g. {'+'.join(reversed(known))} (one network per axis) or "
+                         f"{''.join(a for a in reversed(known) if a != 't')}+t")
+    flat = "".join(groups)
+    if sorted(flat) != sorted(known):
+        raise InputError(f"layout {layout!r} must name each of the axes {', '.join(axis_names)} exactly once")
+    if len(groups) < 2:
+        raise InputError(f"layout {layout!r} has a single group; a factorized field needs at least two modes")
+    return [tuple(sorted(known.index(ch) for ch in g)) for g in groups]
+
+
+# ---------------------------------------------------------------------------
+# Reading
+# ---------------------------------------------------------------------------
+
+def _is_frame_file(p: Path) -> bool:
+    n = p.name.lower()
+    return p.is_file() and any(n.endswith(s) for s in FRAME_SUFFIXES) and not n.startswith(".")
+
+
+def _natural_key(p: Path):
+    return [int(s) if s.isdigit() else s for s in re.split(r"(\d+)", p.name.lower())]
+
+
+def frame_files(folder: Path) -> list[Path]:
+    """The per-frame volume files of ``folder`` in natural order (``f2`` before ``f10``)."""
+    files = sorted((p for p in Path(folder).iterdir() if _is_frame_file(p)), key=_natural_key)
+    if not files:
+        raise InputError(f"{folder}: the folder holds no volume frames ({', '.join(FRAME_SUFFIXES)})")
+    kinds = {"".join(p.suffixes[-2:]).lower() if p.name.lower().endswith(".nii.gz") else p.suffix.lower()
+             for p in files}
+    if len(kinds) > 1:
+        raise InputError(f"{folder}: the frames mix file types {sorted(kinds)}; keep one type per folder")
+    return files
+
+
+def is_volume_folder(path) -> bool:
+    """Whether ``path`` is a folder of per-frame volume files."""
+    p = Path(path)
+    return p.is_dir() and any(_is_frame_file(q) for q in p.iterdir())
+
+
+def read_volume(path, *, dims=None, dtype=None, key=None) -> tuple[np.ndarray, Optional[str]]:
+    """Read a volume file or a folder of frames without converting it.
+
+    Returns
+    -------
+    array : ndarray (a read-only-safe copy-on-write memmap where the format allows)
+        In the file's own dtype and axis order.
+    axes : str or None
+        The axes the format itself defines (NIfTI ``zyx``/``tzyx`` after reordering, a frame folder ``t`` + the
+        frame's), or None when only the caller can say (``.npy``, ``.npz``, ``.raw``).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file; check the path")
+    if path.is_dir():
+        return _read_frames(path, dims=dims, dtype=dtype, key=key)
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: the file is empty (0 bytes)")
+    suffix = path.suffix.lower()
+    name = path.name.lower()
+    if suffix == ".npy":
+        try:
+            return np.load(path, mmap_mode="c", allow_pickle=False), None
+        except ValueError as exc:
+            raise InputError(f"{path.name}: cannot read the array ({exc}); object/pickled arrays and truncated "
+                             "files are refused") from exc
+        except OSError as exc:
+            raise InputError(f"{path.name}: cannot read the array ({exc})") from exc
+    if suffix == ".npz":
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                keys = list(z.keys())
+                if not keys:
+                    raise InputError(f"{path.name}: the .npz holds no arrays")
+                if key is None and len(keys) > 1:
+                    raise InputError(f"{path.name}: the .npz holds {keys}; choose one with key=")
+                if key is not None and key not in keys:
+                    raise InputError(f"{path.name}: no array {key!r} in the .npz; it holds {keys}")
+                return z[key or keys[0]], None
+        except InputError:
+            raise
+        except (ValueError, OSError, EOFError) as exc:
+            raise InputError(f"{path.name}: cannot read the array ({exc}); object/pickled arrays are refused") from exc
+    if suffix == ".raw":
+        return _read_raw(path, dims=dims, dtype=dtype), None
+    if name.endswith(".nii") or name.endswith(".nii.gz"):
+        return _read_nifti(path)
+    raise InputError(f"{path.name}: unsupported volume type; use .npy, .npz, .raw (with dims in the name), "
+                     ".nii[.gz] or a folder of per-frame volumes")
+
+
+def _read_raw(path: Path, *, dims=None, dtype=None) -> np.ndarray:
+    if dims is None or dtype is None:
+        m = _RAW_NAME.search(path.stem)
+        if m is None:
+            raise InputError(
+                f"{path.name}: a .raw volume needs its dims and dtype, e.g. name it "
+                "'name_128x128x128_uint8.raw' (x first) or pass dims=(X, Y, Z) and dtype='uint8'"
+            )
+        dims = dims or tuple(int(g) for g in m.groups()[:4] if g is not None)
+        dtype = dtype or m.group(5).lower()
+    dims = tuple(int(d) for d in dims)
+    if len(dims) not in (3, 4) or min(dims) < 1:
+        raise InputError(f"{path.name}: dims must be 3 or 4 positive sizes (x first), got {dims}")
+    try:
+        dt = np.dtype(dtype)
+    except TypeError as exc:
+        raise InputError(f"{path.name}: unknown dtype {dtype!r}") from exc
+    expected = math.prod(dims) * dt.itemsize
+    size = path.stat().st_size
+    if size != expected:
+        raise InputError(f"{path.name}: {size} bytes, but {'x'.join(map(str, dims))} {dt} needs {expected}; "
+                         "check dims and dtype")
+    # dims are listed fastest first (x, y, z[, 4th]); the array is indexed slowest first
+    return np.memmap(path, dtype=dt, mode="c", shape=tuple(reversed(dims)))
+
+
+def _read_nifti(path: Path) -> tuple[np.ndarray, str]:
+    try:
+        import nibabel
+    except ImportError as exc:
+        raise InputError("reading NIfTI needs nibabel: pip install 'finr3d[nifti]'") from exc
+    try:
+        img = nibabel.load(str(path))
+        arr = np.asanyarray(img.dataobj)  # the stored dtype (memory-mapped when uncompressed and unscaled)
+    except Exception as exc:  # nibabel raises many types for broken files
+        raise InputError(f"{path.name}: cannot read NIfTI ({exc})") from exc
+    while arr.ndim > 3 and arr.shape[-1] == 1:  # NIfTI pads unused trailing dims with 1
+        arr = arr[..., 0]
+    if arr.ndim == 3:
+        return arr.transpose(2, 1, 0), "zyx"
+    if arr.ndim == 4:
+        return arr.transpose(3, 2, 1, 0), "tzyx"  # NIfTI's 4th axis is time (x, y, z, t)
+    raise InputError(f"{path.name}: a {arr.ndim}-D NIfTI image (shape {arr.shape}); finr3d reads x, y, z[, t]")
+
+
+def _read_frames(folder: Path, *, dims=None, dtype=None, key=None) -> tuple[np.ndarray, Optional[str]]:
+    files = frame_files(folder)
+    frames, axes = [], None
+    for p in files:
+        arr, native = read_volume(p, dims=dims, dtype=dtype, key=key)
+        if native is None:
+            if arr.ndim != 3:
+                raise InputError(f"{p.name}: a frame of shape {arr.shape}; frames of a folder must be 3-D (z, y, x)")
+            native = "zyx"
+        if native != "zyx":
+            raise InputError(f"{p.name}: a {native} frame; frames of a folder must be 3-D volumes")
+        if frames and (arr.shape != frames[0].shape or arr.dtype != frames[0].dtype):
+            raise InputError(f"{p.name}: shape {arr.shape} {arr.dtype} differs from the first frame's "
+                             f"{frames[0].shape} {frames[0].dtype}; every frame must match")
+        frames.append(arr)
+        axes = "t" + native
+    if len(frames) < 2:
+        raise InputError(f"{folder}: one frame only; fit a single volume file instead")
+    return np.stack(frames), axes
+
+
+# ---------------------------------------------------------------------------
+# Sampling a stored grid of any dtype
+# ---------------------------------------------------------------------------
+
+def _axis_plan(c: torch.Tensor, n: int):
+    """Stored indices one axis needs for coordinates ``c``, and how to interpolate them."""
+    c = torch.as_tensor(c).to(torch.float32).cpu().reshape(-1)
+    if n == 1:
+        return np.zeros(len(c), np.int64), None
+    pos = (c.clamp(-1, 1) + 1) * 0.5 * (n - 1)
+    snapped = pos.round()
+    on_lattice = (pos - snapped).abs() < 1e-4
+    if bool(on_lattice.all()):
+        return snapped.long().numpy(), None
+    pos = torch.where(on_lattice, snapped, pos)
+    i0 = pos.floor().long().clamp_(0, n - 2)
+    w = (pos - i0).clamp_(0, 1)
+    need, inverse = torch.unique(torch.cat([i0, i0 + 1]), sorted=True, return_inverse=True)
+    return need.numpy(), (inverse[: len(i0)], inverse[len(i0):], w)
+
+
+def sample_array(array: np.ndarray, coords: Sequence[torch.Tensor], offset: float = 0.0,
+                 scale: float = 1.0) -> torch.Tensor:
+    """Multilinear interpolation of a stored ``(N_0, ..., N_{d-1}, C)`` array of any dtype, as ``(v - offset) / scale``.
+
+    Only the stored samples the sub-grid touches are read (from a memmap:
+    from disk) and converted to float32: ``Π n_i C`` values when every
+    coordinate falls on a stored sample, at most ``Π min(2 n_i, N_i) C`` otherwise.
+
+    Returns a ``(n_0, ..., n_{d-1}, C)`` float32 tensor.
+    """
+    plans = [_axis_plan(c, array.shape[a]) for a, c in enumerate(coords)]
+    sub = array[np.ix_(*[p[0] for p in plans])]
+    out = torch.from_numpy(np.asarray(sub, dtype=np.float32))
+    if offset != 0.0:
+        out -= np.float32(offset)
+    if scale != 1.0:
+        out /= np.float32(scale)
+    for axis, (_, plan) in enumerate(plans):
+        if plan is None:
+            continue
+        lo_idx, hi_idx, w = plan
+        shape = [1] * out.dim()
+        shape[axis] = -1
+        out = torch.lerp(out.index_select(axis, lo_idx), out.index_select(axis, hi_idx), w.view(shape))
+    return out
+
+
+# ---------------------------------------------------------------------------
+# SSIM of volumes, slab by slab
+# ---------------------------------------------------------------------------
+
+def ssim_volume(pred_slab, ref_slab, depth: int, *, data_range: float = 1.0, slab: int = 64) -> float:
+    """3-D SSIM (uniform 7^3 window, scikit-image) of two (Z, Y, X) volumes given slab by slab.
+
+    ``pred_slab(z0, z1)`` and ``ref_slab(z0, z1)`` return planes ``z0..z1-1``
+    (float arrays ``(z1 - z0, Y, X)``). Each slab is scored with a halo of 3
+    planes either side and the per-voxel SSIM map is averaged over the
+    interior that scikit-image averages (3 voxels cropped per side), so the
+    result equals ``structural_similarity(pred, ref, win_size=7)`` on the
+    whole volume while memory stays at a few slabs. Axes shorter than 7 take
+    the largest odd window that fits; below 3, NaN.
+    """
+    from skimage.metrics import structural_similarity
+
+    first = np.asarray(ref_slab(0, 1))
+    dims = (depth, *first.shape[1:])
+    win = min(SSIM_WINDOW, *dims)
+    win = win if win % 2 == 1 else win - 1
+    if win < 3:
+        return float("nan")
+    pad = (win - 1) // 2
+    total, count = 0.0, 0
+    for z0 in range(pad, depth - pad, slab):
+        z1 = min(depth - pad, z0 + slab)
+        a, b = max(0, z0 - pad), min(depth, z1 + pad)
+        p = np.asarray(pred_slab(a, b), np.float64)
+        r = np.asarray(ref_slab(a, b), np.float64)
+        _, smap = structural_similarity(p, r, win_size=win, data_range=data_range, full=True)
+        inner = smap[z0 - a: z1 - a, pad: dims[1] - pad, pad: dims[2] - pad]
+        total += float(inner.sum(dtype=np.float64))
+        count += inner.size
+    return total / count if count else float("nan")
+
+
+# ---------------------------------------------------------------------------
+# The target
+# ---------------------------------------------------------------------------
+
+class VolumeTarget(Target):
+    """A scalar or multi-channel volume, or a time-varying one, from an array or a file.
+
+    Parameters
+    ----------
+    source : path, folder or ndarray
+        ``.npy``, ``.npz``, headerless ``.raw`` (dims and dtype in the name,
+        ``name_XxYxZ[xT]_uint8.raw``, x fastest, or ``dims``/``dtype``), NIfTI
+        (``x, y, z[, t]``), or a folder of per-frame ``.npy``/``.raw``/``.nii``
+        volumes (natural order).
+    axes : str, optional
+        The source's axes, slowest first, in the letters ``t z y x c``. A 3-D
+        array defaults to ``zyx``; any other rank needs it (NIfTI and frame
+        folders name their own axes).
+    layout : str, optional
+        Modes as axis letters grouped by ``+``: ``"x+y+z[+t]"`` (default, one
+        network per axis) or e.g. ``"xyz+t"``.
+    dims, dtype : for ``.raw`` files without dims in the name.
+    key : the array of a multi-array ``.npz``.
+
+    Attributes
+    ----------
+    shape : ``(Z, Y, X)`` or ``(T, Z, Y, X)``
+    array : the source array (its own dtype, possibly memory-mapped) in that order, channels last.
+    source_axes : the source's axes letters (``decode`` writes arrays back in this order).
+    """
+
+    kind = "volume"
+    #: PSNR peak in the field's units: values are min-max normalized to [0, 1], so the source's range
+    data_range = 1.0
+    value_bounds = (0.0, 1.0)
+
+    def __init__(self, source, *, axes: Optional[str] = None, layout: Optional[str] = None, dims=None,
+                 dtype=None, key: Optional[str] = None):
+        native = None
+        if isinstance(source, (str, os.PathLike)):
+            arr, native = read_volume(source, dims=dims, dtype=dtype, key=key)
+            name = str(source)
+        else:
+            arr, name = np.asarray(source), "<array>"
+        if arr.dtype.kind not in "uif" or arr.dtype.itemsize > 8:
+            raise InputError(f"{Path(name).name}: unsupported voxel type {arr.dtype}; use integer or float voxels")
+        if axes is not None:
+            if native is not None and len(str(axes)) != arr.ndim:
+                raise InputError(f"--axes {axes!r} names {len(str(axes))} axes but {Path(name).name} reads as "
+                                 f"{native} ({arr.ndim}-D)")
+            # for NIfTI and frame folders, already ordered as `native`, --axes relabels (e.g. czyx: channels)
+            letters = parse_axes(axes, arr.ndim, Path(name).name)
+        elif native is not None:
+            letters = native
+        elif arr.ndim == 3:
+            letters = "zyx"
+        elif arr.ndim == 4:
+            raise InputError(f"{Path(name).name}: a 4-D array of shape {tuple(arr.shape)} could be time x volume or "
+                             "a volume with channels; say which with --axes (e.g. --axes tzyx or --axes zyxc)")
+        else:
+            raise InputError(f"{Path(name).name}: a {arr.ndim}-D array of shape {tuple(arr.shape)}; name its axes "
+                             "with --axes (letters t z y x c, e.g. tzyxc), or give a 3-D (z, y, x) volume")
+        canon = arr.transpose(canonical_order(letters))
+        if "c" not in letters:
+            canon = canon[..., None]
+        spatial = canon.shape[:-1]
+        if canon.size == 0:
+            raise InputError(f"{Path(name).name}: the volume is empty (shape {arr.shape})")
+        if min(spatial) < 2:
+            raise InputError(f"{Path(name).name}: every axis needs at least 2 samples, got "
+                             f"{dict(zip([a for a in AXIS_LETTERS if a in letters and a != 'c'], spatial))}")
+        if canon.size > MAX_SAMPLES:
+            raise InputError(f"{Path(name).name}: {canon.size:,} samples is more than {MAX_SAMPLES:,}; "
+                             "downsample or crop it first")
+        if canon.shape[-1] > 64:
+            raise InputError(f"{Path(name).name}: {canon.shape[-1]} channels is more than 64; check --axes")
+        check_finite(arr, Path(name).name)
+        lo, hi = _min_max(arr)
+        self.array = canon
+        self.source_axes = letters
+        self.axis_names = tuple(a for a in AXIS_LETTERS if a in letters and a != "c")
+        self.shape = tuple(int(s) for s in spatial)
+        self.channels = int(canon.shape[-1])
+        self.value_offset = lo
+        self.value_scale = hi - lo if hi > lo else 1.0
+        self.bounds = np.asarray([[0, n - 1] for n in self.shape], float)
+        self.source = name
+        self.dtype = str(arr.dtype)
+        self._modes = parse_layout(layout, self.axis_names)
+        self.layout = layout
+
+    # --- the Target interface ------------------------------------------------
+    @property
+    def default_modes(self) -> list[tuple[int, ...]]:
+        return list(self._modes)
+
+    @property
+    def data(self) -> torch.Tensor:
+        """The whole volume as float32 in the field's units; allocates 4 bytes a value, prefer :meth:`sample`."""
+        return sample_array(self.array, [self.axis_coords(a) for a in range(self.ndim)],
+                            self.value_offset, self.value_scale)
+
+    def sample(self, coords):
+        return sample_array(self.array, coords, self.value_offset, self.value_scale)
+
+    def sample_indices(self, indices) -> torch.Tensor:
+        """Ground truth at integer lattice indices (outer product): exact, no interpolation."""
+        idx = [np.asarray(torch.as_tensor(i).cpu(), np.int64).reshape(-1) for i in indices]
+        sub = np.asarray(self.array[np.ix_(*idx)], np.float32)
+        out = torch.from_numpy(sub)
+        out -= np.float32(self.value_offset)
+        out /= np.float32(self.value_scale)
+        return out
+
+    def dense(self, max_samples: int = 256**3):
+        """Stored samples on an evenly spaced index sub-lattice of at most ``max_samples`` samples (exact voxels)."""
+        total = math.prod(self.shape)
+        if total <= max_samples:
+            idx = [torch.arange(n) for n in self.shape]
+        else:
+            f = (max_samples / total) ** (1.0 / self.ndim)
+            idx = [torch.from_numpy(np.unique(np.round(np.linspace(0, n - 1, max(2, int(n * f)))).astype(np.int64)))
+                   for n in self.shape]
+        coords = [lattice(n)[i] for n, i in zip(self.shape, idx)]
+        return coords, self.sample_indices(idx)
+
+    def evaluate(self, field, rank=None, *, ssim: bool = True) -> dict:
+        """PSNR on the source's value range and 3-D SSIM, computed slab by slab.
+
+        Predictions are clipped to the source's range first. A time-varying
+        volume is scored frame by frame as well.
+
+        Returns
+        -------
+        dict
+            ``psnr`` (dB; the MSE of every voxel against the whole source's
+            value range ``hi - lo``), ``ssim`` (3-D, uniform 7^3 window, mean
+            over voxels; per frame, then the mean, for time-varying volumes),
+            and for time-varying volumes ``psnr_mean`` (mean of the per-frame
+            PSNRs), ``psnr_per_frame`` and ``ssim_per_frame``.
+        """
+        fitted = (getattr(field, "target_info", None) or {}).get("shape")
+        if fitted is not None and tuple(int(v) for v in fitted) != self.shape:
+            raise InputError(f"the field was fitted to a {'x'.join(map(str, fitted))} volume but the reference is "
+                             f"{'x'.join(map(str, self.shape))}; give the volume it was fitted to")
+        if getattr(field, "ndim", self.ndim) != self.ndim:
+            raise InputError(f"the field has {field.ndim} axes but the reference volume has {self.ndim}")
+        lo, hi = self.value_bounds
+        full = [self.axis_coords(a) for a in range(self.ndim)]
+        timed = self.ndim == 4
+        frames = range(self.shape[0]) if timed else [None]
+        space = self.shape[1:] if timed else self.shape
+        plane = math.prod(space[1:]) * self.channels
+        step = max(1, SLAB_VALUES // plane)
+        sse_total, psnrs, ssims = 0.0, [], []
+        for t in frames:
+            lead = [full[0][t:t + 1]] if timed else []
+            lead_idx = [torch.tensor([t])] if timed else []
+
+            def pred_slab(z0, z1, lead=lead):
+                coords = lead + [full[len(lead)][z0:z1]] + full[len(lead) + 1:]
+                out = field.grid(coords, rank=rank, squeeze=False)
+                out = np.clip(np.asarray(out, np.float32), lo, hi)
+                return out[0] if timed else out
+
+            def ref_slab(z0, z1, lead_idx=lead_idx):
+                idx = lead_idx + [torch.arange(z0, z1)] + [torch.arange(n) for n in space[1:]]
+                out = self.sample_indices(idx).numpy()
+                return out[0] if timed else out
+
+            sse = 0.0
+            for z0 in range(0, space[0], step):
+                z1 = min(space[0], z0 + step)
+                d = pred_slab(z0, z1).astype(np.float64) - ref_slab(z0, z1)
+                sse += float(np.vdot(d.ravel(), d.ravel()))
+            sse_total += sse
+            n = math.prod(space) * self.channels
+            psnrs.append(_psnr_from_mse(sse / n, self.data_range))
+            if ssim:
+                per_channel = [ssim_volume(lambda a, b, c=c: pred_slab(a, b)[..., c],
+                                           lambda a, b, c=c: ref_slab(a, b)[..., c], space[0],
+                                           data_range=self.data_range, slab=max(8, step))
+                               for c in range(self.channels)]
+                ssims.append(float(np.mean(per_channel)))
+        out = {"psnr": _psnr_from_mse(sse_total / (math.prod(self.shape) * self.channels), self.data_range)}
+        if ssim:
+            out["ssim"] = float(np.mean(ssims))
+        if timed:
+            out["psnr_mean"] = float(np.mean(psnrs))
+            out["psnr_per_frame"] = [float(v) for v in psnrs]
+            if ssim:
+                out["ssim_per_frame"] = [float(v) for v in ssims]
+        return out
+
+    def describe(self) -> dict:
+        return {**super().describe(), "source_axes": self.source_axes, "dtype": self.dtype,
+                "layout": self.layout, "world_from_normalized": self.world_from_normalized().tolist()}
+
+    def world_from_normalized(self) -> np.ndarray:
+        """4x4 map from the field's normalized spatial coordinates ``(z, y, x)`` to voxel indices ``(x, y, z)``.
+
+        Meshes extracted from a volume field come out in voxel units, x first.
+        """
+        nz, ny, nx = self.shape[-3:]
+        m = np.zeros((4, 4))
+        m[0, 2], m[1, 1], m[2, 0] = (nx - 1) / 2, (ny - 1) / 2, (nz - 1) / 2
+        m[:3, 3] = [(nx - 1) / 2, (ny - 1) / 2, (nz - 1) / 2]
+        m[3, 3] = 1.0
+        return m
+
+
+def _psnr_from_mse(mse: float, data_range: float) -> float:
+    return float("inf") if mse <= 0 else 10.0 * math.log10(data_range**2 / mse)
+
+
+def _min_max(arr: np.ndarray, chunk: int = 1 << 24) -> tuple[float, float]:
+    """Min and max of a (possibly memory-mapped) array, a chunk at a time (no full float copy)."""
+    flat = arr.reshape(-1) if arr.flags.c_contiguous or arr.flags.f_contiguous else None
+    if flat is None:
+        return float(arr.min()), float(arr.max())
+    lo, hi = math.inf, -math.inf
+    for s in range(0, flat.size, chunk):
+        part = flat[s:s + chunk]
+        lo, hi = min(lo, float(part.min())), max(hi, float(part.max()))
+    return lo, hi
+
+
+# ---------------------------------------------------------------------------
+# One frame of a time-varying field
+# ---------------------------------------------------------------------------
+
+class frame_field:  # noqa: N801 - used like a function: frame_field(field, t)
+    """The 3-D field of one instant of a time-varying volume field (for meshing and slicing).
+
+    ``frame_field(field, t).grid(coords)`` evaluates ``field`` at time ``t``
+    (a stored frame index, fractional values interpolate in the field's own
+    continuous time) on spatial ``(z, y, x)`` coordinates; ``target_info``
+    describes the 3-D volume, so :func:`finr3d.meshing.extract_mesh` works on it.
+    """
+
+    def __init__(self, field, t: float):
+        info = dict(field.target_info or {})
+        shape = [int(s) for s in info.get("shape") or []]
+        if field.ndim != 4 or len(shape) != 4:
+            raise InputError(f"frame_field needs a time-varying (t, z, y, x) field, got a {field.ndim}-D one")
+        n_t = shape[0]
+        if not 0 <= float(t) <= n_t - 1:
+            raise InputError(f"frame {t} is outside the field's frames 0..{n_t - 1}")
+        self.field, self.t = field, float(t)
+        self.tc = torch.tensor([-1.0 + 2.0 * self.t / (n_t - 1)], dtype=torch.float32)
+        self.ndim, self.channels = 3, field.channels
+        self.kind = "volume"
+        info["shape"] = shape[1:]
+        info["axis_names"] = ["z", "y", "x"]
+        self.target_info = info
+
+    def grid(self, coords, rank=None, *, squeeze: bool = True, **kwargs) -> np.ndarray:
+        if isinstance(coords, (int, np.integer)):
+            coords = [int(coords)] * 3
+        if all(isinstance(c, (int, np.integer)) for c in coords):
+            coords = [lattice(int(n)) for n in coords]
+        out = self.field.grid([self.tc] + list(coords), rank=rank, squeeze=False, **kwargs)[0]
+        return out[..., 0] if squeeze and self.channels == 1 else out

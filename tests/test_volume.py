@@ -1,0 +1,239 @@
+"""Volumes and time-varying volumes: metrics on the value range, axes, N-D readers, decode, exit codes."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import finr3d
+from finr3d.cli import main
+from finr3d.errors import InputError
+from finr3d.targets import interpolate_subgrid, lattice
+from finr3d.volume import VolumeTarget, parse_layout, read_volume, sample_array, ssim_volume
+
+
+def blob_clip(t=5, n=12, dtype=np.float32, lo=0.0, hi=1.0):
+    """A Gaussian blob moving along x: (T, Z, Y, X)."""
+    tt = np.linspace(0, 1, t)[:, None, None, None]
+    z, y, x = np.meshgrid(*[np.linspace(-1, 1, n)] * 3, indexing="ij")
+    a = np.exp(-4 * ((x - 0.6 * tt + 0.3) ** 2 + 0.7 * y**2 + 1.3 * z**2))
+    return (lo + (hi - lo) * a).astype(dtype)
+
+
+def uint8_volume(n=12):
+    """A uint8 volume whose values span 40..240 (range 200, not 255 and not 1)."""
+    v = blob_clip(1, n)[0]
+    return np.round(40 + 200 * v).astype(np.uint8)
+
+
+def manual_psnr(decoded, ref):
+    ref = ref.astype(np.float64)
+    d = np.clip(decoded.astype(np.float64), ref.min(), ref.max()) - ref
+    return 10 * math.log10((ref.max() - ref.min()) ** 2 / np.mean(d**2))
+
+
+# --------------------------------------------------------------------- metrics
+def test_fit_history_and_eval_psnr_use_the_value_range(tmp_path):
+    vol = uint8_volume()
+    path = tmp_path / "v.npy"
+    np.save(path, vol)
+    field = finr3d.fit(str(path), decomposition="cp", rank=8, width=16, steps=30, seed=0)
+    from finr3d.decoding import decode_array
+
+    decoded = decode_array(field)[..., 0]
+    truth = manual_psnr(decoded, vol)
+    assert 15 < truth < 80
+    report = finr3d.evaluate(field, str(path))
+    assert report["psnr"] == pytest.approx(truth, abs=1e-3)
+    # the fit's own validation PSNR is on the same range (unclipped, so at most a little lower)
+    assert field.history["psnr"] == pytest.approx(truth, abs=1.0)
+    assert 0 < report["ssim"] <= 1
+
+
+def test_ssim_volume_in_slabs_equals_one_shot():
+    from skimage.metrics import structural_similarity
+
+    rng = np.random.default_rng(0)
+    ref = blob_clip(1, 20)[0].astype(np.float64)
+    pred = ref + rng.normal(0, 0.05, ref.shape)
+    one = structural_similarity(pred, ref, win_size=7, data_range=1.0)
+    slabbed = ssim_volume(lambda a, b: pred[a:b], lambda a, b: ref[a:b], 20, data_range=1.0, slab=4)
+    assert slabbed == pytest.approx(one, rel=1e-9)
+
+
+def test_eval_json_and_sweep_work_for_volumes(tmp_path, capsys):
+    vol = uint8_volume()
+    src = tmp_path / "v.npy"
+    np.save(src, vol)
+    model = tmp_path / "v.finr"
+    assert main(["fit", str(src), "-o", str(model), "--rank", "4", "--width", "16", "--steps", "10",
+                 "--progress", "none"]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(model), "--reference", str(src), "--json"]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert payload["psnr"] > 10 and "ssim" in payload
+    assert main(["sweep", str(model), "--reference", str(src), "--ranks", "2,4", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["rank"] for r in rows] == [2, 4] and all(r["psnr"] > 5 for r in rows)
+
+
+def test_a_library_value_error_is_a_bug_not_user_input(tmp_path, monkeypatch, capsys):
+    from finr3d.cli import _raised_by_finr3d
+
+    try:
+        np.zeros(3).reshape(2, 2)
+    except ValueError as exc:
+        assert not _raised_by_finr3d(exc)
+    try:
+        VolumeTarget(np.zeros((2, 3, 4, 5)))
+    except InputError as exc:
+        assert _raised_by_finr3d(exc)
+
+    def broken(*a, **k):
+        from skimage.metrics import structural_similarity
+
+        structural_similarity(np.zeros((8, 8)), np.zeros((9, 9)), data_range=1.0)
+
+    src = tmp_path / "v.npy"
+    np.save(src, uint8_volume())
+    model = tmp_path / "v.finr"
+    assert main(["fit", str(src), "-o", str(model), "--rank", "2", "--width", "8", "--steps", "2",
+                 "--progress", "none"]) == 0
+    monkeypatch.setattr(finr3d, "evaluate", broken)
+    capsys.readouterr()
+    assert main(["eval", str(model), "--reference", str(src)]) == 1
+    assert "unexpected ValueError" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------ axes
+def test_4d_array_without_axes_is_refused_naming_the_flag(tmp_path):
+    np.save(tmp_path / "c.npy", blob_clip())
+    with pytest.raises(InputError, match="--axes"):
+        VolumeTarget(tmp_path / "c.npy")
+    assert main(["fit", str(tmp_path / "c.npy"), "-o", str(tmp_path / "c.finr"), "--steps", "1",
+                 "--progress", "none"]) == 2
+
+
+@pytest.mark.parametrize("axes,shape,channels", [("tzyx", (5, 12, 12, 12), 1), ("zyxc", (5, 12, 12), 12),
+                                                 ("xyzt", (12, 12, 12, 5), 1)])
+def test_axes_letters_choose_the_reading(axes, shape, channels):
+    clip = blob_clip()
+    t = VolumeTarget(clip, axes=axes)
+    assert t.shape == shape and t.channels == channels
+    assert t.source_axes == axes
+
+
+def test_axes_reorders_to_t_z_y_x():
+    clip = blob_clip()
+    src = clip.transpose(3, 2, 1, 0)  # stored (x, y, z, t)
+    t = VolumeTarget(src, axes="xyzt")
+    assert t.shape == clip.shape
+    np.testing.assert_allclose(t.to_values(t.data.numpy()[..., 0]), clip, atol=1e-6)
+
+
+@pytest.mark.parametrize("axes,match", [("tzyq", "unknown"), ("tzzx", "repeats"), ("tzy", "names 3"),
+                                        ("tzyc", "no x")])
+def test_bad_axes_are_refused(axes, match):
+    with pytest.raises(InputError, match=match):
+        VolumeTarget(blob_clip(), axes=axes)
+
+
+def test_layouts_one_per_axis_and_grouped():
+    names = ("t", "z", "y", "x")
+    assert parse_layout(None, names) == [(0,), (1,), (2,), (3,)]
+    assert parse_layout("x+y+z+t", names) == [(3,), (2,), (1,), (0,)]
+    assert parse_layout("(x,y,z)+(t)", names) == [(1, 2, 3), (0,)]
+    with pytest.raises(InputError, match="exactly once"):
+        parse_layout("xy+t", names)
+    with pytest.raises(InputError, match="two modes"):
+        parse_layout("xyzt", names)
+
+
+# --------------------------------------------------------------------- readers
+def test_frame_folder_nifti_and_npy_read_the_same_clip(tmp_path):
+    nibabel = pytest.importorskip("nibabel")
+    clip = blob_clip()
+    np.save(tmp_path / "c.npy", clip)
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i in (0, 1, 2, 3, 4):  # natural order: f10 would come after f2
+        np.save(folder / f"f{i}.npy", clip[i])
+    nibabel.save(nibabel.Nifti1Image(clip.transpose(3, 2, 1, 0), np.eye(4)), str(tmp_path / "c.nii.gz"))
+    raw = tmp_path / "frames_raw"
+    raw.mkdir()
+    for i in range(5):
+        clip[i].tofile(raw / f"f{i}_12x12x12_float32.raw")
+    ref = VolumeTarget(tmp_path / "c.npy", axes="tzyx").data
+    for source in (folder, tmp_path / "c.nii.gz", raw):
+        t = VolumeTarget(source)
+        assert t.shape == (5, 12, 12, 12) and t.axis_names == ("t", "z", "y", "x")
+        torch.testing.assert_close(t.data, ref)
+    assert finr3d.targets.detect_kind(folder) == "volume"
+
+
+def test_raw_with_four_dims_needs_axes(tmp_path):
+    clip = blob_clip()
+    path = tmp_path / "c_12x12x12x5_float32.raw"
+    clip.tofile(path)
+    with pytest.raises(InputError, match="--axes"):
+        VolumeTarget(path)
+    assert VolumeTarget(path, axes="tzyx").shape == (5, 12, 12, 12)
+
+
+def test_memmapped_source_is_sampled_without_a_float_copy(tmp_path):
+    vol = uint8_volume(16)
+    path = tmp_path / "v_16x16x16_uint8.raw"
+    vol.tofile(path)
+    arr, _ = read_volume(path)
+    assert isinstance(arr, np.memmap) and arr.dtype == np.uint8
+    t = VolumeTarget(path)
+    assert isinstance(t.array.base, np.memmap) or isinstance(t.array, np.memmap)
+    coords = [torch.linspace(-1, 1, 7), lattice(16)[::3], torch.tensor([-0.33, 0.5])]
+    lo, rng = float(vol.min()), float(vol.max()) - float(vol.min())
+    assert (t.value_offset, t.value_scale) == (lo, rng)
+    expected = interpolate_subgrid(torch.from_numpy((vol[..., None] - lo) / rng).float(), coords)
+    torch.testing.assert_close(t.sample(coords), expected, atol=1e-6, rtol=1e-5)
+
+
+# ---------------------------------------------------------------------- decode
+@pytest.mark.parametrize("axes", ["tzyx", "xyzt"])
+def test_4d_fit_decode_and_per_frame_eval(tmp_path, capsys, axes):
+    clip = blob_clip(4, 10)
+    src_arr = clip if axes == "tzyx" else clip.transpose(3, 2, 1, 0)
+    src = tmp_path / "c.npy"
+    np.save(src, src_arr)
+    model = tmp_path / "c.finr"
+    assert main(["fit", str(src), "-o", str(model), "--axes", axes, "--rank", "6", "--width", "16",
+                 "--steps", "20", "--progress", "none"]) == 0
+    out = tmp_path / "d.npy"
+    assert main(["decode", str(model), "-o", str(out)]) == 0
+    decoded = np.load(out)
+    assert decoded.shape == src_arr.shape  # written back in the source's axis order
+    folder = tmp_path / "frames"
+    assert main(["decode", str(model), "-o", str(folder)]) == 0
+    frames = sorted(folder.glob("frame_*.npy"))
+    assert len(frames) == 4
+    first = np.load(frames[0])
+    np.testing.assert_allclose(first, decoded[0] if axes == "tzyx" else decoded[..., 0],  # the source frame order
+                               atol=1e-5)
+    capsys.readouterr()
+    assert main(["eval", str(model), "--reference", str(src), "--json"]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert len(payload["psnr_per_frame"]) == 4
+    assert payload["psnr_mean"] == pytest.approx(np.mean(payload["psnr_per_frame"]))
+    assert payload["psnr"] == pytest.approx(manual_psnr(decoded, src_arr), abs=1e-3)
+
+
+def test_decode_too_large_for_memory_is_refused_up_front(tmp_path, monkeypatch):
+    from finr3d import decoding
+
+    field = finr3d.fit(VolumeTarget(uint8_volume(8)), rank=2, width=8, steps=1)
+    monkeypatch.setattr(decoding, "available_memory", lambda: 64 << 20)
+    with pytest.raises(InputError, match=r"needs 3\.73 GiB of memory"):
+        decoding.decode_array(field, resolution=1000)
+    with pytest.raises(InputError, match="of disk"):
+        monkeypatch.setattr("shutil.disk_usage", lambda p: type("U", (), {"free": 1 << 20})())
+        decoding.stream_npy(field, tmp_path / "big.npy", resolution=1000)
+    assert not (tmp_path / "big.npy").exists()
