@@ -148,7 +148,10 @@ def choose_rank(field, reference, *, budget_bytes: int | None = None, target: fl
             if budget_bytes is not None and len(data) > budget_bytes:
                 continue
             decoded = FactorizedField.from_parts(*codec.decode(data))
-            value = float(evaluate(decoded, reference, **eval_options)[metric])
+            if metric == "psnr" and getattr(reference, "kind", None) == "volume":
+                value = float(reference.evaluate(decoded, ssim=False)["psnr"])  # SSIM is not needed to choose
+            else:
+                value = float(evaluate(decoded, reference, **eval_options)[metric])
             rows.append({"ranks": list(model.ranks), "quantization": q, "bytes": len(data), metric: value})
     if not rows:
         raise ValueError(f"no rank/quantization fits in {budget_bytes} bytes; the smallest model needs more — "

@@ -43,6 +43,8 @@ AXIS_LETTERS = "tzyxc"
 FRAME_SUFFIXES = (".npy", ".raw", ".nii", ".nii.gz")
 #: Values per slab when a field is scored or decoded slab by slab (64 MiB of float32).
 SLAB_VALUES = 1 << 24
+#: Voxels per SSIM slab (scikit-image holds about a dozen float64 copies of a slab and its halo)
+SSIM_SLAB_VALUES = 1 << 21
 #: Side of the SSIM window (7^3 voxels, scikit-image's default for 3-D).
 SSIM_WINDOW = 7
 
@@ -517,7 +519,7 @@ class VolumeTarget(Target):
             if ssim:
                 per_channel = [ssim_volume(lambda a, b, c=c: pred_slab(a, b)[..., c],
                                            lambda a, b, c=c: ref_slab(a, b)[..., c], space[0],
-                                           data_range=self.data_range, slab=max(8, step))
+                                           data_range=self.data_range, slab=max(8, SSIM_SLAB_VALUES // plane))
                                for c in range(self.channels)]
                 ssims.append(float(np.mean(per_channel)))
         out = {"psnr": _psnr_from_mse(sse_total / (math.prod(self.shape) * self.channels), self.data_range)}

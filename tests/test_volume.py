@@ -237,3 +237,27 @@ def test_decode_too_large_for_memory_is_refused_up_front(tmp_path, monkeypatch):
         monkeypatch.setattr("shutil.disk_usage", lambda p: type("U", (), {"free": 1 << 20})())
         decoding.stream_npy(field, tmp_path / "big.npy", resolution=1000)
     assert not (tmp_path / "big.npy").exists()
+
+
+def test_target_psnr_and_budget_choose_a_volume_model(tmp_path, capsys):
+    from finr3d.decoding import decode_array
+
+    vol = uint8_volume(12)
+    src = tmp_path / "v.npy"
+    np.save(src, vol)
+    model = tmp_path / "v.finr"
+    assert main(["fit", str(src), "-o", str(model), "--rank", "8", "--width", "16", "--steps", "40",
+                 "--target-psnr", "24", "--progress", "none"]) == 0
+    assert "chose ranks" in capsys.readouterr().out
+    field = finr3d.load(str(model))
+    assert manual_psnr(decode_array(field)[..., 0], vol) >= 24  # on the value range, as a reader decodes it
+    plain = tmp_path / "p.finr"
+    assert main(["fit", str(src), "-o", str(plain), "--rank", "8", "--width", "16", "--steps", "40",
+                 "--progress", "none"]) == 0
+    budget = plain.stat().st_size - 1  # below the full fp16 file: a lower rank or precision must be chosen
+    small = tmp_path / "s.finr"
+    assert main(["fit", str(src), "-o", str(small), "--rank", "8", "--width", "16", "--steps", "40",
+                 "--budget-kb", str(budget / 1024), "--progress", "none"]) == 0
+    assert small.stat().st_size <= budget
+    chosen = finr3d.load(str(small)).history["auto_rank"]
+    assert chosen["quantization"] != "fp16" or chosen["ranks"] != [8]
