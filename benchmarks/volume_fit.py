@@ -159,6 +159,7 @@ def part_rd(args):
     datasets = [(n.split("_")[0], load_volume(n), None) for n in VOLUMES]
     datasets.append((f"smoke {args.clip}", load_clip(args.clip), "tzyx"))
     options = json.loads(args.finr3d_options)
+    options_4d = json.loads(args.finr3d_options_4d)
     rows = []
     for name, x, axes in datasets:
         print(f"== {name} {x.shape}", flush=True)
@@ -173,13 +174,42 @@ def part_rd(args):
             res[codec_name] = pts
             res[f"{codec_name}_at"] = {str(lv): smallest_at(pts, lv) for lv in LEVELS}
             print(f"  {codec_name}: {res[codec_name + '_at']} ({time.perf_counter() - t0:.1f} s)", flush=True)
-        pts, info = finr3d_points(x, axes, args.seconds, options)
+        res["hosvd_bound"] = hosvd_bound(x)
+        print(f"  truncated HOSVD (values at 1 byte each): {[(b['ranks'], b['values'], round(b['psnr'], 1)) for b in res['hosvd_bound']]}",
+              flush=True)
+        pts, info = finr3d_points(x, axes, args.seconds, options if axes is None else options_4d)
         res["finr3d"], res["finr3d_info"] = pts, info
         res["finr3d_at"] = {str(lv): smallest_at(pts, lv) for lv in LEVELS}
         res["finr3d_best_psnr"] = max(p["psnr"] for p in pts)
         print(f"  finr3d: {res['finr3d_at']} best {res['finr3d_best_psnr']:.2f} dB, {info}", flush=True)
         rows.append(res)
-    return {"volumes": rows, "finr3d_options": options, "finr3d_seconds": args.seconds}
+    return {"volumes": rows, "finr3d_options": options, "finr3d_options_4d": options_4d,
+            "finr3d_seconds": args.seconds}
+
+
+def hosvd_bound(x, ranks=(4, 8, 12, 16, 24, 32, 48)):
+    """PSNR of a truncated HOSVD (the discrete Tucker a factorized field can at best reproduce) against its
+    size in values (core + factors): at one byte a value, a lower bound on a global Tucker file's bytes."""
+    x = np.asarray(x, np.float64)
+    mean = x.mean()
+    y = x - mean
+    us = []
+    for m in range(y.ndim):
+        mat = np.moveaxis(y, m, 0).reshape(y.shape[m], -1)
+        u, _, _ = np.linalg.svd(mat @ mat.T)
+        us.append(u)
+    out = []
+    for r in ranks:
+        rk = [min(r, n) for n in y.shape]
+        core = y
+        for m, u in enumerate(us):
+            core = np.moveaxis(np.tensordot(core, u[:, :rk[m]], axes=([m], [0])), -1, m)
+        rec = core
+        for m, u in enumerate(us):
+            rec = np.moveaxis(np.tensordot(rec, u[:, :rk[m]].T, axes=([m], [0])), -1, m)
+        values = int(np.prod(rk) + sum(n * k for n, k in zip(y.shape, rk)))
+        out.append({"ranks": rk, "values": values, "psnr": psnr(np.clip(rec + mean, 0, 1), x)})
+    return out
 
 
 # ----------------------------------------------------------------------------- speed
@@ -257,7 +287,6 @@ def part_memory(args):
         res = {}
         for label, argv in (("fit", ["fit", str(raw), "-o", str(model), "--seconds", str(args.seconds),
                                      "--progress", "none", "--threads", str(args.threads)]),
-                            ("eval", ["eval", str(model), "--reference", str(raw), "--json"]),
                             ("decode", ["decode", str(model), "-o", str(Path(tmp) / "d.npy")])):
             done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, env=env)
             line = [ln for ln in done.stdout.splitlines() if ln.startswith("PEAK")]
@@ -281,6 +310,7 @@ def main(argv=None) -> int:
     p.add_argument("--clip", default="48x64", help="smoke clip FRAMESxSIZE")
     p.add_argument("--volume", default="neghip_64x64x64_uint8.raw", help="the 3-D volume of the speed part")
     p.add_argument("--finr3d-options", default="{}", help="JSON FieldConfig/FitConfig options for finr3d.fit")
+    p.add_argument("--finr3d-options-4d", default="{}", help="rd: the options for the 4-D clip (default: its defaults)")
     p.add_argument("--size", type=int, default=512, help="memory part: voxels per axis")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--tmp", default=None, help="folder for the memory part's temporary volume")

@@ -24,12 +24,15 @@ def register():
     bpy.types.Scene.finr3d = bpy.props.PointerProperty(type=props.FINR3D_PG_settings)
     bpy.types.STATUSBAR_HT_header.append(panel.draw_status)
     bpy.app.handlers.load_pre.append(session.cancel_on_load)
+    bpy.app.handlers.frame_change_post.append(ops.on_frame_change)
 
 
 def unregister():
     session.cancel_active()
     if session.cancel_on_load in bpy.app.handlers.load_pre:
         bpy.app.handlers.load_pre.remove(session.cancel_on_load)
+    if ops.on_frame_change in bpy.app.handlers.frame_change_post:
+        bpy.app.handlers.frame_change_post.remove(ops.on_frame_change)
     if bpy.app.timers.is_registered(ops._preview_timer):
         bpy.app.timers.unregister(ops._preview_timer)
     bpy.types.STATUSBAR_HT_header.remove(panel.draw_status)

@@ -312,18 +312,30 @@ def read_summary(path, backend: Backend | None = None) -> dict:
     return _summary(meta)
 
 
+def _meshable(kind, ndim) -> bool:
+    """SDF fields (3-D) and volume fields (3-D, or 4-D with time) are meshed; images and video are not."""
+    return (kind == "sdf" and ndim == 3) or (kind == "volume" and ndim in (3, 4))
+
+
 def _summary(meta: dict) -> dict:
-    if meta.get("kind") != "sdf" or int(meta.get("ndim", 0)) != 3:
-        raise BridgeError(f"the file holds a {meta.get('kind')} field with {meta.get('ndim')} axes; "
-                          "the add-on meshes 3-D SDF fields (fit a mesh, not an image or video)")
+    kind, ndim = meta.get("kind"), int(meta.get("ndim", 0))
+    if not _meshable(kind, ndim):
+        raise BridgeError(f"the file holds a {kind} field with {ndim} axes; "
+                          "the add-on meshes SDF and volume fields (fit a mesh or a volume, not an image or video)")
     ranks = [int(r) for r in meta.get("ranks") or [1]]
     top = max(ranks[:-1]) if meta.get("decomposition") == "tt" and len(ranks) > 1 else max(ranks)
     hist = meta.get("history") or {}
-    return {"kind": meta.get("kind"), "decomposition": meta.get("decomposition"), "ranks": ranks,
+    target = meta.get("target") or {}
+    shape = target.get("shape") or []
+    lo, scale = float(target.get("value_offset", 0.0)), float(target.get("value_scale", 1.0))
+    return {"kind": kind, "decomposition": meta.get("decomposition"), "ranks": ranks,
             "max_rank": top, "backbone": meta.get("backbone"), "parameters": meta.get("parameters"),
             "seconds": hist.get("seconds"), "steps": hist.get("steps"), "metrics": hist.get("metrics") or {},
-            "world_from_normalized": (meta.get("target") or {}).get("world_from_normalized"),
-            "source": (meta.get("target") or {}).get("source")}
+            "world_from_normalized": target.get("world_from_normalized"),
+            "source": target.get("source"),
+            # volumes: frames of a time-varying field (0 for 3-D) and the value range the iso level spans
+            "frames": int(shape[0]) if kind == "volume" and ndim == 4 and shape else 0,
+            "value_range": [lo, lo + scale] if kind == "volume" else None}
 
 
 # --------------------------------------------------------------------------- operations
@@ -348,9 +360,9 @@ def _load(path):
     field = _FIELDS.get(key)
     if field is None:
         field = finr3d.load(path)
-        if field.kind != "sdf" or field.ndim != 3:
+        if not _meshable(field.kind, field.ndim):
             raise BridgeError(f"{Path(path).name} holds a {field.kind} field with {field.ndim} axes; "
-                              "the add-on meshes 3-D SDF fields")
+                              "the add-on meshes SDF and volume fields")
         _FIELDS.clear()  # one field at a time: a preview session works on one object
         _FIELDS[key] = field
     return field
@@ -388,21 +400,31 @@ def _bytes_at(field, rank, quantization: str) -> int:
             os.unlink(tmp)
 
 
-def _preview_here(path, rank: int, resolution: int, quantization: str):
+def _preview_here(path, rank: int, resolution: int, quantization: str, level_fraction=None, frame=None):
     t0 = time.perf_counter()
     field = _load(path)
     top = _max_rank(field)
     r = max(1, min(int(rank), top))
     model = field.truncate(r)
-    mesh = model.to_mesh(resolution=int(resolution))
-    info = {"rank": r, "max_rank": top, "ranks": list(model.ranks), "params": model.parameter_count(),
-            "bytes": _bytes_at(model, None, quantization), "quantization": quantization,
-            "resolution": int(resolution), "vertices": len(mesh.vertices), "faces": len(mesh.faces)}
+    info = {}
+    if field.kind == "volume":
+        from finr3d.volume import iso_level, volume_mesh
+
+        frames = int(field.target_info["shape"][0]) if field.ndim == 4 else 0
+        t = None if not frames else max(0, min(int(frame or 0), frames - 1))
+        mesh = volume_mesh(model, resolution=int(resolution), fraction=level_fraction, frame=t)
+        info.update(level=iso_level(model, fraction=level_fraction), frame=t, frames=frames)
+    else:
+        mesh = model.to_mesh(resolution=int(resolution))
+    info.update({"rank": r, "max_rank": top, "ranks": list(model.ranks), "params": model.parameter_count(),
+                 "bytes": _bytes_at(model, None, quantization), "quantization": quantization,
+                 "resolution": int(resolution), "vertices": len(mesh.vertices), "faces": len(mesh.faces)})
     info["seconds"] = round(time.perf_counter() - t0, 3)
     return np.asarray(mesh.vertices, np.float32), np.asarray(mesh.faces, np.int32), info
 
 
-def preview(path, *, rank: int, resolution: int, quantization: str = "fp16", backend: Backend | None = None):
+def preview(path, *, rank: int, resolution: int, quantization: str = "fp16", backend: Backend | None = None,
+            level_fraction: float | None = None, frame: int | None = None):
     """The mesh of the rank-``rank`` prefix of a field, in world units.
 
     Returns
@@ -414,11 +436,14 @@ def preview(path, *, rank: int, resolution: int, quantization: str = "fp16", bac
         at ``quantization``), vertices, faces, seconds.
     """
     if backend is None or backend.inprocess:
-        return _guarded(_preview_here, path, rank, resolution, quantization)
+        return _guarded(_preview_here, path, rank, resolution, quantization, level_fraction, frame)
     with tempfile.TemporaryDirectory(prefix="finr3d-preview-") as tmp:
         out = Path(tmp) / "preview.ply"
+        extra = [] if level_fraction is None else ["--level-fraction", str(float(level_fraction))]
+        extra += [] if frame is None else ["--frame", str(int(frame))]
         info = _run_script(backend, ["preview", str(path), "--rank", str(int(rank)), "--resolution",
-                                     str(int(resolution)), "--quantization", quantization, "--mesh", str(out)])
+                                     str(int(resolution)), "--quantization", quantization, "--mesh", str(out),
+                                     *extra])
         verts, faces = read_ply(out)
     return verts, faces, info
 
@@ -521,6 +546,12 @@ def format_info(info: dict, row: dict | None = None, fit_seconds=None) -> str:
     """One info line: rank, parameters, bytes, IoU/Chamfer at the rank, fit time."""
     parts = [f"rank {info['rank']}/{info['max_rank']}", f"{info['params']:,} params",
              f"{_human_bytes(info['bytes'])} {info.get('quantization', '')}".strip()]
+    if info.get("level") is not None:
+        parts.append(f"level {info['level']:.4g}")
+    if info.get("frames"):
+        parts.append(f"frame {info['frame']}/{info['frames'] - 1}")
+    if row is None and info.get("psnr") is not None:
+        parts.append(f"PSNR {info['psnr']:.2f} dB (value range)")
     if row is not None:
         where = "" if int(row["rank"]) == int(info["rank"]) else f" (r{row['rank']})"
         if row.get("iou") is not None:
@@ -583,6 +614,8 @@ def main(argv=None) -> int:
     p.add_argument("--resolution", type=int, required=True)
     p.add_argument("--quantization", default="fp16")
     p.add_argument("--mesh", required=True)
+    p.add_argument("--level-fraction", type=float)
+    p.add_argument("--frame", type=int)
     p = sub.add_parser("export")
     p.add_argument("model")
     p.add_argument("--out", required=True)
@@ -607,7 +640,8 @@ def main(argv=None) -> int:
             result = read_summary(args.model)
         elif args.command == "preview":
             verts, faces, result = preview(args.model, rank=args.rank, resolution=args.resolution,
-                                           quantization=args.quantization)
+                                           quantization=args.quantization, level_fraction=args.level_fraction,
+                                           frame=args.frame)
             write_ply(args.mesh, verts, faces)
         elif args.command == "export":
             delta = json.loads(args.world_delta) if args.world_delta else None

@@ -373,6 +373,13 @@ class VolumeTarget(Target):
     #: PSNR peak in the field's units: values are min-max normalized to [0, 1], so the source's range
     data_range = 1.0
     value_bounds = (0.0, 1.0)
+    #: FieldConfig / FitConfig defaults of a time-varying volume (x+y+z+t), as for video: CP whose networks
+    #: read out a cosine basis as long as each axis, fitted by CP-ALS sweeps read out as they go (the whole
+    #: budget sweeps, on a sub-lattice of at most 2^21 points, then Adam on every sample); rank 128 keeps a sweep of
+    #: a 48 x 64^3 clip near a second on two cores
+    #: (benchmarks/volume_fit.py speed). 3-D volumes keep the generic defaults (CP r64, closed-form start
+    #: distilled into SIREN networks).
+    TIMED_DEFAULTS = ({"decomposition": "cp", "rank": 128, "width": 32, "basis": "grid"}, {"lr": 5e-4})
 
     def __init__(self, source, *, axes: Optional[str] = None, layout: Optional[str] = None, dims=None,
                  dtype=None, key: Optional[str] = None):
@@ -428,6 +435,12 @@ class VolumeTarget(Target):
         self.dtype = str(arr.dtype)
         self._modes = parse_layout(layout, self.axis_names)
         self.layout = layout
+        if self.ndim == 4 and all(len(m) == 1 for m in self._modes):
+            self.field_defaults, self.fit_defaults = (dict(d) for d in self.TIMED_DEFAULTS)
+            self.readout_ridge, self.hidden_lr_default = 1e-3, 0.1
+            # CP-ALS sees at most this many points (an evenly spaced sub-lattice of larger clips)
+            self.closed_form_samples = 1 << 21
+            self.sweep_fraction = 1.0 if math.prod(self.shape) <= self.closed_form_samples else 0.5
 
     # --- the Target interface ------------------------------------------------
     @property
@@ -601,3 +614,56 @@ class frame_field:  # noqa: N801 - used like a function: frame_field(field, t)
             coords = [lattice(int(n)) for n in coords]
         out = self.field.grid([self.tc] + list(coords), rank=rank, squeeze=False, **kwargs)[0]
         return out[..., 0] if squeeze and self.channels == 1 else out
+
+
+def iso_level(field, level: Optional[float] = None, fraction: Optional[float] = None) -> float:
+    """An iso-value in the source's units: ``level`` itself, or ``lo + fraction (hi - lo)`` of the value range."""
+    if level is not None and fraction is not None:
+        raise InputError("give level or fraction, not both")
+    if level is not None:
+        return float(level)
+    info = field.target_info or {}
+    lo, scale = float(info.get("value_offset", 0.0)), float(info.get("value_scale", 1.0))
+    f = 0.5 if fraction is None else float(fraction)
+    if not 0.0 <= f <= 1.0:
+        raise InputError(f"the level fraction must be in [0, 1] of the value range, got {fraction}")
+    return lo + f * scale
+
+
+def volume_mesh(field, *, resolution=None, level: Optional[float] = None, fraction: Optional[float] = None,
+                frame: Optional[float] = None, rank=None):
+    """The iso-surface of a volume field (at frame ``frame`` of a time-varying one) as a mesh in voxel units.
+
+    Parameters
+    ----------
+    field : FactorizedField of kind ``"volume"``, 3-D ``(z, y, x)`` or 4-D ``(t, z, y, x)``
+    resolution : int, optional
+        Marching-cubes samples per axis (default: the stored samples of each axis).
+    level, fraction : float, optional
+        Iso-value in the source's units, or as a fraction of its value range (default: half way).
+    frame : float, optional
+        Frame of a time-varying field (stored frame index; fractions interpolate). Required for 4-D fields.
+    rank : optional rank prefix.
+
+    Returns
+    -------
+    trimesh.Trimesh
+        Vertices in voxel indices, x first (``world_from_normalized``), faces wound so normals point
+        toward lower values (out of the dense region). Raises ``RuntimeError`` when no surface is there.
+    """
+    from finr3d.meshing import extract_mesh
+
+    if getattr(field, "kind", None) != "volume":
+        raise InputError(f"volume_mesh needs a volume field, got a {getattr(field, 'kind', None)} field")
+    value = iso_level(field, level, fraction)
+    if field.ndim == 4:
+        if frame is None:
+            raise InputError("a time-varying volume field needs a frame to mesh")
+        field = frame_field(field, frame)
+    elif frame not in (None, 0):
+        raise InputError("frame applies to time-varying volume fields; this one is 3-D")
+    shape = [int(s) for s in (field.target_info or {}).get("shape", [64] * 3)][-3:]
+    res = shape if resolution is None else int(resolution)
+    mesh = extract_mesh(field, res, rank=rank, level=value)
+    mesh.invert()  # extract_mesh winds normals toward higher values (out of an SDF); a density's outside is lower
+    return mesh

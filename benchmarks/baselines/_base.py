@@ -29,13 +29,14 @@ def psnr_from_mse(mse: float) -> float:
 
 
 def check_data(data) -> np.ndarray:
-    """A float32 ``(H, W, C)`` image or ``(T, H, W, C)`` video with values in [0, 1]."""
+    """A float32 ``(H, W, C)`` image, ``(T, H, W, C)`` video or volume, or ``(T, Z, Y, X, C)`` clip in [0, 1]."""
     data = np.asarray(data)
     if data.dtype == np.uint8:
         data = data.astype(np.float32) / 255.0
     data = np.ascontiguousarray(data, dtype=np.float32)
-    if data.ndim not in (3, 4) or data.shape[-1] > 4:
-        raise ValueError(f"expected an (H, W, C) image or (T, H, W, C) video, got shape {data.shape}")
+    if data.ndim not in (3, 4, 5) or data.shape[-1] > 4:
+        raise ValueError(f"expected an (H, W, C) image, a (T, H, W, C) video or volume, or a (T, Z, Y, X, C) "
+                         f"clip, got shape {data.shape}")
     if not np.isfinite(data).all() or data.min() < 0 or data.max() > 1:
         raise ValueError("data values must be finite and in [0, 1]")
     return data

@@ -132,11 +132,34 @@ def preview_object(context, obj):
     path = objects.finr_path(obj)
     backend = prefs.backend_for(context)
     verts, faces, info = bridge.preview(path, rank=props.preview_rank, resolution=props.resolution,
-                                        quantization=props.quantization, backend=backend)
+                                        quantization=props.quantization, backend=backend,
+                                        **volume_options(context.scene, objects.settings_of(obj)))
     objects.replace_mesh(obj, verts, faces)
     row = bridge.nearest_row(objects.sweep_of(obj), info["rank"])
     props.info = obj[objects.INFO_KEY] = bridge.format_info(info, row, objects.settings_of(obj).get("fit_seconds"))
     return props.info
+
+
+def volume_options(scene, settings: dict) -> dict:
+    """Iso level and frame of a volume field's preview: the panel's level, the scene frame (from frame_start)."""
+    if settings.get("kind") != "volume":
+        return {}
+    frames = int(settings.get("frames") or 0)
+    frame = None if not frames else max(0, min(scene.frame_current - scene.frame_start, frames - 1))
+    return {"level_fraction": scene.finr3d.iso_level, "frame": frame}
+
+
+@bpy.app.handlers.persistent
+def on_frame_change(scene, *_args) -> None:
+    """frame_change_post handler: a time-varying volume object is re-extracted at the scene frame."""
+    context = bpy.context
+    obj = context.view_layer.objects.active if context.view_layer else None
+    if obj is None or obj.get(objects.PATH_KEY) is None or not objects.settings_of(obj).get("frames"):
+        return
+    try:
+        preview_object(context, obj)
+    except USER_ERRORS as exc:
+        scene.finr3d.status = str(exc)
 
 
 class FINR3D_OT_preview_rank(bpy.types.Operator):
@@ -205,8 +228,10 @@ class FINR3D_OT_import_field(bpy.types.Operator, ImportHelper):
         try:
             backend = prefs.backend_for(context)
             summary = bridge.read_summary(path, backend)
+            volume = {"kind": summary.get("kind"), "frames": summary.get("frames")}
             verts, faces, info = bridge.preview(path, rank=props.preview_rank, resolution=props.resolution,
-                                                quantization=props.quantization, backend=backend)
+                                                quantization=props.quantization, backend=backend,
+                                                **volume_options(context.scene, volume))
         except USER_ERRORS as exc:
             return _fail(self, context, str(exc))
         name = f"{bpy.path.display_name_from_filepath(path)}_finr"
@@ -214,7 +239,10 @@ class FINR3D_OT_import_field(bpy.types.Operator, ImportHelper):
         settings = {"decomposition": summary["decomposition"], "rank": summary["max_rank"],
                     "ranks": summary["ranks"], "backbone": summary["backbone"],
                     "fit_seconds": summary.get("seconds"), "steps": summary.get("steps"),
-                    "metrics": summary.get("metrics"), "imported": True}
+                    "metrics": summary.get("metrics"), "imported": True, **volume,
+                    "value_range": summary.get("value_range")}
+        if summary.get("kind") == "volume":
+            info = dict(info, psnr=(summary.get("metrics") or {}).get("psnr"))
         props.info = bridge.format_info(info, None, summary.get("seconds"))
         objects.set_result_properties(obj, path, settings, info=props.info)
         objects.select_only(context, obj)

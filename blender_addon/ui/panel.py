@@ -89,6 +89,13 @@ class FINR3D_PT_preview(_Sidebar, bpy.types.Panel):
         if obj is None:
             layout.label(text="Make an F-INR object active", icon="INFO")
             return
+        settings = objects.settings_of(obj)
+        if settings.get("kind") == "volume":
+            col = layout.column()
+            col.use_property_split = True
+            col.prop(props, "iso_level", slider=True)
+            if settings.get("frames"):
+                col.label(text=f"{settings['frames']} frames: follows the scene frame", icon="TIME")
         layout.operator("finr3d.preview_rank", icon="FILE_REFRESH")
         box = layout.box()
         box.label(text=obj.name, icon="MESH_DATA")

@@ -80,6 +80,10 @@ class FINR3D_PG_settings(bpy.types.PropertyGroup):
     preview_rank: bpy.props.IntProperty(
         name="Preview rank", default=32, min=1, max=4096, soft_max=128, update=_preview_rank_changed,
         description="Show the active F-INR object at this rank prefix (also the rank Export writes)")
+    iso_level: bpy.props.FloatProperty(
+        name="Iso level", default=0.5, min=0.0, max=1.0, subtype="FACTOR", update=_preview_rank_changed,
+        description="Volume fields: the surface is drawn where the field crosses this fraction of the "
+                    "source's value range (0: its minimum, 1: its maximum)")
 
     # ----------------------------------------------- status (written by the add-on)
     running: bpy.props.BoolProperty(name="Running", default=False)
