@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from finr3d.errors import InputError
+from finr3d.errors import InputError, SurfaceError
 
 __all__ = ["extract_mesh", "march_slabs", "save_mesh", "MESH_EXPORTS"]
 
@@ -63,14 +63,17 @@ def extract_mesh(field, resolution=256, *, rank=None, level: float = 0.0, bounds
     ------
     ValueError
         Resolution, bounds or slab out of range.
-    RuntimeError
-        No surface at ``level`` (the field is everywhere above or below it).
+    SurfaceError
+        A ``RuntimeError``: no surface at ``level`` (the field is everywhere
+        above or below it; the message gives its range), or NaN/Inf values.
     """
     import torch
     import trimesh
 
     shape = _check_resolution(resolution)
     box = _check_bounds(bounds)
+    if not np.isfinite(float(level)):
+        raise ValueError(f"level must be a finite number, got {level!r}")
     if slab is not None and (isinstance(slab, bool) or not isinstance(slab, (int, np.integer)) or slab < 2):
         raise ValueError(f"slab must be an integer >= 2 (planes per slab), got {slab!r}")
     info = getattr(field, "target_info", None) or {}
@@ -87,15 +90,18 @@ def extract_mesh(field, resolution=256, *, rank=None, level: float = 0.0, bounds
 
     verts, faces, (vmin, vmax) = march_slabs(planes, shape, iso, slab=slab)
     if len(faces) == 0:
+        lo, hi = sorted((vmin * vscale + offset, vmax * vscale + offset))  # in the level's units
         if vmin > iso:
             what = "everywhere above it (positive: all outside for an SDF)"
         elif vmax < iso:
             what = "everywhere below it (negative: all inside for an SDF)"
         else:
             what = "touching it without crossing"
-        raise RuntimeError(
-            f"No surface found at level {level}: the field is {what} (range {vmin:.4g}..{vmax:.4g} in field "
-            "units); try another level, a higher rank, or check the fit"
+        if vmin == vmax:
+            what += f", a constant field ({lo:.4g}: nothing was fitted, or the input was constant)"
+        raise SurfaceError(
+            f"No surface found at level {level}: the field is {what}; its values range over "
+            f"{lo:.4g}..{hi:.4g}, so pick a level inside that range, a higher rank, or check the fit"
         )
     step = (box[:, 1] - box[:, 0]) / (np.asarray(shape) - 1)
     verts = box[:, 0] + verts * step
@@ -148,7 +154,8 @@ def march_slabs(planes, shape, level: float, *, slab: int | None = None):
         prev = block[-1:].copy()  # before any lift: the next slab lifts the same samples itself
         lo, hi = float(block.min()), float(block.max())  # NaN propagates into both
         if not np.isfinite(lo) or not np.isfinite(hi):
-            raise RuntimeError(f"the field has NaN/Inf values in planes {i0}..{i1 - 1}; it cannot be meshed")
+            raise SurfaceError(f"the field has NaN/Inf values in planes {i0}..{i1 - 1}; it cannot be meshed "
+                               "(a damaged file, or a diverged fit: refit it)")
         vmin, vmax = min(vmin, lo), max(vmax, hi)
         on_level = block == level
         if on_level.any():  # lift exact hits: marching cubes would put coincident vertices on a corner
