@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -46,9 +45,10 @@ def decode_array(field, *, rank=None, resolution=None, max_memory=None) -> np.nd
 
 def atomic_write(path: Path, write) -> None:
     """Call ``write(tmp_path)`` then move the result over ``path`` in one step."""
+    from finr3d.atomic_files import create_temp
+
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent or ".")
-    os.close(fd)
+    tmp = create_temp(path)  # hidden, marked finr3d-tmp, same suffix (np.save appends .npy otherwise)
     try:
         write(tmp)
         os.replace(tmp, path)

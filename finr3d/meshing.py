@@ -11,7 +11,6 @@ well under 3 GB). Slabs without a sign change are skipped.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -286,15 +285,74 @@ def save_mesh(mesh, path, *, overwrite: bool = False) -> Path:
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise FileNotFoundError(f"{parent}: no such folder; create it first")
-    data = mesh.export(file_type=file_type)
+    data = _export(mesh, file_type, path.name)
     if isinstance(data, str):
         data = data.encode()
-    fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.", suffix=".tmp")
+    from finr3d.atomic_files import create_temp
+
+    tmp = create_temp(path)
     try:
-        with os.fdopen(fd, "wb") as f:
+        with open(tmp, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def float32_error(lo, hi) -> float:
+    """Rounding error of float32 coordinates in the box ``lo..hi``, as a fraction of its largest extent.
+
+    ``max|x| * 2^-24 / extent``: about 6e-8 for a box around the origin, 0.5 for
+    a unit sphere at an offset of 1e8.
+    """
+    lo, hi = np.asarray(lo, np.float64), np.asarray(hi, np.float64)
+    extent = float(np.max(hi - lo))
+    reach = float(np.max(np.abs(np.concatenate([lo, hi]))))
+    if extent <= 0:
+        return 0.0 if reach == 0 else np.inf
+    return reach * 2.0**-24 / extent
+
+
+#: Largest float32 rounding error (fraction of the mesh size) accepted in formats that store float32.
+MAX_FLOAT32_ERROR = 1e-5
+
+
+def check_precision(lo, hi, suffix: str, name: str = "the mesh") -> None:
+    """Refuse STL and glTF output (float32 by their specs) where float32 would visibly move the vertices."""
+    error = float32_error(lo, hi)
+    if suffix.lower() in (".stl", ".glb") and error > MAX_FLOAT32_ERROR:
+        raise InputError(f"{name}: {suffix} stores float32 coordinates, which would move vertices by "
+                         f"{error:.2g} of the mesh size (it lies far from the origin for its size); "
+                         "write .ply or .obj, which keep double precision")
+
+
+def _export(mesh, file_type: str, name: str):
+    """The file's bytes, keeping float64 coordinates wherever float32 would lose them."""
+    lo, hi = mesh.bounds if len(mesh.vertices) else (np.zeros(3), np.zeros(3))
+    check_precision(lo, hi, "." + file_type, name)
+    lossy = float32_error(lo, hi) > MAX_FLOAT32_ERROR
+    if file_type == "ply" and lossy:
+        return _ply_double(mesh)
+    if file_type == "obj":
+        # trimesh writes a fixed number of decimals: enough for 9 significant digits of the mesh size
+        extent = float(np.max(hi - lo)) if len(mesh.vertices) else 1.0
+        digits = int(np.clip(9 - np.floor(np.log10(extent)) if extent > 0 else 8, 8, 30))
+        return mesh.export(file_type="obj", digits=digits)
+    return mesh.export(file_type=file_type)
+
+
+def _ply_double(mesh) -> bytes:
+    """Binary little-endian PLY with double-precision vertices (trimesh's exporter writes float32)."""
+    verts = np.ascontiguousarray(mesh.vertices, dtype="<f8")
+    faces = np.asarray(mesh.faces, dtype="<i4")
+    header = (
+        "ply\nformat binary_little_endian 1.0\ncomment written by finr3d (double precision)\n"
+        f"element vertex {len(verts)}\nproperty double x\nproperty double y\nproperty double z\n"
+        f"element face {len(faces)}\nproperty list uchar int vertex_indices\nend_header\n"
+    )
+    rows = np.empty(len(faces), dtype=[("n", "u1"), ("v", "<i4", (3,))])
+    rows["n"] = 3
+    rows["v"] = faces
+    return header.encode("ascii") + verts.tobytes() + rows.tobytes()

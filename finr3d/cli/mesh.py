@@ -68,6 +68,15 @@ def run(args) -> int:
         article = "an" if kind[:1] in "aeiou" else "a"
         raise InputError(f"{Path(args.model).name} is {article} {kind} field; `finr3d mesh` needs an SDF field "
                          "(fitted to a mesh); use `finr3d decode` for other kinds")
+    matrix = (field.target_info or {}).get("world_from_normalized")
+    if matrix is not None:  # STL/GLB store float32: refuse now if that would move the vertices, not after meshing
+        import numpy as np
+
+        from finr3d.meshing import check_precision
+
+        corners = np.array([[x, y, z, 1.0] for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)]) @ np.asarray(
+            matrix, np.float64).T
+        check_precision(corners[:, :3].min(axis=0), corners[:, :3].max(axis=0), out.suffix, out.name)
     t0 = time.perf_counter()
     mesh = extract_mesh(field, args.resolution, rank=args.rank, level=args.level)
     save_mesh(mesh, out, overwrite=args.force)
