@@ -319,7 +319,12 @@ def test_closed_form_start_of_a_long_clip_uses_a_bounded_sub_lattice(clip_u8, mo
     seen = []
     real = cf.cp_als_sweeps  # both paths sweep through it (cp_als too)
     monkeypatch.setattr(cf, "cp_als_sweeps", lambda x, rank, **kw: seen.append(x.shape) or real(x, rank, **kw))
-    monkeypatch.setattr(VideoTarget, "closed_form_samples", 8 * 12 * 16)
+    import dataclasses
+
+    from finr3d import presets
+
+    small = dataclasses.replace(presets.PRESETS["video"], closed_form_samples=8 * 12 * 16)
+    monkeypatch.setitem(presets.VIDEO_LAYOUT_PRESETS, "x+y+t", small)
     target = VideoTarget(clip_u8)
     # sweeps of a sub-lattice leave half the budget to refinement on every stored sample
     assert target.sweep_fraction == 0.5 and VideoTarget(clip_u8[:2, :4, :4]).sweep_fraction == 1.0
@@ -342,7 +347,10 @@ def test_default_video_rank_keeps_the_clip_compressed():
         assert 16 <= r <= VIDEO_MAX_RANK
         if r > 16:
             assert r * (sum(shape) + 3 * 32 + 3) * VIDEO_MIN_RATIO <= np.prod(shape) * 3
-    assert VideoTarget(blob_clip()).field_defaults["rank"] == default_video_rank((8, 24, 32), 3)
+    from finr3d.presets import field_settings
+
+    clip = VideoTarget(blob_clip())
+    assert field_settings(clip.preset, clip.shape, clip.channels)["rank"] == default_video_rank((8, 24, 32), 3)
 
 
 def test_default_fit_is_cp_als_read_out_without_loss(clip_u8):
