@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -12,12 +11,12 @@ import numpy as np
 from finr3d.errors import InputError
 
 __all__ = ["decode_array", "decode_field", "decode_shape", "decode_slabs", "stream_npy", "write_frame_folder",
-           "check_decode_memory", "check_decode_disk", "available_memory", "atomic_write"]
+           "check_decode_memory", "check_decode_disk", "atomic_write"]
 
 
 #: Values per slab of a streamed decode (64 MiB of float32).
 SLAB_VALUES = 1 << 24
-#: Bytes kept free beside a decode: it is refused when it would leave less memory or disk than this.
+#: Bytes kept free beside a streamed decode: it is refused when it would leave less disk than this.
 HEADROOM_BYTES = 256 << 20
 
 
@@ -39,33 +38,23 @@ def decode_shape(field, resolution=None) -> list[int]:
     return [int(s) for s in shape]
 
 
-def available_memory() -> int | None:
-    """Bytes of memory the system can still give (``MemAvailable``), or None where unknown."""
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        import psutil
-
-        return int(psutil.virtual_memory().available)
-    except Exception:  # psutil absent or unsupported platform
-        return None
-
-
-def _gib(n: int) -> str:
+def _human(n: int) -> str:
     return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
 
 
-def check_decode_memory(nbytes: int, what: str) -> None:
-    """Refuse up front a decode that needs ``nbytes`` of memory when the system has less free."""
-    free = available_memory()
-    if free is not None and nbytes + HEADROOM_BYTES > free:
-        raise InputError(f"{what} needs {_gib(nbytes)} of memory but {_gib(free)} is free; "
-                         "decode at a lower --resolution, or to .npy (streamed to disk)")
+def _meta(field) -> dict:
+    return {"channels": field.channels, "ndim": field.ndim, "modes": [list(m) for m in field.modes],
+            "backbone_configs": [net.config() for net in field.nets]}
+
+
+def check_decode_memory(field, shape, *, max_memory=None, copies: int = 2, what: str | None = None) -> None:
+    """Refuse up front a decode of ``shape`` whose memory (:func:`finr3d.header_schema.decode_memory_bytes`)
+    exceeds the limit (``max_memory``, else ``$FINR3D_MAX_MEMORY``, else 2 GiB), saying what it needs."""
+    from finr3d.header_schema import check_memory, decode_memory_bytes
+
+    check_memory(decode_memory_bytes(_meta(field), shape, copies=copies),
+                 what or f"decoding a {'x'.join(map(str, shape))} grid of {field.channels} channel(s)",
+                 limit=max_memory)
 
 
 def check_decode_disk(nbytes: int, folder, what: str) -> None:
@@ -74,7 +63,7 @@ def check_decode_disk(nbytes: int, folder, what: str) -> None:
 
     free = shutil.disk_usage(folder).free
     if nbytes + HEADROOM_BYTES > free:
-        raise InputError(f"{what} needs {_gib(nbytes)} of disk but {_gib(free)} is free in {folder}; "
+        raise InputError(f"{what} needs {_human(nbytes)} of disk but {_human(free)} is free in {folder}; "
                          "decode at a lower --resolution or elsewhere")
 
 
@@ -99,19 +88,26 @@ def decode_slabs(field, shape, *, rank=None):
         yield start, stop, values
 
 
-def decode_array(field, *, rank=None, resolution=None) -> np.ndarray:
+def decode_array(field, *, rank=None, resolution=None, max_memory=None) -> np.ndarray:
     """The field on its target's lattice (or ``resolution`` per axis), in the signal's units.
 
-    Returns (n_0, ..., n_{d-1}, C) float32. Refused up front (:class:`InputError`,
-    with the size it needs) when the array would not fit in free memory.
+    The memory this needs is estimated from the field's header first and
+    refused above :func:`finr3d.header_schema.memory_limit` (``max_memory``,
+    else ``$FINR3D_MAX_MEMORY``, else 2 GiB), before anything is allocated.
+
+    Returns (n_0, ..., n_{d-1}, C) float32.
     """
     shape = decode_shape(field, resolution)
-    nbytes = math.prod(shape) * field.channels * 4
-    check_decode_memory(nbytes, f"a {'x'.join(map(str, shape))} decode")
+    check_decode_memory(field, shape, max_memory=max_memory)
     out = np.empty([*shape, field.channels], np.float32)
     for start, stop, values in decode_slabs(field, shape, rank=rank):
         out[start:stop] = values
     return out
+
+
+def _slab_shape(field, shape) -> list[int]:
+    plane = math.prod(shape[1:]) * field.channels
+    return [min(shape[0], max(1, SLAB_VALUES // max(1, plane)))] + list(shape[1:])
 
 
 def _source_layout(field, shape):
@@ -132,7 +128,7 @@ def _source_layout(field, shape):
     return letters, perm, drop
 
 
-def stream_npy(field, out: Path, *, rank=None, resolution=None) -> Path:
+def stream_npy(field, out: Path, *, rank=None, resolution=None, max_memory=None) -> Path:
     """Decode into a ``.npy`` file slab by slab (memory stays at one slab), atomically.
 
     Volume fields are written in their source's axis order; a single-channel
@@ -146,6 +142,8 @@ def stream_npy(field, out: Path, *, rank=None, resolution=None) -> Path:
     stored = [full[i] for i in perm] if letters else full
     nbytes = math.prod(full) * 4
     folder = out.parent if str(out.parent) else Path(".")
+    check_decode_memory(field, _slab_shape(field, shape), max_memory=max_memory, copies=1,
+                        what=f"a slab of a {'x'.join(map(str, shape))} decode")
     check_decode_disk(nbytes, folder, f"a {'x'.join(map(str, shape))} decode")
 
     def write(tmp):
@@ -162,7 +160,8 @@ def stream_npy(field, out: Path, *, rank=None, resolution=None) -> Path:
     return out
 
 
-def write_frame_folder(field, folder: Path, *, rank=None, resolution=None, force: bool = False) -> Path:
+def write_frame_folder(field, folder: Path, *, rank=None, resolution=None, force: bool = False,
+                       max_memory=None) -> Path:
     """Decode a time-varying volume field into a folder of per-frame ``.npy`` volumes (``frame_00000.npy`` ...).
 
     Each frame is in the source's per-frame axis order. A new folder appears
@@ -184,6 +183,7 @@ def write_frame_folder(field, folder: Path, *, rank=None, resolution=None, force
     fperm = [canon.index(a) for a in frame_letters] + ([] if "c" in frame_letters else [len(canon) - 1])
     nbytes = math.prod(shape) * field.channels * 4
     parent = folder.parent if str(folder.parent) else Path(".")
+    check_decode_memory(field, [1, *shape[1:]], max_memory=max_memory, what=f"a frame of a {'x'.join(map(str, shape))} decode")
     check_decode_disk(nbytes, parent, f"a {'x'.join(map(str, shape))} decode")
     digits = max(5, len(str(shape[0] - 1)))
     names = [f"frame_{i:0{digits}d}.npy" for i in range(shape[0])]
@@ -227,9 +227,10 @@ class _Shaped:
 
 def atomic_write(path: Path, write) -> None:
     """Call ``write(tmp_path)`` then move the result over ``path`` in one step."""
+    from finr3d.atomic_files import create_temp
+
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent or ".")
-    os.close(fd)
+    tmp = create_temp(path)  # hidden, marked finr3d-tmp, same suffix (np.save appends .npy otherwise)
     try:
         write(tmp)
         os.replace(tmp, path)
@@ -239,7 +240,7 @@ def atomic_write(path: Path, write) -> None:
         raise
 
 
-def decode_field(field, out, *, rank=None, resolution=None, force: bool = False) -> Path:
+def decode_field(field, out, *, rank=None, resolution=None, force: bool = False, max_memory=None) -> Path:
     """Write the decoded field to ``out``.
 
     ``.npy`` for any field (streamed slab by slab; volumes in their source's
@@ -251,16 +252,17 @@ def decode_field(field, out, *, rank=None, resolution=None, force: bool = False)
     suffix = out.suffix.lower()
     kind = field.kind
     if suffix == ".npy":
-        return stream_npy(field, out, rank=rank, resolution=resolution)
+        return stream_npy(field, out, rank=rank, resolution=resolution, max_memory=max_memory)
     if suffix == "" and kind == "volume":
-        return write_frame_folder(field, out, rank=rank, resolution=resolution, force=force)
-    arr = decode_array(field, rank=rank, resolution=resolution)
+        return write_frame_folder(field, out, rank=rank, resolution=resolution, force=force, max_memory=max_memory)
+    arr = decode_array(field, rank=rank, resolution=resolution, max_memory=max_memory)
     if suffix == ".png" and kind == "image":
         from finr3d.targets import write_png
 
         bits = int((field.target_info or {}).get("bit_depth", 8))
-        img = np.clip(arr, 0, 1)
-        img = np.round(img * (65535 if bits == 16 else 255)).astype(np.uint16 if bits == 16 else np.uint8)
+        np.clip(arr, 0, 1, out=arr)
+        arr *= 65535 if bits == 16 else 255
+        img = np.rint(arr, out=arr).astype(np.uint16 if bits == 16 else np.uint8)
         atomic_write(out, lambda tmp: write_png(tmp, img))
         return out
     if kind == "video" and suffix in (".mp4", ".webm", ".avi", ".gif", ".png"):

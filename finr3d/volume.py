@@ -157,6 +157,10 @@ def read_volume(path, *, dims=None, dtype=None, key=None) -> tuple[np.ndarray, O
     suffix = path.suffix.lower()
     name = path.name.lower()
     if suffix == ".npy":
+        from finr3d.targets import _check_npy_header
+
+        with open(path, "rb") as handle:
+            _check_npy_header(handle, path.stat().st_size, path.name)  # a hostile header allocates nothing
         try:
             return np.load(path, mmap_mode="c", allow_pickle=False), None
         except ValueError as exc:
@@ -174,6 +178,12 @@ def read_volume(path, *, dims=None, dtype=None, key=None) -> tuple[np.ndarray, O
                     raise InputError(f"{path.name}: the .npz holds {keys}; choose one with key=")
                 if key is not None and key not in keys:
                     raise InputError(f"{path.name}: no array {key!r} in the .npz; it holds {keys}")
+                member = f"{key or keys[0]}.npy"
+                if member in z.zip.namelist():
+                    from finr3d.targets import _check_npy_header
+
+                    with z.zip.open(member) as handle:
+                        _check_npy_header(handle, z.zip.getinfo(member).file_size, f"{path.name}:{member}")
                 return z[key or keys[0]], None
         except InputError:
             raise
@@ -373,13 +383,6 @@ class VolumeTarget(Target):
     #: PSNR peak in the field's units: values are min-max normalized to [0, 1], so the source's range
     data_range = 1.0
     value_bounds = (0.0, 1.0)
-    #: FieldConfig / FitConfig defaults of a time-varying volume (x+y+z+t), as for video: CP whose networks
-    #: read out a cosine basis as long as each axis, fitted by CP-ALS sweeps read out as they go (the whole
-    #: budget sweeps, on a sub-lattice of at most 2^21 points, then Adam on every sample); rank 128 keeps a sweep of
-    #: a 48 x 64^3 clip near a second on two cores
-    #: (benchmarks/volume_fit.py speed). 3-D volumes keep the generic defaults (CP r64, closed-form start
-    #: distilled into SIREN networks).
-    TIMED_DEFAULTS = ({"decomposition": "cp", "rank": 128, "width": 32, "basis": "grid"}, {"lr": 5e-4})
 
     def __init__(self, source, *, axes: Optional[str] = None, layout: Optional[str] = None, dims=None,
                  dtype=None, key: Optional[str] = None):
@@ -435,12 +438,17 @@ class VolumeTarget(Target):
         self.dtype = str(arr.dtype)
         self._modes = parse_layout(layout, self.axis_names)
         self.layout = layout
+        # a clip larger than its preset's CP-ALS sub-lattice sweeps half the budget, then refines on every sample
+        self.sweep_fraction = 1.0 if math.prod(self.shape) <= self.preset.closed_form_samples else 0.5
+
+    @property
+    def preset(self):
+        """The volume preset; a time-varying volume with one network per axis takes the x+y+z+t preset."""
+        from finr3d.presets import PRESETS, TIMED_VOLUME_PRESET
+
         if self.ndim == 4 and all(len(m) == 1 for m in self._modes):
-            self.field_defaults, self.fit_defaults = (dict(d) for d in self.TIMED_DEFAULTS)
-            self.readout_ridge, self.hidden_lr_default = 1e-3, 0.1
-            # CP-ALS sees at most this many points (an evenly spaced sub-lattice of larger clips)
-            self.closed_form_samples = 1 << 21
-            self.sweep_fraction = 1.0 if math.prod(self.shape) <= self.closed_form_samples else 0.5
+            return TIMED_VOLUME_PRESET
+        return PRESETS["volume"]
 
     # --- the Target interface ------------------------------------------------
     @property

@@ -27,6 +27,9 @@ def add_arguments(p) -> None:
     p.add_argument("--resolution", type=int,
                    help="samples per axis (default: the fitted target's own shape)")
     p.add_argument("--force", action="store_true", help="overwrite the output file if it exists")
+    p.add_argument("--max-memory", metavar="SIZE",
+                   help="refuse a decode estimated to need more than SIZE, e.g. 8G "
+                        "(default: $FINR3D_MAX_MEMORY, else 2G)")
 
 
 def run(args) -> int:
@@ -40,19 +43,26 @@ def run(args) -> int:
 
     from pathlib import Path
 
+    from finr3d.header_schema import memory_limit
+
+    suffixes = {".png", ".npy", ".mp4", ".webm", ".avi", ".gif"}
+    # a name without a suffix is a frame folder (time-varying volumes); anything else is checked before loading
+    out = None if Path(args.output).suffix == "" else check_output(args.output, suffixes, force=args.force)
+    memory_limit(args.max_memory)  # a malformed size is refused before the model is read
     if not os.path.exists(args.model):
         raise FileNotFoundError(f"{args.model}: no such file; check the path")
     field = finr3d.load(args.model)
-    if field.kind == "volume" and field.ndim == 4 and Path(args.output).suffix == "":
-        written = decode_field(field, Path(args.output), rank=args.rank, resolution=args.resolution,
-                               force=args.force)
-        print(f"wrote {written}")
-        return 0
-    out = check_output(args.output, {".png", ".npy", ".mp4", ".webm", ".avi", ".gif"}, force=args.force)
+    if out is None:
+        if field.kind == "volume" and field.ndim == 4:
+            written = decode_field(field, Path(args.output), rank=args.rank, resolution=args.resolution,
+                                   force=args.force, max_memory=args.max_memory)
+            print(f"wrote {written}")
+            return 0
+        out = check_output(args.output, suffixes, force=args.force)
     frames_dir = out.with_suffix("")
     if field.kind == "video" and out.suffix.lower() == ".png" and frames_dir.is_dir() and any(frames_dir.iterdir()) \
             and not args.force:
         raise FileExistsError(f"{frames_dir}/ holds files; video frames would go there; pass --force to overwrite")
-    written = decode_field(field, out, rank=args.rank, resolution=args.resolution)
+    written = decode_field(field, out, rank=args.rank, resolution=args.resolution, max_memory=args.max_memory)
     print(f"wrote {written}")
     return 0
