@@ -134,6 +134,13 @@ class FactorizedField(nn.Module):
         return self.blocks[0].ranks
 
     @property
+    def max_rank(self) -> int:
+        """The largest rank prefix (:func:`finr3d.ranks.largest_rank`: a TT field's output bond left out)."""
+        from finr3d.ranks import largest_rank
+
+        return largest_rank(self.config.decomposition, self.ranks)
+
+    @property
     def device(self) -> torch.device:
         return self.bias.device
 
@@ -376,6 +383,10 @@ class FactorizedField(nn.Module):
 
         header, tensors = self.to_parts(rank)
         return codec.encode(header, tensors, quantization=quantization, keep_fp32=self.precision_critical())
+
+    def file_bytes(self, rank=None, quantization: str = "fp16") -> int:
+        """Bytes of the file ``save(path, rank=rank, quantization=quantization)`` would write."""
+        return len(self.encode(rank, quantization))
 
     def save(self, path, rank=None, quantization: str = "fp16", *, overwrite: bool = True) -> int:
         """Write a compressed ``.finr`` file holding the prefix model at ``rank``.

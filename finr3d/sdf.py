@@ -703,16 +703,6 @@ class SDFTarget(GridTarget):
 
     #: best-state tracking and early stop follow the sub-grid IoU
     main_metric = "iou"
-    #: continuous jittered sub-grids, so the networks do not alias to the lattice
-    jitter_default = True
-    init_default = "closed_form"
-    # 90 % of the budget distils the HOSVD factors, 10 % refines end to end. Long end-to-end refinement
-    # on jittered sub-grids undid part of the start (60 s, one core, Tucker r48, IoU / Chamfer-L1):
-    # rocker-arm distil 0.5: 0.987 / 4.0e-4, 0.8: 0.994 / 2.0e-4, 1.0: 0.995 / 1.9e-4; bunny 0.5: 0.996 /
-    # 2.6e-4, 1.0: 0.996 / 2.1e-4; fandisk 0.5: 0.994 / 2.7e-4, 1.0: 0.996 / 2.0e-4; cow level (0.993).
-    distill_default = 0.9
-    # Tucker r48 with a closed-form (HOSVD) start: IoU 0.995, Chamfer 2.8e-4 on bunny in 60 s (benchmarks/sdf_fit.py)
-    field_defaults = {"decomposition": "tucker", "rank": 48, "width": 128}
 
     def __init__(self, source, *, resolution: int = 128, sign: str = "auto", margin: float = 0.1,
                  truncation: float | None = 0.1, cache: bool = True):

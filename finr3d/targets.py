@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from finr3d.errors import InputError
+from finr3d.presets import GENERIC_PRESET, PRESETS, Preset, preset_for
 
 __all__ = [
     "Target",
@@ -155,21 +156,15 @@ class Target:
     source: str = ""
     #: name of the metric (higher is better) used for best-state tracking and early stop
     main_metric: str = "psnr"
-    #: whether fits default to continuous jittered sub-grids (SDFs) or stored samples (pixels, voxels)
-    jitter_default: bool = False
-    #: default start of a fit: "random" or "closed_form"
-    init_default: str = "closed_form"
-    #: default share of the budget for distilling closed-form factors before end-to-end refinement
-    distill_default: float = 0.0
-    #: recommended FieldConfig values for this kind of signal (benchmarks/RESULTS.md says where they come from)
-    field_defaults: dict = {}
-    #: recommended FitConfig values (e.g. the learning rate) that fill what the caller left unset
-    fit_defaults: dict = {}
-    #: ridge of the closed-form readout, as a fraction of the mean eigenvalue of the feature Gram matrix:
-    #: strong keeps the output weights small for later end-to-end learning, weak fits the factors closely
-    readout_ridge: float = 0.1
-    #: learning rate of the mode networks' hidden layers after a closed-form start, as a fraction of lr
-    hidden_lr_default: float = 1.0
+    #: a video's axis grouping (x+y+t or xy+t); it picks the video preset
+    layout: str | None = None
+    #: share of the budget a field that reads out exactly (CP with basis='grid') spends sweeping CP-ALS
+    sweep_fraction: float = 1.0
+
+    @property
+    def preset(self) -> Preset:
+        """The recommended settings of this kind of signal (:mod:`finr3d.presets`)."""
+        return preset_for(self.kind, self.layout) if self.kind in PRESETS else GENERIC_PRESET
 
     @property
     def ndim(self) -> int:
@@ -302,12 +297,6 @@ class ImageTarget(GridTarget):
     Values are mapped to [0, 1]. Axes are ``(y, x)``; world bounds are pixel
     indices, so the world transform maps normalized coordinates to pixels.
     """
-
-    # Tucker r128 with the channel mode in its core (benchmarks/image_fit.py): 120 s on one core, kodim05 25.12 dB
-    # and kodim09 34.26 dB against 24.86 / 33.63 dB for CP r256 (also a shared rank with a channel factor)
-    field_defaults = {"decomposition": "tucker", "rank": 128, "width": 128}
-    # kodim05, 120 s, one core: lr 2e-3 24.75 dB, 1e-3 24.91 dB, 5e-4 24.86 dB (rank 384 at 2e-3: 24.76 dB)
-    fit_defaults = {"lr": 1e-3}
 
     def __init__(self, source, *, max_pixels: int = 64_000_000):
         if isinstance(source, (str, os.PathLike)):
