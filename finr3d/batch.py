@@ -480,7 +480,7 @@ def fit_job(job: dict, data: Optional[bytes] = None) -> dict:
 
             if torch.get_num_threads() != job["threads"]:
                 torch.set_num_threads(job["threads"])
-        with tempfile.TemporaryDirectory(prefix="finr3d-batch-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="finr3d-batch-", dir=job.get("tmp_root")) as tmp:
             source = job["input"]
             if data is not None:
                 source = os.path.join(tmp, os.path.basename(job["filename"]))
@@ -552,13 +552,41 @@ def _died_row(job: dict, exitcode, pid) -> dict:
             "worker": f"{socket.gethostname()}:{pid}", "attempts": job["attempt"], "finr3d_version": __version__}
 
 
-def _local_rows(jobs: list[dict], *, workers: int, threads: int, retries: int, stop, emit) -> Iterator[dict]:
+#: imported once by the fork server, so a worker (and a pool restarted after a crash) starts with them loaded
+_PRELOAD = ["torch", "torch._dynamo", "finr3d.batch", "finr3d.fitting", "finr3d.cli.fit", "finr3d.sdf", "finr3d.codec"]
+
+
+def _pool_context():
+    """Workers forked from a clean fork server that preloaded torch and finr3d, or spawned where there is none.
+
+    Never a plain fork of the driver, which may hold torch's thread pool, a GPU context or Ray's threads.
+    """
     import multiprocessing
+
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(_PRELOAD)
+        return ctx
+    return multiprocessing.get_context("spawn")  # pragma: no cover - Windows
+
+
+def _local_rows(jobs: list[dict], *, workers: int, threads: int, retries: int, stop, emit) -> Iterator[dict]:
+    import shutil
+
+    ctx = _pool_context()
+    # the workers' scratch folders live under one root the driver removes, even after it killed a worker
+    tmp_root = tempfile.mkdtemp(prefix="finr3d-batch-")
+    pending = collections.deque({**job, "tmp_root": tmp_root} for job in jobs)
+    try:
+        yield from _local_pool_rounds(pending, ctx, workers, threads, retries, stop, emit)
+    finally:
+        shutil.rmtree(tmp_root, ignore_errors=True)
+
+
+def _local_pool_rounds(pending, ctx, workers, threads, retries, stop, emit) -> Iterator[dict]:
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
     from concurrent.futures.process import BrokenProcessPool
 
-    ctx = multiprocessing.get_context("spawn")  # no fork of a driver that may hold torch threads or a GPU
-    pending = collections.deque(jobs)
     while pending:
         events = ctx.SimpleQueue()
         pool = ProcessPoolExecutor(max_workers=max(1, min(workers, len(pending))), mp_context=ctx,
@@ -624,6 +652,11 @@ def _local_rows(jobs: list[dict], *, workers: int, threads: int, retries: int, s
                         emit({"event": "retry", "index": job["index"], "attempt": job["attempt"]})
                     pending.append(job)
         finally:
+            if futures and not broken:  # left by an exception (a second Ctrl-C): end the running fits now
+                drain()
+                for pid in running.values():
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGTERM)
             pool.shutdown(wait=True, cancel_futures=True)
 
 

@@ -73,6 +73,7 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     import json
+    import sys
 
     from finr3d.batch import BatchInterrupted, batch, summarize
 
@@ -85,6 +86,8 @@ def run(args) -> int:
         code = 0
     except BatchInterrupted as stop:
         rows, code = stop.rows, 130
+        print(f"finr3d batch: interrupted; {args.output}/manifest.jsonl keeps what finished "
+              "(run again with --resume for the rest)", file=sys.stderr)
     summary = summarize(rows)
     if args.json:
         print(json.dumps({"output": args.output, **summary, "rows": rows}, indent=2, default=str))
