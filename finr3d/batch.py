@@ -669,6 +669,10 @@ def _cancelled_row(job: dict) -> dict:
 # ----------------------------------------------------------------------------- the Ray engine
 
 
+#: seconds a cancelled Ray task gets to stop on its own before it is killed
+RAY_CANCEL_GRACE_S = 5.0
+
+
 def _ray_job(job: dict, data: Optional[bytes] = None) -> dict:
     return fit_job(job, data)
 
@@ -721,8 +725,14 @@ def _ray_rows(jobs: list[dict], *, address, workers, cpus_per_task, gpus_per_tas
                 ready, _ = ray.wait(list(in_flight), num_returns=len(in_flight), timeout=0)
                 for ref in ready:
                     yield _ray_result(ray, ref, in_flight.pop(ref), retries)
-                for ref, job in in_flight.items():
+                # a KeyboardInterrupt in each running task first (its scratch folder is removed), then a
+                # kill for any task still running after a grace period
+                for ref in in_flight:
+                    ray.cancel(ref, force=False)
+                _, late = ray.wait(list(in_flight), num_returns=len(in_flight), timeout=RAY_CANCEL_GRACE_S)
+                for ref in late:
                     ray.cancel(ref, force=True)
+                for ref, job in in_flight.items():
                     yield _cancelled_row(job)
                 for job in queue:
                     yield _cancelled_row(job)
