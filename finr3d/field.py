@@ -134,6 +134,13 @@ class FactorizedField(nn.Module):
         return self.blocks[0].ranks
 
     @property
+    def max_rank(self) -> int:
+        """The largest rank prefix (:func:`finr3d.ranks.largest_rank`: a TT field's output bond left out)."""
+        from finr3d.ranks import largest_rank
+
+        return largest_rank(self.config.decomposition, self.ranks)
+
+    @property
     def device(self) -> torch.device:
         return self.bias.device
 
@@ -377,6 +384,10 @@ class FactorizedField(nn.Module):
         header, tensors = self.to_parts(rank)
         return codec.encode(header, tensors, quantization=quantization, keep_fp32=self.precision_critical())
 
+    def file_bytes(self, rank=None, quantization: str = "fp16") -> int:
+        """Bytes of the file ``save(path, rank=rank, quantization=quantization)`` would write."""
+        return len(self.encode(rank, quantization))
+
     def save(self, path, rank=None, quantization: str = "fp16", *, overwrite: bool = True) -> int:
         """Write a compressed ``.finr`` file holding the prefix model at ``rank``.
 
@@ -408,8 +419,9 @@ class FactorizedField(nn.Module):
     @classmethod
     def from_parts(cls, header: dict, tensors: dict[str, np.ndarray]) -> "FactorizedField":
         """Rebuild a field from a decoded header and tensors; bad content raises FormatError."""
-        if not isinstance(header, dict) or header.get("format") != "finr3d-field":
-            raise FormatError("the file holds no finr3d field (header 'format' is not 'finr3d-field')")
+        from finr3d.header_schema import validate_field_meta
+
+        validate_field_meta(header)  # every key read below has a checked type and range
         try:
             fc = dict(header["field_config"])
             config = FieldConfig(**{f.name: fc[f.name] for f in dataclasses.fields(FieldConfig) if f.name in fc})
@@ -441,7 +453,7 @@ class FactorizedField(nn.Module):
             if declared != present:
                 raise ValueError(f"the header declares {declared:,} parameters but the file holds {present:,}")
             field = build("cpu")
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise FormatError(f"the field header is invalid ({type(exc).__name__}: {exc}); "
                               "the file may come from an incompatible finr3d version") from exc
         expected = field.state_dict()

@@ -72,6 +72,12 @@ def _user_errors():
             PermissionError, NotADirectoryError, ImportError)
 
 
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    text = " ".join(str(message).split())
+    kind = "" if category in (UserWarning, RuntimeWarning) else f" ({category.__name__})"
+    return f"finr3d: warning{kind}: {text}\n"
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -79,6 +85,11 @@ def main(argv=None) -> int:
         parser.print_help()
         return 2
     debug = bool(os.environ.get("FINR3D_DEBUG"))
+    import warnings
+
+    previous = warnings.formatwarning
+    if not debug:
+        warnings.formatwarning = _format_warning  # one line, without the source line Python quotes under it
     try:
         return int(args._module.run(args) or 0)
     except KeyboardInterrupt:
@@ -100,6 +111,8 @@ def main(argv=None) -> int:
         print(f"finr3d {args.command}: unexpected {type(exc).__name__}: {exc} "
               "(set FINR3D_DEBUG=1 for a traceback and report it)", file=sys.stderr)
         return 1
+    finally:
+        warnings.formatwarning = previous
 
 
 if __name__ == "__main__":  # pragma: no cover
