@@ -411,22 +411,16 @@ def _locked(out_dir: Path):
 
 
 def _write_output(path: Path, blob: bytes) -> None:
-    """Atomically: a temporary file beside ``path``, fsynced, then one rename (removed if anything fails)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
-        try:
-            view = memoryview(blob)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    """Atomically and durably: finr3d's temporary beside ``path``, fsynced, then one rename."""
+    from finr3d.decoding import atomic_write
+
+    def write(tmp):
+        with open(tmp, "wb") as handle:
+            handle.write(blob)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    atomic_write(path, write)
 
 
 def _output_reads(row: dict) -> bool:
