@@ -896,6 +896,8 @@ def batch(inputs, out_dir, *, engine: str = "local", workers: Optional[int] = No
     retries = _positive("retries", retries, minimum=0)
     cpus_per_task = _positive("cpus_per_task", cpus_per_task, float, minimum=0)
     gpus_per_task = _positive("gpus_per_task", gpus_per_task, float, minimum=0)
+    if engine == "local" and (ray_address or gpus_per_task or cpus_per_task != 1 or ray_inputs != "path"):
+        raise InputError("--ray-address, --cpus-per-task, --gpus-per-task and --ray-inputs apply to --engine ray")
     if engine == "ray":
         _import_ray()  # the one-line message before any work
     options = _check_fit_options(fit_options)

@@ -237,6 +237,8 @@ def test_bad_usage_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch, library
     assert "no inputs found" in capsys.readouterr().err
     assert main(["batch", str(library), "-o", str(out), "--budget-kb", "8", "--target-psnr", "30"]) == 2
     assert "only one of" in capsys.readouterr().err
+    assert main(["batch", str(library), "-o", str(out), "--gpus-per-task", "1"]) == 2
+    assert "apply to --engine ray" in capsys.readouterr().err
     with pytest.raises(InputError, match="unknown fit option"):
         finr3d.batch(library, out, secnds=3)
     with pytest.raises(ValueError):
