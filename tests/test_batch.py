@@ -179,7 +179,7 @@ def test_ctrl_c_stops_cleanly_and_resume_finishes(tmp_path):
         _image(lib / f"img{i}.png", i)
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "finr3d", "batch", str(lib), "-o", str(out), "--workers", "2", "--progress", "json",
-           "--steps", "100000", "--seconds", "2", "--rank", "4", "--width", "16"]
+           "--steps", "100000", "--seconds", "1.5", "--rank", "4", "--width", "16"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     deadline = time.monotonic() + 180
@@ -204,7 +204,7 @@ def test_ctrl_c_stops_cleanly_and_resume_finishes(tmp_path):
         handle.write(b'{"input": "torn')
     assert len(read_manifest(out)) == 5
     code = main(["batch", str(lib), "-o", str(out), "--resume", "--progress", "none", "--workers", "2",
-                 "--steps", "100000", "--seconds", "2", "--rank", "4", "--width", "16"])
+                 "--steps", "100000", "--seconds", "1.5", "--rank", "4", "--width", "16"])
     assert code == 0
     lines = _manifest_lines(out)
     rows = [json.loads(l) for l in lines]  # the torn tail is gone, every line parses
