@@ -444,6 +444,11 @@ class FactorizedField(nn.Module):
                         nets.append(make_backbone(name, bc.pop("in_dim"), bc.pop("out_dim"), **bc))
                     if len(nets) != len(field.nets):
                         raise ValueError("backbone count does not match the modes")
+                    for m, (new, made) in enumerate(zip(nets, field.nets)):
+                        # the decomposition (from field_config) fixes each mode's inputs and outputs
+                        if (new.in_dim, new.out_dim) != (made.in_dim, made.out_dim):
+                            raise ValueError(f"backbone_configs.{m} maps {new.in_dim} -> {new.out_dim} features, "
+                                             f"the decomposition needs {made.in_dim} -> {made.out_dim}")
                     field.nets = nn.ModuleList(nets)
                 return field
 
