@@ -122,7 +122,8 @@ def test_local_pool_over_a_folder_with_a_broken_file(library, tmp_path, capsys):
     ends = [e for e in events if e["event"] == "end"]
     assert [e["name"] for e in ends] == ["broken"]
     # a settings change is a different asset: nothing resumed
-    rows3 = finr3d.batch(library / "vol.npy", out, resume=True, **{**FIT, "steps": 10})
+    fit = {k: v for k, v in FIT.items() if k != "resolution"}
+    rows3 = finr3d.batch(library / "vol.npy", out, resume=True, target_options={"resolution": 24}, **{**fit, "steps": 10})
     assert rows3[0]["status"] == "ok" and not rows3[0].get("resumed")
 
 
