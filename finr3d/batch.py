@@ -518,9 +518,10 @@ def _run_fit_command(source: str, out: str, kind: str, settings: dict) -> None:
 _EVENTS = None  # the worker's end of the driver's event queue
 
 
-def _init_local_worker(threads: int, events) -> None:
+def _init_local_worker(threads: int, events, environ: dict) -> None:
     global _EVENTS
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
+    os.environ.update(environ)  # the driver's environment now, not the fork server's from its start
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(threads)
     _EVENTS = events
@@ -584,7 +585,7 @@ def _local_pool_rounds(pending, ctx, workers, threads, retries, stop, emit) -> I
     while pending:
         events = ctx.SimpleQueue()
         pool = ProcessPoolExecutor(max_workers=max(1, min(workers, len(pending))), mp_context=ctx,
-                                   initializer=_init_local_worker, initargs=(threads, events))
+                                   initializer=_init_local_worker, initargs=(threads, events, dict(os.environ)))
         futures = {pool.submit(_local_job, job): job for job in pending}
         pending.clear()
         running: dict[int, int] = {}  # job index -> worker pid
