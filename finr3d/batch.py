@@ -518,9 +518,10 @@ def _run_fit_command(source: str, out: str, kind: str, settings: dict) -> None:
 _EVENTS = None  # the worker's end of the driver's event queue
 
 
-def _init_local_worker(threads: int, events) -> None:
+def _init_local_worker(threads: int, events, environ: dict) -> None:
     global _EVENTS
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
+    os.environ.update(environ)  # the driver's environment now, not the fork server's from its start
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(threads)
     _EVENTS = events
@@ -584,7 +585,7 @@ def _local_pool_rounds(pending, ctx, workers, threads, retries, stop, emit) -> I
     while pending:
         events = ctx.SimpleQueue()
         pool = ProcessPoolExecutor(max_workers=max(1, min(workers, len(pending))), mp_context=ctx,
-                                   initializer=_init_local_worker, initargs=(threads, events))
+                                   initializer=_init_local_worker, initargs=(threads, events, dict(os.environ)))
         futures = {pool.submit(_local_job, job): job for job in pending}
         pending.clear()
         running: dict[int, int] = {}  # job index -> worker pid
@@ -628,6 +629,12 @@ def _local_pool_rounds(pending, ctx, workers, threads, retries, stop, emit) -> I
             if broken:
                 pool.shutdown(wait=True)  # the executor has ended and reaped every worker: exit codes are final
                 drain()
+                if not running and not any(f.exception() is None for f in futures):
+                    codes = sorted({p.exitcode for p in processes.values() if p.exitcode is not None})
+                    raise RuntimeError(
+                        f"the worker processes could not start (exit codes {codes}); from a script, call "
+                        "finr3d.batch under `if __name__ == '__main__':` (workers import the main module, as for "
+                        "any multiprocessing pool), and check the workers' stderr")
                 # a worker died: charge the fits that were running on a process that did not end by the
                 # executor's SIGTERM (the one that died); if that cannot be told, charge every running fit
                 dead = {idx for idx, pid in running.items()
@@ -831,7 +838,8 @@ def _positive(name, value, kind=int, minimum=1):
 def batch(inputs, out_dir, *, engine: str = "local", workers: Optional[int] = None, threads: Optional[int] = None,
           retries: int = 2, resume: bool = False, force: bool = False, ray_address: Optional[str] = None,
           cpus_per_task: float = 1, gpus_per_task: float = 0, ray_inputs: str = "path",
-          progress: Union[str, Callable[[dict], None], None] = None, **fit_options) -> list[dict]:
+          progress: Union[str, Callable[[dict], None], None] = None, target_options: Optional[dict] = None,
+          **fit_options) -> list[dict]:
     """Fit every asset that ``inputs`` names into ``out_dir`` and return this run's manifest rows.
 
     Parameters
@@ -866,6 +874,10 @@ def batch(inputs, out_dir, *, engine: str = "local", workers: Optional[int] = No
     progress : bar | json | none | callable
         A bar over assets on stderr, one JSON line per asset event on stdout, or
         a callable receiving each event dict.
+    target_options : dict, optional
+        As for :func:`finr3d.fit`: ``resolution``/``sign`` for meshes,
+        ``frames``/``stride``/``resize``/``layout`` for video; the same as
+        passing them among ``fit_options``.
     **fit_options
         ``finr3d fit``'s flags as keywords: ``seconds=60``, ``steps=500``,
         ``rank=32``, ``budget_kb=64``, ``target_chamfer=0.002``,
@@ -882,6 +894,12 @@ def batch(inputs, out_dir, *, engine: str = "local", workers: Optional[int] = No
         ``settings``, ``fit_seconds``, ``seconds``, ``worker``, ``attempts``,
         ``engine``, ``finr3d_version``, ``ended``.
 
+    Notes
+    -----
+    The local engine's workers import the caller's main module, as for any
+    :mod:`multiprocessing` pool: from a script, call this under
+    ``if __name__ == "__main__":``.
+
     Raises
     ------
     BatchInterrupted
@@ -896,9 +914,14 @@ def batch(inputs, out_dir, *, engine: str = "local", workers: Optional[int] = No
     retries = _positive("retries", retries, minimum=0)
     cpus_per_task = _positive("cpus_per_task", cpus_per_task, float, minimum=0)
     gpus_per_task = _positive("gpus_per_task", gpus_per_task, float, minimum=0)
+    if engine == "local" and (ray_address or gpus_per_task or cpus_per_task != 1 or ray_inputs != "path"):
+        raise InputError("--ray-address, --cpus-per-task, --gpus-per-task and --ray-inputs apply to --engine ray")
     if engine == "ray":
         _import_ray()  # the one-line message before any work
-    options = _check_fit_options(fit_options)
+    both = sorted(set(target_options or {}) & set(fit_options))
+    if both:
+        raise InputError(f"{both} given both in target_options and as keywords; give each once")
+    options = _check_fit_options({**fit_options, **(target_options or {})})
     out_dir = Path(out_dir).resolve()
     if out_dir.exists() and not out_dir.is_dir():
         raise NotADirectoryError(f"{out_dir}: exists and is not a folder; -o takes the output folder")

@@ -122,7 +122,8 @@ def test_local_pool_over_a_folder_with_a_broken_file(library, tmp_path, capsys):
     ends = [e for e in events if e["event"] == "end"]
     assert [e["name"] for e in ends] == ["broken"]
     # a settings change is a different asset: nothing resumed
-    rows3 = finr3d.batch(library / "vol.npy", out, resume=True, **{**FIT, "steps": 10})
+    fit = {k: v for k, v in FIT.items() if k != "resolution"}
+    rows3 = finr3d.batch(library / "vol.npy", out, resume=True, target_options={"resolution": 24}, **{**fit, "steps": 10})
     assert rows3[0]["status"] == "ok" and not rows3[0].get("resumed")
 
 
@@ -179,7 +180,7 @@ def test_ctrl_c_stops_cleanly_and_resume_finishes(tmp_path):
         _image(lib / f"img{i}.png", i)
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "finr3d", "batch", str(lib), "-o", str(out), "--workers", "2", "--progress", "json",
-           "--steps", "100000", "--seconds", "2", "--rank", "4", "--width", "16"]
+           "--steps", "100000", "--seconds", "1.5", "--rank", "4", "--width", "16"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     deadline = time.monotonic() + 180
@@ -204,7 +205,7 @@ def test_ctrl_c_stops_cleanly_and_resume_finishes(tmp_path):
         handle.write(b'{"input": "torn')
     assert len(read_manifest(out)) == 5
     code = main(["batch", str(lib), "-o", str(out), "--resume", "--progress", "none", "--workers", "2",
-                 "--steps", "100000", "--seconds", "2", "--rank", "4", "--width", "16"])
+                 "--steps", "100000", "--seconds", "1.5", "--rank", "4", "--width", "16"])
     assert code == 0
     lines = _manifest_lines(out)
     rows = [json.loads(l) for l in lines]  # the torn tail is gone, every line parses
@@ -237,6 +238,8 @@ def test_bad_usage_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch, library
     assert "no inputs found" in capsys.readouterr().err
     assert main(["batch", str(library), "-o", str(out), "--budget-kb", "8", "--target-psnr", "30"]) == 2
     assert "only one of" in capsys.readouterr().err
+    assert main(["batch", str(library), "-o", str(out), "--gpus-per-task", "1"]) == 2
+    assert "apply to --engine ray" in capsys.readouterr().err
     with pytest.raises(InputError, match="unknown fit option"):
         finr3d.batch(library, out, secnds=3)
     with pytest.raises(ValueError):

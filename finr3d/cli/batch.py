@@ -86,7 +86,7 @@ def run(args) -> int:
         code = 0
     except BatchInterrupted as stop:
         rows, code = stop.rows, 130
-        print(f"finr3d batch: interrupted; {args.output}/manifest.jsonl keeps what finished "
+        print(f"finr3d batch: interrupted; the manifest in {args.output} keeps what finished "
               "(run again with --resume for the rest)", file=sys.stderr)
     summary = summarize(rows)
     if args.json:
@@ -101,6 +101,10 @@ def run(args) -> int:
 
 
 def _print_table(summary: dict, out_dir) -> None:
+    import os
+
+    from finr3d.batch import MANIFEST_NAME
+
     head = f"{'kind':<8}{'ok':>6}{'error':>7}{'cancelled':>11}{'resumed':>9}{'bytes':>14}  {'mean metric':<18}{'mean fit s':>10}"
     print(head)
     for kind, t in [*summary["by_kind"].items(), ("total", summary["total"])]:
@@ -110,4 +114,4 @@ def _print_table(summary: dict, out_dir) -> None:
               f"{metric:<18}{fit:>10}")
     for failed in summary["failed"]:
         print(f"{failed['status']}: {failed['input']}: {failed['error']}")
-    print(f"manifest: {out_dir}/manifest.jsonl")
+    print(f"manifest: {os.path.join(out_dir, MANIFEST_NAME)}")
