@@ -28,7 +28,9 @@ from typing import Callable, Iterator, Optional
 import numpy as np
 import torch
 
-__all__ = ["discrete_decomposition", "hosvd", "cp_als", "cp_als_sweeps", "distil_factors", "readout",
+from finr3d.decompositions import einsum_letters
+
+__all__ = ["discrete_decomposition", "hosvd", "cp_als", "cp_als_sweeps", "distill_factors", "readout",
            "column_energies", "reads_out_exactly", "closed_form_start"]
 
 
@@ -40,10 +42,6 @@ def _mode_tensor(values: torch.Tensor, modes) -> torch.Tensor:
     for m in modes:
         sizes.append(math.prod(values.shape[a] for a in m))
     return x.reshape(*sizes, values.shape[-1])
-
-
-def _letters(n: int) -> str:
-    return "abcdefghijklmnopq"[:n]
 
 
 def _unfold(x: torch.Tensor, mode: int) -> torch.Tensor:
@@ -120,7 +118,7 @@ def _mttkrp(x: torch.Tensor, factors: list[torch.Tensor], m: int) -> torch.Tenso
     :data:`MTTKRP_CHUNK` values whatever the clip length and rank.
     """
     n, rank = x.ndim, factors[0].shape[1]
-    letters = _letters(n)
+    letters = einsum_letters(n)
     others = [k for k in range(n) if k != m]
     eq = letters + "," + ",".join(f"{letters[k]}r" for k in others) + f"->{letters[m]}r"
     c = max(others, key=lambda k: x.shape[k])
@@ -301,10 +299,10 @@ def readout(net, coords: torch.Tensor, feats: torch.Tensor, ridge: float, *, hid
         net.out.bias.copy_(sol[-1])
 
 
-def distil_factors(field, mode_coords: list[torch.Tensor], targets: list[torch.Tensor], *,
+def distill_factors(field, mode_coords: list[torch.Tensor], targets: list[torch.Tensor], *,
                    seconds: Optional[float], steps: Optional[int], lr: float = 5e-4, upsample: int = 4,
                    ridge: float = 0.1, weights: Optional[list[torch.Tensor]] = None,
-                   seed: int = 0, callback: Optional[Callable] = None) -> dict:
+                   callback: Optional[Callable] = None) -> dict:
     """Regress each mode network onto its factor curves (continuous, spline-upsampled).
 
     mode_coords : per mode (N_m, k_m) lattice coordinates; targets : per mode (N_m, D_m);
@@ -323,8 +321,7 @@ def distil_factors(field, mode_coords: list[torch.Tensor], targets: list[torch.T
              for (_, feats), w in zip(data, weights)]
     # ridge readout first: the best output layer for the random hidden features. A strong ridge
     # (0.1 of the mean eigenvalue) costs a little of the start but keeps the weights small enough for
-    # Adam to keep learning the features: at 200 steps on Kodak crops, ridge 1e-3 ended 3 dB below a
-    # random start, ridge 0.1 within 0.4 dB of it or above, from a 20-27 dB start instead of 14 dB.
+    # Adam to keep learning the features (RESULTS.md, "Where the presets come from")
     for net, (coords, feats) in zip(field.nets, data):
         readout(net, coords, feats, ridge)
     params = [p for net in field.nets for p in net.parameters()]
@@ -349,9 +346,9 @@ def distil_factors(field, mode_coords: list[torch.Tensor], targets: list[torch.T
         if step % 50 == 0:
             losses.append(float(loss.detach()))
             if callback is not None:
-                callback({"phase": "distil", "step": step, "loss": losses[-1], "elapsed": time.perf_counter() - t0})
-    return {"distil_steps": step, "distil_seconds": time.perf_counter() - t0,
-            "distil_loss": float(loss.detach()) if step else float("nan")}
+                callback({"phase": "distill", "step": step, "loss": losses[-1], "elapsed": time.perf_counter() - t0})
+    return {"distill_steps": step, "distill_seconds": time.perf_counter() - t0,
+            "distill_loss": float(loss.detach()) if step else float("nan")}
 
 
 def column_energies(field, blocks_mix: list[torch.Tensor], floor: float = 0.01) -> list[Optional[torch.Tensor]]:
@@ -445,7 +442,7 @@ def _als_start(field, target, coords, values, *, seconds, steps, seed, t0, callb
         if done or stop or reached:
             break
     return {"als_sweeps": sweep, "decomposition_seconds": time.perf_counter() - t0, "readout_seconds": t_read,
-            "distil_steps": 0, "distil_seconds": 0.0, "cancelled": stop, "target_reached": reached}
+            "distill_steps": 0, "distill_seconds": 0.0, "cancelled": stop, "target_reached": reached}
 
 
 def closed_form_start(field, target, *, seconds: Optional[float], steps: Optional[int], seed: int = 0,
@@ -477,7 +474,7 @@ def closed_form_start(field, target, *, seconds: Optional[float], steps: Optiona
     # per-mode targets: concatenate channel blocks along features
     targets = [torch.cat([bf[m] for bf in blocks_feats], dim=1) for m in range(len(field.modes))]
     mode_coords = [field._mode_coords([c.cpu() for c in coords], m) for m in range(len(field.modes))]
-    info = distil_factors(field, mode_coords, targets, seconds=seconds, steps=steps, seed=seed, callback=callback,
+    info = distill_factors(field, mode_coords, targets, seconds=seconds, steps=steps, callback=callback,
                           ridge=float(target.preset.readout_ridge),
                           weights=column_energies(field, blocks_mix))
     info["decomposition_seconds"] = t_decomp

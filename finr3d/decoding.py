@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from finr3d.errors import InputError
+from finr3d.files import atomic_write
 
-__all__ = ["decode_array", "decode_field", "atomic_write"]
+__all__ = ["decode_array", "decode_field"]
 
 
 def decode_array(field, *, rank=None, resolution=None) -> np.ndarray:
@@ -31,20 +30,6 @@ def decode_array(field, *, rank=None, resolution=None) -> np.ndarray:
     return values * np.float32(scale) + np.float32(offset)
 
 
-def atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` then move the result over ``path`` in one step."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent or ".")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def decode_field(field, out, *, rank=None, resolution=None) -> Path:
     """Write the decoded field to ``out`` (.npy, .png for images, .mp4/.webm/.avi/.gif for video)."""
     out = Path(out)
@@ -55,11 +40,9 @@ def decode_field(field, out, *, rank=None, resolution=None) -> Path:
         atomic_write(out, lambda tmp: np.save(tmp, arr, allow_pickle=False))
         return out
     if suffix == ".png" and kind == "image":
-        from finr3d.targets import write_png
+        from finr3d.targets import to_pixels, write_png
 
-        bits = int((field.target_info or {}).get("bit_depth", 8))
-        img = np.clip(arr, 0, 1)
-        img = np.round(img * (65535 if bits == 16 else 255)).astype(np.uint16 if bits == 16 else np.uint8)
+        img = to_pixels(arr, int((field.target_info or {}).get("bit_depth", 8)))
         atomic_write(out, lambda tmp: write_png(tmp, img))
         return out
     if kind == "video" and suffix in (".mp4", ".webm", ".avi", ".gif", ".png"):

@@ -22,10 +22,11 @@ from torch import nn
 
 from finr3d import __version__
 from finr3d.backbones import MAX_BASIS, make_backbone
+from finr3d.codec import jsonable
 from finr3d.config import FieldConfig
 from finr3d.decompositions import DECOMPOSITIONS
 from finr3d.errors import FormatError, InputError
-from finr3d.targets import lattice
+from finr3d.coords import lattice
 
 __all__ = ["FactorizedField", "load", "default_omega0"]
 
@@ -219,13 +220,15 @@ class FactorizedField(nn.Module):
     forward = forward_grid
 
     @torch.no_grad()
-    def grid(self, coords=256, rank=None, *, squeeze: bool = True, chunk_elements: int = CHUNK_ELEMENTS) -> np.ndarray:
+    def grid(self, resolution=256, rank=None, *, squeeze: bool = True,
+             chunk_elements: int = CHUNK_ELEMENTS) -> np.ndarray:
         """Evaluate on a grid; chunked so memory stays bounded.
 
         Parameters
         ----------
-        coords : int, sequence of int, or d arrays of normalized coordinates
-            A resolution (a lattice on [-1, 1] per axis) or explicit coordinates.
+        resolution : int, sequence of int, or d arrays of normalized coordinates
+            Samples per axis (a lattice on [-1, 1], one int for every axis or one
+            per axis) or explicit per-axis coordinates.
         rank : int or tuple, optional
             Evaluate the rank-prefix model.
         squeeze : bool
@@ -238,7 +241,7 @@ class FactorizedField(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            axes = self._as_coords(coords, self.device)
+            axes = self._as_coords(resolution, self.device)
             sizes = [len(c) for c in axes]
             total = math.prod(sizes) * self.channels
             if total > MAX_GRID_ELEMENTS:
@@ -355,12 +358,12 @@ class FactorizedField(nn.Module):
             "decomposition": self.config.decomposition,
             "ranks": list(self.ranks),
             "backbone": self.config.backbone,
-            "field_config": _jsonable(dataclasses.asdict(self.config)),
+            "field_config": jsonable(dataclasses.asdict(self.config)),
             "backbone_configs": [net.config() for net in self.nets],
             "parameters": self.parameter_count(),
             "parts": self.parts(),
-            "target": _jsonable(self.target_info),
-            "history": _jsonable({k: v for k, v in self.history.items() if k != "curve"}),
+            "target": jsonable(self.target_info),
+            "history": jsonable({k: v for k, v in self.history.items() if k != "curve"}),
         }
 
     # ---------------------------------------------------------------- outputs
@@ -481,16 +484,3 @@ def load(path) -> FactorizedField:
         raise FileNotFoundError(f"{path}: no such file; check the path")
     return FactorizedField.from_file(path)
 
-
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if math.isfinite(obj) else None  # JSON has no NaN/Inf
-    if isinstance(obj, torch.Tensor):
-        return _jsonable(obj.tolist())
-    return obj

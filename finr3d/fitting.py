@@ -68,8 +68,8 @@ def _default_batch(target: Target) -> list[int]:
 class _Batcher:
     """Random sub-grids: per-axis index subsets or jittered continuous coordinates."""
 
-    def __init__(self, target: Target, batch, jitter: bool, gen: torch.Generator, device):
-        self.target, self.gen, self.device, self.jitter = target, gen, device, jitter
+    def __init__(self, target: Target, batch, jitter: bool, gen: torch.Generator):
+        self.target, self.gen, self.jitter = target, gen, jitter
         self.sizes = list(batch)
         self.full = [target.axis_coords(a) for a in range(target.ndim)]
 
@@ -204,7 +204,7 @@ def fit_field(field: FactorizedField, target: Target, config: FitConfig | None =
     batch = [config.batch] * target.ndim if config.batch else _default_batch(target)
     if not jitter:
         batch = [min(b, s) for b, s in zip(batch, target.shape)]
-    batcher = _Batcher(target, batch, jitter, gen, device)
+    batcher = _Batcher(target, batch, jitter, gen)
     full_coords = [target.axis_coords(a) for a in range(target.ndim)]
     max_rank = max(field.ranks)
 

@@ -88,7 +88,7 @@ def _video_options(args) -> dict:
             raise ValueError(f"--resize must be HxW like 144x176, got {args.resize!r}") from None
         out["resize"] = (h, w)
     if args.layout:
-        out["modes"] = args.layout
+        out["layout"] = args.layout
     return out
 
 

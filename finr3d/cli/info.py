@@ -23,14 +23,17 @@ def run(args) -> int:
 
     if not os.path.exists(args.model):
         raise FileNotFoundError(f"{args.model}: no such file; check the path")
-    header, tensors = codec.read(args.model)  # full read: verifies the checksum too
-    meta = header
+    codec.read(args.model)  # a full read verifies the checksum too
+    described = codec.read_info(args.model)
+    meta = described["meta"]
     if args.json:
-        print_json({"file_bytes": os.path.getsize(args.model), **meta})
+        print_json({"file_bytes": described["file_bytes"], **meta})
         return 0
     target = meta.get("target") or {}
     hist = meta.get("history") or {}
-    print(f"{args.model}: {os.path.getsize(args.model):,} bytes")
+    stored = sorted({t["quantization"] for t in described["tensors"]})
+    print(f"{args.model}: {described['file_bytes']:,} bytes, {len(described['tensors'])} tensors "
+          f"({', '.join(stored)})")
     print(f"  kind            {meta.get('kind')}  shape {target.get('shape')}  channels {meta.get('channels')}")
     print(f"  decomposition   {meta.get('decomposition')}  ranks {meta.get('ranks')}  modes {meta.get('modes')}")
     print(f"  backbone        {meta.get('backbone')}  parameters {meta.get('parameters'):,}")

@@ -42,7 +42,7 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     import finr3d
-    from finr3d.cli._common import check_output
+    from finr3d.cli._common import check_output, count_bar
     from finr3d.errors import InputError
     from finr3d.meshing import MESH_EXPORTS, extract_mesh, save_mesh
 
@@ -56,7 +56,9 @@ def run(args) -> int:
         raise InputError(f"{Path(args.model).name} is {article} {kind} field; `finr3d mesh` needs an SDF field "
                          "(fitted to a mesh); use `finr3d decode` for other kinds")
     t0 = time.perf_counter()
-    mesh = extract_mesh(field, args.resolution, rank=args.rank, level=args.level)
+    with count_bar(args.resolution, "planes", "meshing") as bar:
+        mesh = extract_mesh(field, args.resolution, rank=args.rank, level=args.level,
+                            callback=lambda info: bar.update(info["planes"] - bar.n))
     save_mesh(mesh, out, overwrite=args.force)
     lo, hi = mesh.bounds
     rank = "full" if args.rank is None else args.rank
