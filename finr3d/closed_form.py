@@ -324,6 +324,8 @@ def distill_factors(field, mode_coords: list[torch.Tensor], targets: list[torch.
     # Adam to keep learning the features (RESULTS.md, "Where the presets come from")
     for net, (coords, feats) in zip(field.nets, data):
         readout(net, coords, feats, ridge)
+    if steps == 0 or (seconds is not None and seconds <= 0):
+        return {"distill_steps": 0, "distill_seconds": 0.0, "distill_loss": float("nan")}
     params = [p for net in field.nets for p in net.parameters()]
     opt = torch.optim.Adam(params, lr=lr)
     t0 = time.perf_counter()
@@ -445,9 +447,27 @@ def _als_start(field, target, coords, values, *, seconds, steps, seed, t0, callb
             "distill_steps": 0, "distill_seconds": 0.0, "cancelled": stop, "target_reached": reached}
 
 
+#: Share of the closed-form phase's time the decomposition may take under a seconds budget; the readout,
+#: the distillation and the validation that follow need the rest.
+DECOMPOSITION_SHARE = 0.5
+#: Coarsest sub-lattice of the anytime decomposition, as a fraction of the samples it may see.
+COARSEST_LEVEL = 4**-4
+
+
+def _decomposition_levels(target, max_samples: int) -> list[int]:
+    """Sample counts of the sub-lattices an anytime decomposition tries, coarse to fine (each 4x the last)."""
+    total = min(math.prod(target.shape), int(max_samples))
+    floor = 4 ** target.ndim  # at least about 4 samples per axis
+    levels, n = [], float(total)
+    while n >= max(floor, total * COARSEST_LEVEL):
+        levels.append(int(n))
+        n /= 4
+    return levels[::-1] or [total]
+
+
 def closed_form_start(field, target, *, seconds: Optional[float], steps: Optional[int], seed: int = 0,
                       max_samples: Optional[int] = None, callback: Optional[Callable] = None,
-                      checkpoint: Optional[Callable[[], bool]] = None) -> dict:
+                      checkpoint: Optional[Callable[[], bool]] = None, deadline: Optional[float] = None) -> dict:
     """Initialise ``field`` from a discrete decomposition of ``target`` and distil it.
 
     The decomposition sees at most ``max_samples`` grid points (default: the
@@ -455,27 +475,54 @@ def closed_form_start(field, target, *, seconds: Optional[float], steps: Optiona
     of larger targets, so its time and memory stay bounded on long clips.
     A field that reads out exactly (:func:`reads_out_exactly`) keeps sweeping
     CP-ALS for the whole phase instead, calling ``checkpoint()`` after each readout.
-    Returns timing and loss information for the fit history.
+
+    ``deadline`` (seconds from the call) makes the phase an anytime algorithm:
+    the decomposition runs on ever finer sub-lattices (each 4x the samples of
+    the last) and stops before the next one would pass
+    :data:`DECOMPOSITION_SHARE` of the deadline (its time predicted from the
+    last level's), keeping the finest one done; the distillation and the CP-ALS
+    sweeps end by the deadline too. ``seconds`` is the distillation's (or the
+    sweeps') own share. Returns timing and loss information for the fit history.
     """
     t0 = time.perf_counter()
     if max_samples is None:
         max_samples = int(target.preset.closed_form_samples)
-    coords, values = target.dense(max_samples=max_samples)
-    with torch.no_grad():
-        field.bias.copy_(values.reshape(-1, values.shape[-1]).mean(0).to(field.device))
+    if deadline is not None:
+        seconds = deadline if seconds is None else min(seconds, deadline)
     if reads_out_exactly(field, target):
+        coords, values = target.dense(max_samples=max_samples)
+        with torch.no_grad():
+            field.bias.copy_(values.reshape(-1, values.shape[-1]).mean(0).to(field.device))
         return _als_start(field, target, coords, values, seconds=seconds, steps=steps, seed=seed, t0=t0,
                           callback=callback, checkpoint=checkpoint)
-    blocks_feats, blocks_mix = discrete_decomposition(field, values)
+    levels = _decomposition_levels(target, max_samples) if deadline is not None else [max_samples]
+    done, last = None, None
+    for n in levels:
+        if done is not None and last is not None:
+            n_prev, t_prev = last
+            # Gram matrices and eigensolvers grow faster than the samples: (d + 1) / d power of the count
+            predicted = t_prev * (n / n_prev) ** ((target.ndim + 1) / target.ndim)
+            if time.perf_counter() - t0 + predicted > DECOMPOSITION_SHARE * deadline:
+                break
+        t_level = time.perf_counter()
+        coords, values = target.dense(max_samples=n)
+        with torch.no_grad():
+            field.bias.copy_(values.reshape(-1, values.shape[-1]).mean(0).to(field.device))
+        done = coords, discrete_decomposition(field, values)
+        last = (n, time.perf_counter() - t_level)
+    coords, (blocks_feats, blocks_mix) = done
     t_decomp = time.perf_counter() - t0
     with torch.no_grad():
         for blk, mix in zip(field.blocks, blocks_mix):
             blk.mixing_parameter().copy_(mix.to(field.device))
     # per-mode targets: concatenate channel blocks along features
     targets = [torch.cat([bf[m] for bf in blocks_feats], dim=1) for m in range(len(field.modes))]
-    mode_coords = [field._mode_coords([c.cpu() for c in coords], m) for m in range(len(field.modes))]
+    mode_coords = [field.mode_coords([c.cpu() for c in coords], m) for m in range(len(field.modes))]
+    if seconds is not None:
+        seconds = max(0.0, seconds - (time.perf_counter() - t0)) if deadline is not None else seconds
     info = distill_factors(field, mode_coords, targets, seconds=seconds, steps=steps, callback=callback,
-                          ridge=float(target.preset.readout_ridge),
-                          weights=column_energies(field, blocks_mix))
+                           ridge=float(target.preset.readout_ridge),
+                           weights=column_energies(field, blocks_mix))
     info["decomposition_seconds"] = t_decomp
+    info["decomposition_samples"] = int(math.prod(len(c) for c in coords))
     return info

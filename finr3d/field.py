@@ -157,7 +157,8 @@ class FactorizedField(nn.Module):
                 f"modes={self.modes}, channels={self.channels}, params={self.parameter_count():,})")
 
     # --------------------------------------------------------------- features
-    def _mode_coords(self, coords: Sequence[torch.Tensor], m: int) -> torch.Tensor:
+    def mode_coords(self, coords: Sequence[torch.Tensor], m: int) -> torch.Tensor:
+        """Mode ``m``'s input points on the outer-product grid of per-axis ``coords``: (N_m, len(modes[m]))."""
         axes = self.modes[m]
         if len(axes) == 1:
             return coords[axes[0]].reshape(-1, 1)
@@ -166,7 +167,7 @@ class FactorizedField(nn.Module):
 
     def mode_features(self, coords: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """Per-mode features on the outer-product grid: M tensors (N_m, D_m)."""
-        return [net(self._mode_coords(coords, m)) for m, net in enumerate(self.nets)]
+        return [net(self.mode_coords(coords, m)) for m, net in enumerate(self.nets)]
 
     def _contract(self, feats, prefix, points: bool):
         if not self.independent:
@@ -212,10 +213,16 @@ class FactorizedField(nn.Module):
         coords : d tensors (n_i,) of normalized coordinates.
         Returns (n_0, ..., n_{d-1}, C). Not chunked: used for training batches.
         """
-        prefix = self.prefix(rank)
-        feats = self.mode_features(coords)
-        out = self._contract(feats, prefix, points=False) + self.bias
-        return self._to_axis_order(out, [len(c) for c in coords])
+        return self.grid_from_features(self.mode_features(coords), [len(c) for c in coords], rank)
+
+    def grid_from_features(self, feats: Sequence[torch.Tensor], sizes: Sequence[int], rank=None) -> torch.Tensor:
+        """Differentiable values on a grid from its mode features (:meth:`mode_features`), in axis order.
+
+        feats : per mode (N_m, D_m); sizes : the grid's points per axis (n_0, ..., n_{d-1}).
+        Returns (n_0, ..., n_{d-1}, C). One set of features serves several rank prefixes (nested-rank training).
+        """
+        out = self._contract(feats, self.prefix(rank), points=False) + self.bias
+        return self._to_axis_order(out, sizes)
 
     forward = forward_grid
 
