@@ -178,7 +178,8 @@ def cp_als_sweeps(x: torch.Tensor, rank: int, *, seed: int = 0) -> Iterator[list
             for k in range(n):
                 if k != m:
                     gram = gram * (factors[k].T @ factors[k])
-            reg = 1e-6 * torch.trace(gram) / rank
+            # the floor keeps a constant target (x = 0 after the mean, so gram = 0) solvable: its factors are 0
+            reg = 1e-6 * torch.trace(gram) / rank + 1e-30
             factors[m] = torch.linalg.solve(gram + reg * eye, _mttkrp(x, factors, m).T).T
         yield factors
 

@@ -12,11 +12,17 @@ from finr3d.files import atomic_write
 __all__ = ["decode_array", "decode_field"]
 
 
-def decode_array(field, *, rank=None, resolution=None) -> np.ndarray:
+def decode_array(field, *, rank=None, resolution=None, max_memory=None) -> np.ndarray:
     """The field on its target's lattice (or ``resolution`` per axis), in the signal's units.
+
+    The memory this needs is estimated from the field's header first and
+    refused above :func:`finr3d.header_schema.memory_limit` (``max_memory``,
+    else ``$FINR3D_MAX_MEMORY``, else 2 GiB), before anything is allocated.
 
     Returns (n_0, ..., n_{d-1}, C) float32.
     """
+    from finr3d.header_schema import check_memory, decode_memory_bytes
+
     info = field.target_info or {}
     shape = info.get("shape")
     if resolution is not None:
@@ -25,24 +31,31 @@ def decode_array(field, *, rank=None, resolution=None) -> np.ndarray:
         shape = [int(resolution)] * field.ndim
     if shape is None:
         raise InputError("the field does not record its sample shape; pass --resolution")
-    values = field.grid([int(s) for s in shape], rank=rank, squeeze=False)
+    shape = [int(s) for s in shape]
+    meta = {"channels": field.channels, "ndim": field.ndim, "modes": [list(m) for m in field.modes],
+            "backbone_configs": [net.config() for net in field.nets]}
+    check_memory(decode_memory_bytes(meta, shape), f"decoding a {'x'.join(map(str, shape))} grid "
+                 f"of {field.channels} channel(s)", limit=max_memory)
+    values = field.grid(shape, rank=rank, squeeze=False)
     scale, offset = float(info.get("value_scale", 1.0)), float(info.get("value_offset", 0.0))
-    return values * np.float32(scale) + np.float32(offset)
+    values *= np.float32(scale)  # in place: a second grid-sized array would double the peak
+    values += np.float32(offset)
+    return values
 
 
-def decode_field(field, out, *, rank=None, resolution=None) -> Path:
+def decode_field(field, out, *, rank=None, resolution=None, max_memory=None) -> Path:
     """Write the decoded field to ``out`` (.npy, .png for images, .mp4/.webm/.avi/.gif for video)."""
     out = Path(out)
     suffix = out.suffix.lower()
     kind = field.kind
-    arr = decode_array(field, rank=rank, resolution=resolution)
+    arr = decode_array(field, rank=rank, resolution=resolution, max_memory=max_memory)
     if suffix == ".npy":
         atomic_write(out, lambda tmp: np.save(tmp, arr, allow_pickle=False))
         return out
     if suffix == ".png" and kind == "image":
         from finr3d.targets import to_pixels, write_png
 
-        img = to_pixels(arr, int((field.target_info or {}).get("bit_depth", 8)))
+        img = to_pixels(arr, int((field.target_info or {}).get("bit_depth", 8)), inplace=True)
         atomic_write(out, lambda tmp: write_png(tmp, img))
         return out
     if kind == "video" and suffix in (".mp4", ".webm", ".avi", ".gif", ".png"):

@@ -5,9 +5,10 @@ extracted meshes, the SDF cache, frame folders) goes through
 :func:`atomic_write`: the data goes to a temporary file beside the output,
 which then replaces the output in one rename. The temporary file is created
 with mode ``0666`` less the umask, so the output gets the permissions a plain
-``open(path, "wb")`` gives (``tempfile.mkstemp`` would leave 0600). Its name,
-``.NAME.tmp-XXXXXXXXXXXX.SUFFIX``, is hidden, marks it as finr3d's, and keeps the
-output's suffix for writers that choose a format by it.
+``open(path, "wb")`` gives (``tempfile.mkstemp`` would leave 0600). Its name
+(:mod:`finr3d.atomic_files`: ``.NAME.finr3d-tmp-PID-HEX.SUFFIX``) is hidden,
+marks it as finr3d's, and keeps the output's suffix for writers that choose a
+format by it; stale temporaries of a killed writer are removed first.
 
 Needs the standard library alone (``finr3d.codec`` uses it without torch).
 """
@@ -15,30 +16,22 @@ Needs the standard library alone (``finr3d.codec`` uses it without torch).
 from __future__ import annotations
 
 import os
-import secrets
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Callable, Union
 
+from finr3d.atomic_files import TEMP_MARK, create_temp
+
 __all__ = ["atomic_write", "atomic_write_bytes", "atomic_folder", "TEMP_MARK"]
 
 PathLike = Union[str, os.PathLike]
 
-#: Part of every temporary file name finr3d writes beside an output.
-TEMP_MARK = ".tmp-"
 
 
 def _create_temp(path: Path) -> Path:
-    """An empty, exclusive temporary file next to ``path`` (mode 0666 less the umask)."""
-    for _ in range(16):
-        temp = path.parent / f".{path.name}{TEMP_MARK}{secrets.token_hex(6)}{path.suffix}"
-        try:
-            os.close(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-            return temp
-        except FileExistsError:
-            continue
-    raise FileExistsError(f"could not create a temporary file next to {str(path)!r}")
+    """An empty, exclusive temporary beside ``path`` (mode 0666 less the umask); stale ones of ``path`` go first."""
+    return Path(create_temp(path))
 
 
 def _link_no_clobber(temp: Path, path: Path) -> None:

@@ -161,7 +161,13 @@ def load_mesh(source, *, name: str | None = None):
         warnings.warn(f"{name}: removed {removed['nonfinite']} face(s) with NaN/Inf vertices", stacklevel=2)
         vertices = np.where(bad_vertex[:, None], 0.0, vertices)  # unreferenced now; keep indices valid
 
-    mesh = trimesh.Trimesh(vertices, faces, process=False)
+    # Merge and test areas in float64 unit coordinates: trimesh merges vertices closer than an absolute
+    # 1e-8, which fuses a whole mesh at 1e-8 scale and rounds away detail on one at an offset of 1e8.
+    used = vertices[np.unique(faces)]
+    center = (used.min(axis=0) + used.max(axis=0)) / 2.0
+    unit = float(np.max(used.max(axis=0) - used.min(axis=0))) / 2.0
+    unit = unit if unit > 0 else 1.0
+    mesh = trimesh.Trimesh((vertices - center) / unit, faces, process=False)
     mesh.remove_unreferenced_vertices()
     mesh.merge_vertices(merge_tex=True, merge_norm=True)
     faces = np.asarray(mesh.faces)
@@ -176,10 +182,11 @@ def load_mesh(source, *, name: str | None = None):
         if removed["degenerate"] == len(faces):
             raise InputError(f"{name}: all {len(faces)} faces have zero area; nothing usable remains")
         warnings.warn(f"{name}: removed {removed['degenerate']} zero-area (degenerate) face(s)", stacklevel=2)
-        mesh = trimesh.Trimesh(verts, faces[~degenerate], process=False)
-        mesh.remove_unreferenced_vertices()
+        faces = faces[~degenerate]
     if diag == 0.0:
         raise InputError(f"{name}: all vertices coincide (zero extent); nothing to fit")
+    mesh = trimesh.Trimesh(verts * unit + center, faces, process=False)
+    mesh.remove_unreferenced_vertices()
     return mesh, removed
 
 

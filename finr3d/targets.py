@@ -300,7 +300,9 @@ class ImageTarget(GridTarget):
                     f"{path.name}: unsupported image type {path.suffix!r}; use one of {sorted(IMAGE_SUFFIXES)}"
                 )
             try:
-                arr = read_image(path)
+                arr = read_image(path, max_pixels=max_pixels)
+            except InputError:
+                raise
             except Exception as exc:  # the readers raise many types for broken files
                 raise InputError(f"{path.name}: cannot read the image ({exc}); is it a valid {path.suffix} file?") from exc
             name = str(path)
@@ -332,15 +334,43 @@ class ImageTarget(GridTarget):
         return to_pixels(self.to_values(pred), self.bit_depth)
 
 
-def read_image(path) -> np.ndarray:
-    """Read an image as (H, W[, C]); PNGs through pypng so 16-bit colour survives (Pillow drops it)."""
+def image_size(path) -> tuple[int, int]:
+    """(height, width) of an image file from its header alone, without decoding the pixels."""
     path = Path(path)
+    if path.suffix.lower() == ".png":
+        import png
+
+        reader = png.Reader(filename=str(path))
+        reader.preamble()
+        return int(reader.height), int(reader.width)
+    import PIL.Image
+
+    with PIL.Image.open(path) as img:  # lazy: reads the header only
+        width, height = img.size
+    return int(height), int(width)
+
+
+def read_image(path, *, max_pixels: int | None = None) -> np.ndarray:
+    """Read an image as (H, W[, C]); PNGs through pypng so 16-bit colour survives (Pillow drops it).
+
+    ``max_pixels`` is checked against the size in the file's header before any
+    pixel is decoded, so a small file that decodes to gigabytes (a
+    decompression bomb) is refused in bounded memory.
+    """
+    path = Path(path)
+    if max_pixels is not None:
+        height, width = image_size(path)
+        if height * width > max_pixels:
+            raise InputError(f"{path.name}: {height}x{width} pixels is more than {max_pixels}; "
+                             "resize it first")
     if path.suffix.lower() == ".png":
         import png
 
         width, height, rows, info = png.Reader(filename=str(path)).asDirect()
         dtype = np.uint16 if info["bitdepth"] > 8 else np.uint8
-        arr = np.vstack([np.asarray(r, dtype=dtype) for r in rows])
+        arr = np.empty((height, width * info["planes"]), dtype)
+        for i, row in enumerate(rows):  # into one array: a list of rows, then vstack, would double the peak
+            arr[i] = row
         return arr.reshape(height, width, info["planes"])
     import imageio.v3 as iio
 
@@ -351,10 +381,18 @@ def read_image(path) -> np.ndarray:
 PIXEL_LEVELS = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
 
 
-def to_pixels(values: np.ndarray, bit_depth: int) -> np.ndarray:
-    """Signal values in [0, 1] (clipped) to ``bit_depth`` (8 or 16) integer pixels, rounded to nearest."""
+def to_pixels(values: np.ndarray, bit_depth: int, *, inplace: bool = False) -> np.ndarray:
+    """Signal values in [0, 1] (clipped) to ``bit_depth`` (8 or 16) integer pixels, rounded to nearest.
+
+    ``inplace``: clip, scale and round in ``values`` itself (a float array), so the only new array is the
+    integer result.
+    """
     dtype = np.uint16 if int(bit_depth) == 16 else np.uint8
-    return np.round(np.clip(values, 0, 1) * PIXEL_LEVELS[np.dtype(dtype)]).astype(dtype)
+    if not inplace:
+        return np.round(np.clip(values, 0, 1) * PIXEL_LEVELS[np.dtype(dtype)]).astype(dtype)
+    np.clip(values, 0, 1, out=values)
+    values *= PIXEL_LEVELS[np.dtype(dtype)]
+    return np.rint(values, out=values).astype(dtype)
 
 
 def write_png(path, img: np.ndarray) -> None:
@@ -415,11 +453,38 @@ def _existing_file(source) -> Path:
     return path
 
 
+def _check_npy_header(handle, size: int, name: str) -> None:
+    """Refuse a .npy whose header declares more data than the file holds, before anything is allocated."""
+    fmt = np.lib.format
+    try:
+        version = fmt.read_magic(handle)
+        reader = {(1, 0): fmt.read_array_header_1_0, (2, 0): fmt.read_array_header_2_0}.get(version)
+        if reader is None:
+            raise ValueError(f"format version {version[0]}.{version[1]} is not supported; save it with np.save")
+        shape, _, dtype = reader(handle)
+    except (ValueError, SyntaxError, OSError) as exc:
+        raise InputError(f"{name}: not a valid .npy header ({exc})") from None
+    if dtype.hasobject:
+        raise InputError(f"{name}: holds Python objects; object/pickled arrays are refused")
+    count = math.prod(shape)
+    needed = count * dtype.itemsize
+    held = size - handle.tell()
+    if needed > held:
+        raise InputError(f"{name}: the header declares a {'x'.join(map(str, shape)) or 'scalar'} {dtype} array "
+                         f"({needed:,} bytes) but the file holds {max(held, 0):,} bytes of data; "
+                         "the file is truncated or corrupt")
+    if count > MAX_SAMPLES:
+        raise InputError(f"{name}: {count:,} samples (shape {shape}) is more than {MAX_SAMPLES:,}; "
+                         "downsample or crop it first")
+
+
 def _read_volume(path: Path, *, dims=None, dtype=None, key=None) -> np.ndarray:
     suffix = path.suffix.lower()
     name = path.name.lower()
     try:
         if suffix == ".npy":
+            with open(path, "rb") as handle:
+                _check_npy_header(handle, path.stat().st_size, path.name)
             return np.load(path, allow_pickle=False)
         if suffix == ".npz":
             with np.load(path, allow_pickle=False) as z:
@@ -428,6 +493,10 @@ def _read_volume(path: Path, *, dims=None, dtype=None, key=None) -> np.ndarray:
                     raise InputError(f"{path.name}: the .npz holds no arrays")
                 if key is None and len(keys) > 1:
                     raise InputError(f"{path.name}: the .npz holds {keys}; choose one with key=")
+                member = f"{key or keys[0]}.npy"
+                if member in z.zip.namelist():
+                    with z.zip.open(member) as handle:
+                        _check_npy_header(handle, z.zip.getinfo(member).file_size, f"{path.name}:{member}")
                 return z[key or keys[0]]
     except ValueError as exc:
         if isinstance(exc, InputError):

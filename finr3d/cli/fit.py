@@ -117,7 +117,11 @@ def run(args) -> int:
 
     from finr3d.cli._common import Progress, check_output
 
+    from finr3d import codec
+
     out = check_output(args.output, {".finr"}, force=args.force)
+    if args.quantization not in codec.QUANTIZATIONS:  # now, not after the fit at save time
+        raise ValueError(f"--quantization {args.quantization!r} is not one of {', '.join(codec.QUANTIZATIONS)}")
     if args.threads is not None:
         if not 1 <= args.threads <= 1024:
             raise ValueError(f"--threads must be between 1 and 1024, got {args.threads}")
