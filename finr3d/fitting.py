@@ -23,7 +23,8 @@ from finr3d.config import FieldConfig, FitConfig
 from finr3d.errors import FitCancelled, InputError
 from finr3d.field import FactorizedField
 from finr3d.presets import field_settings, fit_settings
-from finr3d.targets import Target, load_target
+from finr3d.sources import load_target
+from finr3d.targets import Target
 
 __all__ = ["fit", "fit_field", "Trainer", "resolve_device", "build_field"]
 
@@ -445,7 +446,7 @@ def fit(source, *, kind: str = "auto", callback=None, target_options: Optional[d
     Parameters
     ----------
     source : path, array or Target
-        A mesh (SDF), volume, image or video; see :func:`finr3d.targets.load_target`.
+        A mesh (SDF), volume, image or video; see :func:`finr3d.sources.load_target`.
     kind : auto | sdf | volume | image | video
     callback : callable, optional
         Receives progress dicts; returning False stops the fit.

@@ -33,7 +33,6 @@ __all__ = [
     "GridTarget",
     "ImageTarget",
     "VolumeTarget",
-    "load_target",
     "lattice",
     "interpolate_subgrid",
     "psnr",
@@ -555,28 +554,3 @@ def detect_kind(path) -> str:
         f"{p.name}: cannot tell what {suffix or 'this'} is; pass --kind sdf|volume|image|video "
         "(meshes: obj ply stl off glb gltf; images: png jpg; volumes: npy npz raw nii; video: mp4 webm avi)"
     )
-
-
-def load_target(source, kind: str = "auto", **options) -> Target:
-    """Build the right target for ``source`` (a path, an array or a Target)."""
-    if isinstance(source, Target):
-        return source
-    if kind not in ("auto", "sdf", "volume", "image", "video"):
-        raise InputError(f"unknown kind {kind!r}; use auto, sdf, volume, image or video")
-    if kind == "auto":
-        if not isinstance(source, (str, os.PathLike)):
-            raise InputError("kind='auto' needs a file path; for arrays pass kind='image' or kind='volume'")
-        if not Path(source).exists():
-            raise FileNotFoundError(f"{source}: no such file; check the path")
-        kind = detect_kind(source)
-    if kind == "image":
-        return ImageTarget(source, **options)
-    if kind == "volume":
-        return VolumeTarget(source, **options)
-    if kind == "sdf":
-        from finr3d.sdf import SDFTarget
-
-        return SDFTarget(source, **options)
-    from finr3d.video import VideoTarget
-
-    return VideoTarget(source, **options)

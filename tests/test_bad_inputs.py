@@ -23,7 +23,8 @@ from finr3d.cli import main
 from finr3d.errors import InputError
 from finr3d.meshing import check_precision, save_mesh
 from finr3d.sdf import load_mesh
-from finr3d.targets import ImageTarget, load_target
+from finr3d.sources import load_target
+from finr3d.targets import ImageTarget
 
 TINY_FIT = dict(steps=2, rank=4, width=8, depth=1, seed=0)
 

@@ -82,15 +82,23 @@ def test_the_graph_is_read():
     assert "finr3d.closed_form" in graph["finr3d.fitting"]  # a function-level one
 
 
+#: The one cycle left until the layout move (docs/DESIGN.md, "Package layout"): SDFTarget.evaluate scores with
+#: geometry_metrics, which queries meshes through sdf.MeshQuery; MeshQuery moves down to the geometry layer.
+KNOWN_CYCLES = [["finr3d.geometry_metrics", "finr3d.sdf"]]
+
+
 def test_no_import_cycles():
     found = cycles(import_graph())
-    assert found == [], "import cycles: " + "; ".join(" <-> ".join(c) for c in found)
+    new = [c for c in found if c not in KNOWN_CYCLES]
+    assert new == [], "import cycles: " + "; ".join(" <-> ".join(c) for c in new)
+    assert found == KNOWN_CYCLES, "a known cycle is gone: remove it from KNOWN_CYCLES"
 
 
 def test_low_layers_import_no_torch_backed_module():
     """errors, files, presets, ranks, placement and codec stay below the model: the Blender panel and
     numpy-only readers import them."""
     graph = import_graph()
-    low = {"finr3d.errors", "finr3d.files", "finr3d.presets", "finr3d.ranks", "finr3d.placement", "finr3d.codec"}
+    low = {"finr3d.errors", "finr3d.atomic_files", "finr3d.files", "finr3d.presets", "finr3d.ranks", "finr3d.placement",
+           "finr3d.codec"}
     for name in low:
         assert graph[name] <= low, (name, graph[name] - low)

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from finr3d.errors import InputError
-from finr3d.targets import interpolate_subgrid, lattice, load_target, write_png
+from finr3d.sources import load_target
+from finr3d.targets import interpolate_subgrid, lattice, write_png
 from finr3d.video import VideoTarget, read_video, sample_stored_grid, write_video
 from tolerances import assert_float32_close
 

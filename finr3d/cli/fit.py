@@ -172,7 +172,7 @@ def run(args) -> int:
     try:
         import time
 
-        from finr3d.targets import load_target
+        from finr3d.sources import load_target
 
         t0 = time.perf_counter()
         target = load_target(args.input, kind=kind, **target_options)  # kept for the automatic rank choice
