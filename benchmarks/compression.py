@@ -413,7 +413,7 @@ def main(argv=None) -> int:
         field = fit_field(target, config, args.seconds, args.seed)
         fit_info = {"steps": field.history["steps"], "seconds": field.history["seconds"],
                     "parameters": field.parameter_count(), "ranks": list(field.ranks),
-                    "distil_seconds": field.history.get("distil_seconds"),
+                    "distill_seconds": field.history.get("distill_seconds"),
                     "rank_path": [list(p) for p in rank_path(field)]}
         print(f"  fit: {fit_info['steps']} steps in {fit_info['seconds']:.1f} s, path {fit_info['rank_path']}",
               flush=True)

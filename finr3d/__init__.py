@@ -22,7 +22,7 @@ _LAZY = {
     "load": "finr3d.field",
     "ImageTarget": "finr3d.targets",
     "VolumeTarget": "finr3d.targets",
-    "load_target": "finr3d.targets",
+    "load_target": "finr3d.sources",
     "SDFTarget": "finr3d.sdf",
     "VideoTarget": "finr3d.video",
     "extract_mesh": "finr3d.meshing",

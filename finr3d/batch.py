@@ -412,7 +412,7 @@ def _locked(out_dir: Path):
 
 def _write_output(path: Path, blob: bytes) -> None:
     """Atomically and durably: finr3d's temporary beside ``path``, fsynced, then one rename."""
-    from finr3d.decoding import atomic_write
+    from finr3d.files import atomic_write
 
     def write(tmp):
         with open(tmp, "wb") as handle:

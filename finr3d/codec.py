@@ -42,6 +42,7 @@ import numpy as np
 import zstandard
 
 from finr3d.errors import FormatError
+from finr3d.files import atomic_write_bytes
 
 __all__ = [
     "MAGIC",
@@ -55,6 +56,7 @@ __all__ = [
     "read",
     "read_header",
     "read_info",
+    "jsonable",
     "payload_sizes",
 ]
 
@@ -880,61 +882,26 @@ def write(
     if not overwrite and os.path.exists(path):
         raise FileExistsError(f"{path!r} already exists; pass overwrite=True to replace it")
     blob = encode(header, tensors, quantization=quantization, keep_fp32=keep_fp32, level=level)
-
-    temp = _create_temp(path)
-    try:
-        with open(temp, "wb") as handle:
-            handle.write(blob)
-            handle.flush()
-            os.fsync(handle.fileno())
-        if overwrite:
-            os.replace(temp, path)
-        else:
-            _link_no_clobber(temp, path)
-    except BaseException:
-        try:
-            os.unlink(temp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_directory(directory)
-    return len(blob)
+    return atomic_write_bytes(path, blob, overwrite=overwrite, durable=True)
 
 
-def _create_temp(path: str) -> str:
-    """An empty temporary beside ``path``, named ``.NAME.finr3d-tmp-PID-HEX.finr`` (see :mod:`finr3d.atomic_files`).
+def jsonable(obj):
+    """``obj`` with numpy and torch values made JSON values, for a header.
 
-    Stale temporaries of ``path`` left by a killed writer are removed first.
+    Dict keys become strings, tuples lists, numpy/torch scalars and arrays
+    Python numbers and lists (anything with ``tolist()``), and NaN/Inf ``None``
+    (JSON has no NaN).
     """
-    from finr3d.atomic_files import create_temp
-
-    return create_temp(path)
-
-
-def _link_no_clobber(temp: str, path: str) -> None:
-    # link() fails if path exists, closing the race between the exists() check
-    # and the rename; filesystems without hard links fall back to the check.
-    try:
-        os.link(temp, path)
-    except FileExistsError:
-        raise FileExistsError(f"{path!r} already exists; pass overwrite=True to replace it") from None
-    except OSError:
-        if os.path.exists(path):
-            raise FileExistsError(f"{path!r} already exists; pass overwrite=True to replace it") from None
-        os.replace(temp, path)
-        return
-    os.unlink(temp)
-
-
-def _fsync_directory(directory: str) -> None:
-    # Makes the rename itself durable on POSIX; Windows cannot open directories.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    if isinstance(obj, Mapping):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    if hasattr(obj, "tolist"):  # numpy arrays, torch tensors
+        return jsonable(obj.tolist())
+    return obj

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 
 from finr3d.errors import InputError
+from finr3d.files import atomic_write
 
-__all__ = ["decode_array", "decode_field", "atomic_write"]
+__all__ = ["decode_array", "decode_field"]
 
 
 def decode_array(field, *, rank=None, resolution=None, max_memory=None) -> np.ndarray:
@@ -43,21 +43,6 @@ def decode_array(field, *, rank=None, resolution=None, max_memory=None) -> np.nd
     return values
 
 
-def atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` then move the result over ``path`` in one step."""
-    from finr3d.atomic_files import create_temp
-
-    path = Path(path)
-    tmp = create_temp(path)  # hidden, marked finr3d-tmp, same suffix (np.save appends .npy otherwise)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def decode_field(field, out, *, rank=None, resolution=None, max_memory=None) -> Path:
     """Write the decoded field to ``out`` (.npy, .png for images, .mp4/.webm/.avi/.gif for video)."""
     out = Path(out)
@@ -68,12 +53,9 @@ def decode_field(field, out, *, rank=None, resolution=None, max_memory=None) -> 
         atomic_write(out, lambda tmp: np.save(tmp, arr, allow_pickle=False))
         return out
     if suffix == ".png" and kind == "image":
-        from finr3d.targets import write_png
+        from finr3d.targets import to_pixels, write_png
 
-        bits = int((field.target_info or {}).get("bit_depth", 8))
-        np.clip(arr, 0, 1, out=arr)
-        arr *= 65535 if bits == 16 else 255
-        img = np.rint(arr, out=arr).astype(np.uint16 if bits == 16 else np.uint8)
+        img = to_pixels(arr, int((field.target_info or {}).get("bit_depth", 8)), inplace=True)
         atomic_write(out, lambda tmp: write_png(tmp, img))
         return out
     if kind == "video" and suffix in (".mp4", ".webm", ".avi", ".gif", ".png"):

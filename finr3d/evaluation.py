@@ -38,7 +38,7 @@ def evaluate(field, reference, *, rank=None, resolution: int = 256, **kwargs) ->
         # re-read the clip with the fit's frame range, stride and size
         return VideoTarget.for_field(reference, field.target_info).evaluate(field, rank=rank)
     if kind != "sdf":
-        from finr3d.targets import load_target
+        from finr3d.sources import load_target
 
         return load_target(reference, kind=kind or "auto").evaluate(field, rank=rank)
 

@@ -22,10 +22,11 @@ from torch import nn
 
 from finr3d import __version__
 from finr3d.backbones import MAX_BASIS, make_backbone
+from finr3d.codec import jsonable
 from finr3d.config import FieldConfig
 from finr3d.decompositions import DECOMPOSITIONS
 from finr3d.errors import FormatError, InputError
-from finr3d.targets import lattice
+from finr3d.coords import lattice
 
 __all__ = ["FactorizedField", "load", "default_omega0"]
 
@@ -156,7 +157,8 @@ class FactorizedField(nn.Module):
                 f"modes={self.modes}, channels={self.channels}, params={self.parameter_count():,})")
 
     # --------------------------------------------------------------- features
-    def _mode_coords(self, coords: Sequence[torch.Tensor], m: int) -> torch.Tensor:
+    def mode_coords(self, coords: Sequence[torch.Tensor], m: int) -> torch.Tensor:
+        """Mode ``m``'s input points on the outer-product grid of per-axis ``coords``: (N_m, len(modes[m]))."""
         axes = self.modes[m]
         if len(axes) == 1:
             return coords[axes[0]].reshape(-1, 1)
@@ -165,7 +167,7 @@ class FactorizedField(nn.Module):
 
     def mode_features(self, coords: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """Per-mode features on the outer-product grid: M tensors (N_m, D_m)."""
-        return [net(self._mode_coords(coords, m)) for m, net in enumerate(self.nets)]
+        return [net(self.mode_coords(coords, m)) for m, net in enumerate(self.nets)]
 
     def _contract(self, feats, prefix, points: bool):
         if not self.independent:
@@ -211,21 +213,29 @@ class FactorizedField(nn.Module):
         coords : d tensors (n_i,) of normalized coordinates.
         Returns (n_0, ..., n_{d-1}, C). Not chunked: used for training batches.
         """
-        prefix = self.prefix(rank)
-        feats = self.mode_features(coords)
-        out = self._contract(feats, prefix, points=False) + self.bias
-        return self._to_axis_order(out, [len(c) for c in coords])
+        return self.grid_from_features(self.mode_features(coords), [len(c) for c in coords], rank)
+
+    def grid_from_features(self, feats: Sequence[torch.Tensor], sizes: Sequence[int], rank=None) -> torch.Tensor:
+        """Differentiable values on a grid from its mode features (:meth:`mode_features`), in axis order.
+
+        feats : per mode (N_m, D_m); sizes : the grid's points per axis (n_0, ..., n_{d-1}).
+        Returns (n_0, ..., n_{d-1}, C). One set of features serves several rank prefixes (nested-rank training).
+        """
+        out = self._contract(feats, self.prefix(rank), points=False) + self.bias
+        return self._to_axis_order(out, sizes)
 
     forward = forward_grid
 
     @torch.no_grad()
-    def grid(self, coords=256, rank=None, *, squeeze: bool = True, chunk_elements: int = CHUNK_ELEMENTS) -> np.ndarray:
+    def grid(self, resolution=256, rank=None, *, squeeze: bool = True,
+             chunk_elements: int = CHUNK_ELEMENTS) -> np.ndarray:
         """Evaluate on a grid; chunked so memory stays bounded.
 
         Parameters
         ----------
-        coords : int, sequence of int, or d arrays of normalized coordinates
-            A resolution (a lattice on [-1, 1] per axis) or explicit coordinates.
+        resolution : int, sequence of int, or d arrays of normalized coordinates
+            Samples per axis (a lattice on [-1, 1], one int for every axis or one
+            per axis) or explicit per-axis coordinates.
         rank : int or tuple, optional
             Evaluate the rank-prefix model.
         squeeze : bool
@@ -238,7 +248,7 @@ class FactorizedField(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            axes = self._as_coords(coords, self.device)
+            axes = self._as_coords(resolution, self.device)
             sizes = [len(c) for c in axes]
             total = math.prod(sizes) * self.channels
             if total > MAX_GRID_ELEMENTS:
@@ -355,12 +365,12 @@ class FactorizedField(nn.Module):
             "decomposition": self.config.decomposition,
             "ranks": list(self.ranks),
             "backbone": self.config.backbone,
-            "field_config": _jsonable(dataclasses.asdict(self.config)),
+            "field_config": jsonable(dataclasses.asdict(self.config)),
             "backbone_configs": [net.config() for net in self.nets],
             "parameters": self.parameter_count(),
             "parts": self.parts(),
-            "target": _jsonable(self.target_info),
-            "history": _jsonable({k: v for k, v in self.history.items() if k != "curve"}),
+            "target": jsonable(self.target_info),
+            "history": jsonable({k: v for k, v in self.history.items() if k != "curve"}),
         }
 
     # ---------------------------------------------------------------- outputs
@@ -487,16 +497,3 @@ def load(path) -> FactorizedField:
         raise FileNotFoundError(f"{path}: no such file; check the path")
     return FactorizedField.from_file(path)
 
-
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if math.isfinite(obj) else None  # JSON has no NaN/Inf
-    if isinstance(obj, torch.Tensor):
-        return _jsonable(obj.tolist())
-    return obj

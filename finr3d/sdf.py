@@ -38,7 +38,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -47,7 +46,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from finr3d.codec import jsonable
 from finr3d.errors import InputError
+from finr3d.files import atomic_write
 from finr3d.targets import MESH_SUFFIXES, GridTarget, _existing_file, interpolate_subgrid
 
 __all__ = [
@@ -598,11 +599,6 @@ def sdf_grid(query: MeshQuery, resolution: int, *, truncation: float | None = 0.
     return grid, info
 
 
-def _lattice_points(xs, ys, zs) -> np.ndarray:
-    X, Y, Z = np.meshgrid(xs, ys, zs, indexing="ij")
-    return np.stack([X.ravel(), Y.ravel(), Z.ravel()], axis=1)
-
-
 # --------------------------------------------------------------------------- cache
 
 
@@ -642,14 +638,8 @@ def _read_cache(path: Path, resolution: int, truncation: float | None):
 def _write_cache(path: Path, grid: np.ndarray, meta: dict) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez_compressed(f, grid=grid, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8))
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        meta_bytes = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+        atomic_write(path, lambda tmp: np.savez_compressed(tmp, grid=grid, meta=meta_bytes))
     except OSError as exc:  # a read-only cache must not stop a fit
         warnings.warn(f"could not write the SDF cache {path} ({exc})", stacklevel=3)
 
@@ -781,7 +771,7 @@ class SDFTarget(GridTarget):
         out = super().describe()
         out.update(
             world_from_normalized=self.world_from_normalized.tolist(),
-            mesh_report=_jsonable(self.report),
+            mesh_report=jsonable(self.report),
             resolution=self.resolution,
             truncation=self.truncation,
             margin=self.margin,
@@ -853,16 +843,3 @@ class SDFTarget(GridTarget):
         out["grid_sdf_mae"] = grid_scores["sdf_mae"]
         return out
 
-
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (np.floating,)):
-        return float(obj)
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    return obj

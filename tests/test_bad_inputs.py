@@ -23,7 +23,8 @@ from finr3d.cli import main
 from finr3d.errors import InputError
 from finr3d.meshing import check_precision, save_mesh
 from finr3d.sdf import load_mesh
-from finr3d.targets import ImageTarget, load_target
+from finr3d.sources import load_target
+from finr3d.targets import ImageTarget
 
 TINY_FIT = dict(steps=2, rank=4, width=8, depth=1, seed=0)
 
@@ -225,7 +226,7 @@ def test_mesh_and_decode_temporaries_share_the_naming(tmp_path, monkeypatch):
     real = os.replace
     monkeypatch.setattr(os, "replace", lambda a, b: (seen.append(os.path.basename(a)), real(a, b)))
     save_mesh(trimesh.creation.box(), tmp_path / "box.ply")
-    from finr3d.decoding import atomic_write
+    from finr3d.files import atomic_write
 
     atomic_write(tmp_path / "a.npy", lambda tmp: np.save(tmp, np.zeros(3)))
     assert len(seen) == 2 and all(atomic_files.is_temp(n) for n in seen)

@@ -61,10 +61,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class _UsageError(Exception):
-    pass
-
-
 def _user_errors():
     from finr3d.errors import Finr3dError
 

@@ -88,7 +88,7 @@ def _video_options(args) -> dict:
             raise ValueError(f"--resize must be HxW like 144x176, got {args.resize!r}") from None
         out["resize"] = (h, w)
     if args.layout:
-        out["modes"] = args.layout
+        out["layout"] = args.layout
     return out
 
 
@@ -170,15 +170,22 @@ def run(args) -> int:
     if args.progress == "json":
         print(__import__("json").dumps({"phase": "prepare", "input": str(args.input), "kind": kind}), flush=True)
     try:
-        field = finr3d.fit(args.input, kind=kind, callback=progress if args.progress != "none" else None,
-                           target_options=target_options, **options)
+        import time
+
+        from finr3d.sources import load_target
+
+        t0 = time.perf_counter()
+        target = load_target(args.input, kind=kind, **target_options)  # kept for the automatic rank choice
+        prepare = time.perf_counter() - t0
+        field = finr3d.fit(target, callback=progress if args.progress != "none" else None, **options)
+        field.history["target_seconds"] = prepare
     finally:
         progress.close()
     rank, quantization = None, args.quantization
     if auto:
         from finr3d.sweep import choose_rank
 
-        choice = choose_rank(field, field._target,
+        choice = choose_rank(field, target,
                              budget_bytes=None if args.budget_kb is None else int(args.budget_kb * 1024),
                              target=args.target_psnr if args.target_psnr is not None else args.target_chamfer)
         rank, quantization = tuple(choice["ranks"]), choice["quantization"]
