@@ -378,14 +378,8 @@ def _max_rank(field) -> int:
 
 
 def _bytes_at(field, rank, quantization: str) -> int:
-    """File bytes of the rank-``rank`` prefix at ``quantization`` (by saving it to a temporary file)."""
-    fd, tmp = tempfile.mkstemp(suffix=".finr", prefix="finr3d-size-")
-    os.close(fd)
-    try:
-        return int(field.save(tmp, rank=rank, quantization=quantization, overwrite=True))
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    """True bytes of the file ``field.save(rank=rank, quantization=...)`` writes (its encoding; no temp file)."""
+    return len(field.encode(rank, quantization))
 
 
 def _preview_here(path, rank: int, resolution: int, quantization: str):

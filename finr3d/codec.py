@@ -66,6 +66,7 @@ __all__ = [
     "write_bytes",
     "decode_grid",
     "decode_points",
+    "describe_file",
 ]
 
 # NUL marks the file as binary, CR LF catches newline translation by text-mode
@@ -829,6 +830,8 @@ def read_header(path) -> dict:
     dict
         The ``meta`` object, as :func:`decode` returns it.
     """
+    if _file_version(path) == FORMAT_V2:
+        return describe_file(path)  # v2 files are small: read and verify all of it
     meta, _, _ = _read_table(path)
     return meta
 
@@ -1369,12 +1372,13 @@ def _to_normalized_axis(spec, a: int, world: np.ndarray) -> np.ndarray:
 
 
 def decode_points(path, points, rank=None, *, detail: bool = True, normalized: bool = False,
-                  max_tensor_bytes: int | None = None) -> np.ndarray:
+                  squeeze: bool = True, max_tensor_bytes: int | None = None) -> np.ndarray:
     """Evaluate a ``.finr`` file at world-space points with numpy alone (no torch).
 
     ``points`` is (P, d) in world units (the fitted target's coordinates; pass
-    ``normalized=True`` for ``[-1, 1]`` coordinates). Returns (P, C) float32 in
-    field units, as ``finr3d.load(path).points(normalized_points)``.
+    ``normalized=True`` for ``[-1, 1]`` coordinates). Returns (P,) float32 for a
+    one-channel field (``squeeze=False``: (P, C)), in field units, as
+    ``finr3d.load(path).points(normalized_points)``.
     """
     ff = path if isinstance(path, FieldFile) else (
         decode_field(path, max_tensor_bytes=max_tensor_bytes) if isinstance(path, (bytes, bytearray, memoryview))
@@ -1389,4 +1393,45 @@ def decode_points(path, points, rank=None, *, detail: bool = True, normalized: b
                          [np.zeros((0, ff.spec.channels))], axis=0)
     if detail and ff.detail is not None and len(x):
         out = out + _load_detail(ff).points(x).reshape(-1, 1)
-    return out.astype(np.float32)
+    out = out.astype(np.float32)
+    return out[:, 0] if squeeze and ff.spec.channels == 1 else out
+
+
+def _file_version(path) -> int:
+    with open(_check_readable(path), "rb") as handle:
+        head = handle.read(10)
+    if len(head) == 10 and head[:8] == MAGIC:
+        return struct.unpack_from("<H", head, 8)[0]
+    return 1
+
+
+def describe_field(ff: FieldFile) -> dict:
+    """A version-1-style metadata dict of a decoded file (kind, ndim, ranks, parameters, target, history, ...)."""
+    if ff.version == 1 or ff.compact is None:
+        meta = dict(ff.weights[0] if ff.weights is not None else ff.meta)
+        meta.update(format_version=ff.version, file_bytes=ff.file_bytes,
+                    storage="weights (editable)" if ff.version == 2 else "weights")
+        if ff.detail is not None:
+            meta["detail_bytes"] = len(ff.detail)
+        return meta
+    spec, cf = ff.spec, ff.compact
+    meta = dict(ff.meta or {})
+    target = dict(meta.get("target") or {})
+    target.setdefault("kind", spec.kind)
+    target.setdefault("bounds", spec.bounds.tolist())
+    target.setdefault("value_offset", spec.value_offset)
+    target.setdefault("value_scale", spec.value_scale)
+    params = cf.mixing.size + sum(c.size for c in cf.coefficients) + cf.bias.size
+    meta.update(
+        format="finr3d-field", format_version=2, storage="compact", file_bytes=ff.file_bytes, kind=spec.kind,
+        ndim=spec.ndim, channels=spec.channels, modes=[list(m) for m in spec.modes],
+        decomposition=spec.decomposition, ranks=list(cf.ranks), backbone="cosine", parameters=int(params),
+        cosine_terms=list(spec.terms), step=spec.step, target=target,
+        section_bytes={SECTION_NAMES[k]: len(v) for k, v in ff.sections.items() if k in SECTION_NAMES})
+    meta.setdefault("history", {})
+    return meta
+
+
+def describe_file(path) -> dict:
+    """Read and verify a ``.finr`` file of either version; return :func:`describe_field`'s dict."""
+    return describe_field(read_field(path))

@@ -23,8 +23,7 @@ def run(args) -> int:
 
     if not os.path.exists(args.model):
         raise FileNotFoundError(f"{args.model}: no such file; check the path")
-    header, tensors = codec.read(args.model)  # full read: verifies the checksum too
-    meta = header
+    meta = codec.describe_file(args.model)  # full read of either version: verifies the checksum too
     if args.json:
         print_json({"file_bytes": os.path.getsize(args.model), **meta})
         return 0
@@ -33,7 +32,10 @@ def run(args) -> int:
     print(f"{args.model}: {os.path.getsize(args.model):,} bytes")
     print(f"  kind            {meta.get('kind')}  shape {target.get('shape')}  channels {meta.get('channels')}")
     print(f"  decomposition   {meta.get('decomposition')}  ranks {meta.get('ranks')}  modes {meta.get('modes')}")
-    print(f"  backbone        {meta.get('backbone')}  parameters {meta.get('parameters'):,}")
+    print(f"  backbone        {meta.get('backbone')}  parameters {meta.get('parameters'):,}  "
+          f"(format v{meta.get('format_version')}, {meta.get('storage')})")
+    if meta.get("section_bytes"):
+        print("  sections        " + "  ".join(f"{k} {v:,}" for k, v in meta["section_bytes"].items()))
     for k, v in (meta.get("parts") or {}).items():
         print(f"    {k:<28} {v:>10,}")
     metrics = hist.get("metrics") or {}
