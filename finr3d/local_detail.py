@@ -245,11 +245,13 @@ class LocalDetail:
             out[idx] += w[idx] * values[lookup[p[idx]], off[idx]]
         return out
 
-    def grid(self, axes: Sequence[np.ndarray], *, slab_nodes: int = 1 << 24) -> np.ndarray:
+    def grid(self, axes: Sequence[np.ndarray]) -> np.ndarray:
         """Residual on the outer product of per-axis normalized coordinates: dense float32.
 
-        Only the bricks under the region's node box are decoded, slab by slab
-        along the first axis (at most about ``slab_nodes`` outputs a slab).
+        Only the stored bricks under the region are decoded. Each brick adds
+        its own nodes' share, ``sum_n v_n prod_a hat(t_a - n_a)`` (``hat`` the
+        1-D linear B-spline), on the outputs within one cell of it; the sum
+        over bricks is the multilinear interpolation of all nodes.
         """
         if len(axes) != self.ndim:
             raise ValueError(f"grid expects {self.ndim} coordinate arrays, got {len(axes)}")
@@ -258,32 +260,43 @@ class LocalDetail:
         out = np.zeros(sizes, np.float32)
         if self.bricks == 0 or 0 in sizes:
             return out
-        cells = [self._cell(a, i) for i, a in enumerate(axes)]
-        lo = [int(c[0].min()) for c in cells]
-        hi = [min(int(c[0].max()) + 1, self.resolution[i] - 1) for i, c in enumerate(cells)]
-        # slabs along the first axis: at most ~slab_nodes outputs, and the node box of their cells
-        rows = max(1, slab_nodes // max(math.prod(sizes[1:]), 1))
-        order = np.argsort(cells[0][0], kind="stable")
-        for start in range(0, sizes[0], rows):
-            sel = order[start:start + rows]
-            i0s = cells[0][0][sel]
-            box_lo = [int(i0s.min())] + lo[1:]
-            box_hi = [min(int(i0s.max()) + 1, self.resolution[0] - 1)] + hi[1:]
-            box = self._dense_box(box_lo, box_hi)
-            if box is None:
-                continue
-            vals = box
+        B = self.brick
+        # per axis and brick coordinate c: outputs strictly inside the padded node span cB-1 .. cB+B,
+        # with their cell in the zero-padded brick (B + 2 nodes) and the weight of its upper node
+        spans = []
+        coords = np.stack(np.unravel_index(self._ids, self.brick_grid), axis=1)
+        keep = np.ones(self.bricks, bool)
+        for a, x in enumerate(axes):
+            n = self.resolution[a]
+            t = (np.clip(x, -1.0, 1.0) + 1.0) * (0.5 * (n - 1))
+            per = {}
+            for c in np.unique(coords[:, a]):
+                lo = int(c) * B - 1
+                idx = np.flatnonzero((t > lo) & (t < lo + B + 1))
+                if len(idx):
+                    u = t[idx] - lo
+                    j0 = np.minimum(np.floor(u).astype(np.int64), B)
+                    per[int(c)] = (idx, j0, (u - j0).astype(np.float32))
+            spans.append(per)
+            keep &= np.isin(coords[:, a], list(per))
+        rows = np.flatnonzero(keep)
+        if not len(rows):
+            return out
+        values, lookup = self._bricks(rows)
+        padded = np.zeros((B + 2,) * self.ndim, np.float32)
+        inner = (slice(1, B + 1),) * self.ndim
+        for row in rows:
+            padded[inner] = values[lookup[row]].reshape((B,) * self.ndim)
+            vals = padded
+            index = []
             for a in range(self.ndim):
-                i0, f = cells[a]
-                if a == 0:
-                    i0, f = i0[sel], f[sel]
-                j0 = i0 - box_lo[a]
-                j1 = np.minimum(j0 + 1, box.shape[a] - 1)
+                idx, j0, f = spans[a][int(coords[row, a])]
                 shape = [1] * self.ndim
                 shape[a] = -1
                 f = f.reshape(shape)
-                vals = np.take(vals, j0, axis=a) * (1 - f) + np.take(vals, j1, axis=a) * f
-            out[sel] = vals
+                vals = np.take(vals, j0, axis=a) * (1 - f) + np.take(vals, j0 + 1, axis=a) * f
+                index.append(idx)
+            out[np.ix_(*index)] += vals
         return out
 
     def _dense_box(self, lo: list[int], hi: list[int]) -> np.ndarray | None:
