@@ -197,7 +197,25 @@ def finr_rows(field, target, steps, prefixes, default_step, resolution, samples,
                      "sections": {codec.SECTION_NAMES[k]: len(v) for k, v in ff.sections.items()},
                      "encode_s": round(enc, 3), "decode_s": round(dec, 3),
                      "chamfer_l1": grid_error(grid, target, samples, seed)})
+    if getattr(field, "detail", None) is not None:  # the fit's own local detail, kept in the file
+        blob = field.encode(step=default_step)
+        grid = codec.decode_grid(blob, resolution=resolution)
+        rows.append({"method": "finr+detail", "setting": f"r{top} step {default_step:g} + detail", "rank": top,
+                     "step": default_step, "bytes": len(blob), "detail_bytes": len(field.detail.to_bytes()),
+                     "chamfer_l1": grid_error(grid, target, samples, seed)})
     return rows
+
+
+def extraction_seconds(field, resolution=512):
+    """512^3 marching cubes of the network field and of its compact file (same run: a ratio)."""
+    from finr3d.meshing import extract_mesh
+
+    out = {}
+    for label, model in (("network", field), ("compact", compact_io.load_field(field.encode()))):
+        t0 = time.perf_counter()
+        extract_mesh(model, resolution)
+        out[label] = round(time.perf_counter() - t0, 2)
+    return out
 
 
 # --------------------------------------------------------------------- targets
@@ -297,18 +315,20 @@ def plot(results, path):
     fig, axes = plt.subplots(nrows, cols, figsize=(4.6 * cols, 3.6 * nrows), dpi=80, squeeze=False)
     style = {"finr": ("tab:red", "o", "-"), "sperr": ("tab:blue", "s", "--"), "sz3": ("tab:green", "^", "--"),
              "zfp": ("tab:purple", "v", "--"), "hosvd+zstd": ("tab:orange", "D", ":"),
-             "int8+zstd": ("tab:gray", "X", ":")}
+             "int8+zstd": ("tab:gray", "X", ":"), "finr+detail": ("darkred", "*", "none")}
     for ax, name in zip(axes.flat, names):
         rows = results[name]["rows"]
         for m, (color, marker, ls) in style.items():
             for res in sorted({r.get("resolution") for r in rows if r["method"] == m}, key=lambda x: x or 0):
                 pts = sorted((r["bytes"] / 1024, r["chamfer_l1"]) for r in rows if r["method"] == m and
                              r.get("resolution") == res and "bytes" in r and math.isfinite(r["chamfer_l1"])
-                             and (m != "finr" or r["rank"] == max(x["rank"] for x in rows if x["method"] == "finr")))
+                             and (not m.startswith("finr") or r["rank"] == max(x["rank"] for x in rows
+                                                                               if x["method"] == "finr")))
                 if pts:
                     ax.plot(*zip(*pts), color=color, marker=marker, ls=ls, ms=3.5, lw=0.9,
                             alpha=1.0 if res in (None, 128) else 0.55,
-                            label=f".finr v2" if m == "finr" else f"{m} {res}³")
+                            label=".finr v2" if m == "finr" else ".finr v2 + local detail" if m == "finr+detail"
+                            else f"{m} {res}³")
         d = sorted((r["bytes"] / 1024, r["chamfer_l1"]) for r in rows if r["method"] == "draco")
         ax.plot(*zip(*d), "k-D", ms=4, lw=1.2, label="Draco q8..14")
         s = results[name]["summary"]
@@ -340,6 +360,8 @@ def main(argv=None) -> int:
     p.add_argument("--save-fields", default=None, help="also save each fitted field (editable, fp32) to DIR")
     p.add_argument("--fit-only", action="store_true",
                    help="only fit and save the fields (--save-fields): the timed part, to run under the bench lock")
+    p.add_argument("--baselines-only", action="store_true", help="Draco and grid codecs only (no .finr rows)")
+    p.add_argument("--baselines", default=None, help="reuse the Draco/grid rows of an earlier run's JSON")
     p.add_argument("--steps", default="1.25e-5,2.5e-5,5e-5,1e-4,2e-4,4e-4")
     p.add_argument("--prefixes", default="1,2", help="rank prefixes at the default step, in quarters of the rank")
     p.add_argument("--extract-resolution", type=int, default=256)
@@ -382,9 +404,17 @@ def main(argv=None) -> int:
     for name in split(args.meshes):
         path = mesh_path(name)
         target = SDFTarget(path, resolution=128)
-        rows = draco_rows(target.mesh, [int(b) for b in split(args.draco_bits)], args.samples, args.seed)
-        rows += grid_rows(path, target, [int(r) for r in split(args.grid_resolutions)], split(args.codecs),
-                          args.samples, args.seed)
+        if args.baselines:
+            rows = [r for r in json.loads(Path(args.baselines).read_text())["meshes"][name]["rows"]
+                    if r["method"] != "finr"]
+        else:
+            rows = draco_rows(target.mesh, [int(b) for b in split(args.draco_bits)], args.samples, args.seed)
+            rows += grid_rows(path, target, [int(r) for r in split(args.grid_resolutions)], split(args.codecs),
+                              args.samples, args.seed)
+        if args.baselines_only:
+            results[name] = {"faces": int(len(target.mesh.faces)), "rows": rows, "fit": {}, "summary": {}}
+            print(f"  {name}: {len(rows)} baseline rows", flush=True)
+            continue
         for r in rows:
             print(f"  {name} {r['method']} {r['setting']}: {r.get('bytes')} B, Chamfer {r.get('chamfer_l1')}",
                   flush=True)
@@ -400,14 +430,20 @@ def main(argv=None) -> int:
         fit["chamfer_l1"] = grid_error(field.grid(args.extract_resolution), target, args.samples, args.seed)
         rows += finr_rows(field, target, steps, [int(x) for x in split(args.prefixes)], default_step,
                           args.extract_resolution, args.samples, args.seed)
-        full = len(field.encode())
-        quarter = len(field.encode(rank=max(1, max(field.ranks) // 4)))
+        extract = extraction_seconds(field)
+        print(f"  {name} 512^3 extraction {extract}", flush=True)
+        full = len(field.encode(detail=False))
+        quarter = len(field.encode(rank=max(1, max(field.ranks) // 4), detail=False))
         ratio = quarter / full
-        for r in rows[-len(steps) - len(split(args.prefixes)):]:
+        prefix_bytes = {"full": full, "quarter": quarter}
+        if getattr(field, "detail", None) is not None:
+            prefix_bytes.update(full_with_detail=len(field.encode()),
+                                quarter_with_detail=len(field.encode(rank=max(1, max(field.ranks) // 4))))
+        for r in [r for r in rows if r["method"].startswith("finr")]:
             print(f"  {name} finr {r['setting']}: {r['bytes']} B, ranks {r['ranks']}, Chamfer {r['chamfer_l1']:.3e}",
                   flush=True)
         results[name] = {"faces": int(len(target.mesh.faces)), "fit": fit, "rows": rows,
-                         "prefix_bytes": {"full": full, "quarter": quarter},
+                         "prefix_bytes": prefix_bytes, "extract_512_s": extract,
                          "summary": summarize(name, rows, ratio)}
         print(f"  {name} summary {results[name]['summary']}", flush=True)
     import torch
@@ -418,7 +454,8 @@ def main(argv=None) -> int:
             "settings": {**vars(args), "grid_resolutions": [int(r) for r in split(args.grid_resolutions)],
                          "codecs": split(args.codecs), "default_step": default_step}}
     Path(args.out).write_text(json.dumps({"meta": meta, "meshes": results}, indent=1, default=float))
-    print_tables(results, meta)
+    if not args.baselines_only:
+        print_tables(results, meta)
     print(f"wrote {args.out}")
     return 0
 

@@ -34,6 +34,7 @@ numpy only (plus constriction for the codes): no torch, no pickle.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import struct
 from dataclasses import dataclass, field
@@ -488,18 +489,12 @@ def quantize(spec: FieldSpec, factors: list, mixing: np.ndarray):
     q = np.rint(mixing / step).astype(np.int64)
     factors, q = trim(spec.decomposition, list(factors), q)
     columns = [f.shape[1] for f in factors]
-    spec = dataclasses_replace(spec, columns=columns, terms=[f.shape[0] for f in factors])
+    spec = dataclasses.replace(spec, columns=columns, terms=[f.shape[0] for f in factors])
     steps = column_steps(spec.decomposition, q * step, len(factors), step, columns)
     codes = []
     for f, st in zip(factors, steps):
         codes.append(np.rint(bake(f) / st[None, :]).astype(np.int64))
     return spec, q, codes
-
-
-def dataclasses_replace(obj, **kw):
-    import dataclasses
-
-    return dataclasses.replace(obj, **kw)
 
 
 def encode_codes_section(spec: FieldSpec, mixing_codes, factor_codes, coder: int) -> bytes:

@@ -10,7 +10,6 @@ loads as per-axis ``cosine`` backbones holding the coefficients.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 

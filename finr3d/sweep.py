@@ -29,7 +29,8 @@ def rank_sweep(field, reference, *, ranks=None, quantizations=("fp32", "fp16", "
                **eval_options) -> list[dict]:
     """Measure every rank prefix of ``field``.
 
-    Returns one dict per rank: rank, params, bytes_<q> per quantization,
+    Returns one dict per rank: rank, params, bytes_<q> per quantization (the exact length of the file
+    ``field.save(rank=r, quantization=q)`` writes; with local detail also bytes_<q>_without_detail),
     the quality metrics of :func:`finr3d.evaluate`, and decode_seconds (grid
     evaluation at ``resolution`` per axis for 3-D fields, the stored shape otherwise).
     """
@@ -40,7 +41,9 @@ def rank_sweep(field, reference, *, ranks=None, quantizations=("fp32", "fp16", "
         model = field.truncate(r)
         row = {"rank": int(r), "ranks": list(model.ranks), "params": model.parameter_count()}
         for q in quantizations:
-            row[f"bytes_{q}"] = len(model.encode(quantization=q))
+            row[f"bytes_{q}"] = len(model.encode(quantization=q))  # exactly what save(rank=r) writes
+            if getattr(model, "detail", None) is not None:
+                row[f"bytes_{q}_without_detail"] = len(model.encode(quantization=q, detail=False))
         t0 = time.perf_counter()
         shape = [resolution] * model.ndim if field.kind == "sdf" else (field.target_info.get("shape") or resolution)
         model.grid(shape)
