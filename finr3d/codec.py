@@ -1282,7 +1282,8 @@ class _Evaluator:
             f = f[:, _feature_index(self.dec, self.full, self.prefix, m)]
         return f
 
-    def grid(self, axes) -> np.ndarray:
+    def grid(self, axes, chunk_elements: int = 1 << 22) -> np.ndarray:
+        """float32 (n_0, ..., n_{d-1}, C); evaluated in slabs of the first mode so memory stays bounded."""
         modes = self.spec.modes
         feats = []
         for m, mode in enumerate(modes):
@@ -1293,11 +1294,27 @@ class _Evaluator:
                 x = np.stack([g.reshape(-1) for g in mesh], axis=-1).astype(np.float64)
             feats.append(self.features(m, x))
         bonds = self.prefix if self.dec == "tt" else ()
-        out = self.compact_mod.contract_grid(self.dec, feats, self.mixing_p, bonds) + self.bias
         order = [a for mode in modes for a in mode]
-        out = out.reshape(*[len(axes[a]) for a in order], out.shape[-1])
-        if order != sorted(order):
-            out = np.transpose(out, [order.index(a) for a in range(len(order))] + [len(order)])
+        sizes = [len(a) for a in axes]
+        channels = self.mixing_p.shape[-1]
+        out = np.empty(sizes + [channels], np.float32)
+        rows = feats[0].shape[0]
+        per_row = max(1, math.prod(f.shape[0] for f in feats[1:]) * channels)
+        step = rows if len(modes[0]) != 1 else max(1, min(rows, chunk_elements // per_row))
+        perm = [order.index(a) for a in range(len(order))] + [len(order)]
+        for start in range(0, rows, step):
+            part = self.compact_mod.contract_grid(self.dec, [feats[0][start:start + step]] + feats[1:],
+                                                  self.mixing_p, bonds) + self.bias
+            sub = [len(axes[a]) for a in order]
+            if len(modes[0]) == 1:
+                sub[0] = part.shape[0]
+            part = part.reshape(*sub, channels)
+            if order != sorted(order):
+                part = np.transpose(part, perm)
+            index = [slice(None)] * len(sizes)
+            if len(modes[0]) == 1:
+                index[modes[0][0]] = slice(start, start + step)
+            out[tuple(index)] = part
         return out
 
     def points(self, x: np.ndarray) -> np.ndarray:
@@ -1359,8 +1376,7 @@ def decode_grid(path, resolution=256, rank=None, bounds=None, *, detail: bool = 
     ev = _Evaluator(ff, rank)
     out = ev.grid(axes)
     if detail and ff.detail is not None:
-        out = out + _load_detail(ff).grid(axes).reshape(out.shape[:-1] + (1,) * (out.ndim - len(res)))
-    out = out.astype(np.float32)
+        out += _load_detail(ff).grid(axes).astype(np.float32)[..., None]
     if squeeze and spec.channels == 1:
         out = out[..., 0]
     return out
