@@ -446,6 +446,8 @@ def main(argv=None) -> int:
                          "prefix_bytes": prefix_bytes, "extract_512_s": extract,
                          "summary": summarize(name, rows, ratio)}
         print(f"  {name} summary {results[name]['summary']}", flush=True)
+        Path(args.out).write_text(json.dumps({"meta": {"partial": True, "settings": vars(args)}, "meshes": results},
+                                             indent=1, default=float))  # a crash keeps the meshes done
     import torch
 
     meta = {"date": time.strftime("%Y-%m-%d %H:%M"), "total_seconds": time.perf_counter() - t_all,

@@ -192,21 +192,28 @@ def find_backend(python_path: str = "") -> Backend:
 # --------------------------------------------------------------------------- commands
 
 
+#: The panel's value of a setting left to the mesh preset (:mod:`finr3d.presets`).
+PRESET = "preset"
+
+
 def fit_command(backend: Backend, source, output, settings: dict) -> list[str]:
     """The worker's ``finr3d fit`` command line for ``settings`` (the panel's values).
 
-    ``settings`` keys: decomposition, rank, backbone, seconds, resolution, and
-    optionally steps (0: none), width, nested_ranks, device, seed.
+    ``settings`` keys: seconds, resolution, and optionally decomposition,
+    backbone (``"preset"``: the mesh preset's), rank, width, steps (0: the
+    preset's, or none), nested_ranks, device, seed. Only the settings the user
+    changed reach the command, so the fit takes everything else from the mesh
+    preset, as ``finr3d fit`` does.
     """
     cmd = [backend.python, "-m", "finr3d", "fit", str(source), "-o", str(output), "--progress", "json",
-           "--kind", "sdf", "--quantization", "fp32",
-           "--decomposition", str(settings["decomposition"]), "--rank", str(int(settings["rank"])),
-           "--backbone", str(settings["backbone"]), "--seconds", f"{float(settings['seconds']):g}",
+           "--kind", "sdf", "--quantization", "fp32", "--seconds", f"{float(settings['seconds']):g}",
            "--resolution", str(int(settings["resolution"]))]
-    if settings.get("steps"):
-        cmd += ["--steps", str(int(settings["steps"]))]
-    if settings.get("width"):
-        cmd += ["--width", str(int(settings["width"]))]
+    for key in ("decomposition", "backbone"):
+        if settings.get(key) not in (None, "", PRESET):
+            cmd += [f"--{key}", str(settings[key])]
+    for key in ("rank", "width", "steps"):
+        if settings.get(key):
+            cmd += [f"--{key}", str(int(settings[key]))]
     if settings.get("nested_ranks"):
         cmd += ["--nested-ranks"]
     if settings.get("device") and settings["device"] != "auto":
@@ -217,12 +224,15 @@ def fit_command(backend: Backend, source, output, settings: dict) -> list[str]:
 
 
 def finish_command(backend: Backend, model, *, reference, mesh, rank: int, resolution: int,
-                   quantization: str, measure: bool) -> list[str]:
-    """The worker command run after a fit: measure ranks and extract the first preview mesh."""
+                   quantization: str, measure: bool, placement=None) -> list[str]:
+    """The worker command run after a fit: measure ranks, place the field (4x4 ``placement``), extract the
+    first preview mesh."""
     cmd = [backend.python, str(SCRIPT), "finish", str(model), "--mesh", str(mesh), "--rank", str(int(rank)),
            "--resolution", str(int(resolution)), "--quantization", quantization]
     if measure and reference:
         cmd += ["--reference", str(reference)]
+    if placement is not None:
+        cmd += ["--placement", json.dumps(np.asarray(placement, float).reshape(-1).tolist())]
     return cmd
 
 
@@ -300,11 +310,12 @@ def read_summary(path, backend: Backend | None = None) -> dict:
     try:
         from finr3d import codec
         from finr3d.errors import FormatError
+        from finr3d.header_schema import validate_field_meta
     except ImportError as exc:
         raise BridgeError(f"finr3d cannot read .finr files in this Python ({exc})") from exc
 
     try:
-        meta = codec.read_header(path)
+        meta = validate_field_meta(codec.read_header(path))
     except FileNotFoundError as exc:
         raise BridgeError(f"{path}: no such file") from exc
     except (FormatError, OSError) as exc:
@@ -316,8 +327,10 @@ def _summary(meta: dict) -> dict:
     if meta.get("kind") != "sdf" or int(meta.get("ndim", 0)) != 3:
         raise BridgeError(f"the file holds a {meta.get('kind')} field with {meta.get('ndim')} axes; "
                           "the add-on meshes 3-D SDF fields (fit a mesh, not an image or video)")
+    from finr3d.ranks import largest_rank
+
     ranks = [int(r) for r in meta.get("ranks") or [1]]
-    top = max(ranks[:-1]) if meta.get("decomposition") == "tt" and len(ranks) > 1 else max(ranks)
+    top = largest_rank(str(meta.get("decomposition")), ranks)
     hist = meta.get("history") or {}
     return {"kind": meta.get("kind"), "decomposition": meta.get("decomposition"), "ranks": ranks,
             "max_rank": top, "backbone": meta.get("backbone"), "parameters": meta.get("parameters"),
@@ -372,25 +385,17 @@ def _guarded(fn, *args, **kwargs):
         raise BridgeError(msg) from exc
 
 
-def _max_rank(field) -> int:
-    ranks = list(field.ranks)
-    return max(ranks[:-1]) if field.config.decomposition == "tt" and len(ranks) > 1 else max(ranks)
-
-
-def _bytes_at(field, rank, quantization: str) -> int:
-    """True bytes of the file ``field.save(rank=rank, quantization=...)`` writes (its encoding; no temp file)."""
-    return len(field.encode(rank, quantization))
-
-
 def _preview_here(path, rank: int, resolution: int, quantization: str):
     t0 = time.perf_counter()
     field = _load(path)
-    top = _max_rank(field)
+    top = field.max_rank
     r = max(1, min(int(rank), top))
     model = field.truncate(r)
     mesh = model.to_mesh(resolution=int(resolution))
     info = {"rank": r, "max_rank": top, "ranks": list(model.ranks), "params": model.parameter_count(),
-            "bytes": _bytes_at(model, None, quantization), "quantization": quantization,
+            "decomposition": field.config.decomposition, "backbone": field.config.backbone,
+            "width": field.config.width,
+            "bytes": model.file_bytes(quantization=quantization), "quantization": quantization,
             "resolution": int(resolution), "vertices": len(mesh.vertices), "faces": len(mesh.faces)}
     info["seconds"] = round(time.perf_counter() - t0, 3)
     return np.asarray(mesh.vertices, np.float32), np.asarray(mesh.faces, np.int32), info
@@ -417,31 +422,26 @@ def preview(path, *, rank: int, resolution: int, quantization: str = "fp16", bac
     return verts, faces, info
 
 
-def _export_here(path, out, rank, quantization, overwrite, world_delta):
+def _export_here(path, out, rank, quantization, overwrite, moved):
     import finr3d
+    from finr3d.placement import move_info, placement_delta
 
     field = finr3d.load(path)  # a private copy: the placement change must not touch the cache
-    if world_delta is not None:
-        delta = np.asarray(world_delta, np.float64).reshape(4, 4)
-        if not np.allclose(delta, np.eye(4), atol=1e-9):
-            # the object was moved after the fit: the exported field lands where the object is now
-            info = field.target_info
-            world = np.asarray(info.get("world_from_normalized", np.eye(4)), np.float64)
-            info["world_from_normalized"] = (delta @ world).tolist()
-            scale = abs(np.linalg.det(delta[:3, :3])) ** (1.0 / 3.0)
-            if "value_scale" in info and scale > 0:
-                info["value_scale"] = float(info["value_scale"]) * scale
-    r = None if rank is None else max(1, min(int(rank), _max_rank(field)))
+    if moved is not None:
+        # the object was moved after the fit: the exported field lands where the object is now
+        now, before = moved
+        field.target_info = move_info(field.target_info, placement_delta(now, before))
+    r = None if rank is None else max(1, min(int(rank), field.max_rank))
     nbytes = field.save(out, rank=r, quantization=quantization, overwrite=overwrite)
-    return {"bytes": int(nbytes), "rank": r if r is not None else _max_rank(field), "path": str(out)}
+    return {"bytes": int(nbytes), "rank": r if r is not None else field.max_rank, "path": str(out)}
 
 
-def export(path, out, *, rank=None, quantization: str = "fp16", overwrite: bool = False, world_delta=None,
+def export(path, out, *, rank=None, quantization: str = "fp16", overwrite: bool = False, moved=None,
            backend: Backend | None = None) -> dict:
     """Write the rank-``rank`` prefix of the field in ``path`` to ``out`` at ``quantization``.
 
-    ``world_delta`` (4x4, optional) moves the field: the exported file's world
-    transform becomes ``world_delta @ world_from_normalized``. Returns bytes,
+    ``moved`` (optional): the object's (world matrix now, world matrix at the fit), 4x4 each; the exported
+    field then lands where the object is now (:func:`finr3d.placement.placement_delta`). Returns bytes,
     rank and path. An existing ``out`` raises BridgeError unless ``overwrite``.
     """
     out = Path(out)
@@ -454,49 +454,45 @@ def export(path, out, *, rank=None, quantization: str = "fp16", overwrite: bool 
     if not os.access(out.parent, os.W_OK):
         raise BridgeError(f"{out.parent}: the folder is not writable; choose another one")
     if backend is None or backend.inprocess:
-        return _guarded(_export_here, path, out, rank, quantization, overwrite, world_delta)
+        return _guarded(_export_here, path, out, rank, quantization, overwrite, moved)
     args = ["export", str(path), "--out", str(out), "--quantization", quantization]
     if rank is not None:
         args += ["--rank", str(int(rank))]
     if overwrite:
         args.append("--overwrite")
-    if world_delta is not None:
-        args += ["--world-delta", json.dumps(np.asarray(world_delta, float).reshape(-1).tolist())]
+    if moved is not None:
+        args += ["--moved", json.dumps([np.asarray(m, float).reshape(-1).tolist() for m in moved])]
     return _run_script(backend, args)
 
 
-def finish(path, *, mesh, rank: int, resolution: int, quantization: str, reference=None, emit=print) -> dict:
-    """After a fit (in the worker): measure rank prefixes, then write the preview mesh.
+def finish(path, *, mesh, rank: int, resolution: int, quantization: str, reference=None, placement=None,
+           emit=print) -> dict:
+    """After a fit (in the worker): measure rank prefixes, place the field, then write the preview mesh.
 
-    Each power-of-two rank up to the trained one (``finr3d.sweep.default_ranks``)
-    is scored with :func:`finr3d.evaluate` against ``reference`` at
-    ``resolution`` (IoU, Chamfer as a fraction of the reference diagonal, ...),
-    with its parameter count and file bytes at ``quantization``.
-    ``emit(dict)`` receives ``{"phase": "measure", "rank", "index", "count"}``
-    before each rank. Returns ``{"info": preview info, "sweep": rows}``.
+    Each power-of-two rank up to the trained one is scored against
+    ``reference`` by :func:`finr3d.sweep.rank_sweep` at ``resolution`` (IoU,
+    Chamfer as a fraction of the reference diagonal, ...), with its parameter
+    count and file bytes at ``quantization``. ``placement`` (4x4, optional)
+    moves the field from the frame it was fitted in (the object's own axes) to
+    the world (:func:`finr3d.placement.move_info`); the ``.finr`` is rewritten
+    in place. ``emit(dict)`` receives ``{"phase": "measure", "rank", "index",
+    "count"}`` before each rank. Returns ``{"info": preview info, "sweep": rows}``.
     """
     rows = []
     if reference:
-        import finr3d
-        from finr3d.sdf import load_mesh
-        from finr3d.sweep import default_ranks
+        from finr3d.sweep import rank_sweep
+
+        sweep = rank_sweep(_load(path), str(reference), quantizations=(quantization,), resolution=int(resolution),
+                           callback=emit, n_samples=MEASURE_SAMPLES, n_volume=MEASURE_SAMPLES)
+        rows = [{"rank": row["rank"], "params": row["params"], "quantization": quantization,
+                 "bytes": row[f"bytes_{quantization}"], **{k: row[k] for k in MEASURED if k in row}}
+                for row in sweep]
+    if placement is not None:
+        from finr3d.placement import move_info
 
         field = _load(path)
-        ref_mesh, _ = load_mesh(str(reference))
-        ranks = default_ranks(field)
-        for i, r in enumerate(ranks):
-            emit({"phase": "measure", "rank": r, "index": i, "count": len(ranks)})
-            model = field.truncate(r)
-            row = {"rank": int(r), "params": model.parameter_count(), "quantization": quantization,
-                   "bytes": _bytes_at(model, None, quantization)}
-            try:
-                scores = finr3d.evaluate(model, ref_mesh, resolution=int(resolution), n_samples=MEASURE_SAMPLES,
-                                         n_volume=MEASURE_SAMPLES)
-            except RuntimeError:  # no surface at this rank: nothing to score
-                scores = {"iou": 0.0}
-            row.update({k: float(v) for k, v in scores.items() if isinstance(v, (int, float, np.number))
-                        and k in MEASURED})
-            rows.append(row)
+        field.target_info = move_info(field.target_info, placement)
+        field.save(path, quantization="fp32", overwrite=True)  # the worker's fit wrote fp32
     verts, faces, info = _preview_here(path, rank, resolution, quantization)
     write_ply(mesh, verts, faces)
     return {"info": info, "sweep": rows}
@@ -583,7 +579,7 @@ def main(argv=None) -> int:
     p.add_argument("--rank", type=int)
     p.add_argument("--quantization", default="fp16")
     p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--world-delta")
+    p.add_argument("--moved")
     p = sub.add_parser("finish")
     p.add_argument("model")
     p.add_argument("--mesh", required=True)
@@ -591,6 +587,7 @@ def main(argv=None) -> int:
     p.add_argument("--resolution", type=int, required=True)
     p.add_argument("--quantization", default="fp16")
     p.add_argument("--reference")
+    p.add_argument("--placement")
     args = parser.parse_args(argv)
 
     def emit(obj):
@@ -604,12 +601,13 @@ def main(argv=None) -> int:
                                            quantization=args.quantization)
             write_ply(args.mesh, verts, faces)
         elif args.command == "export":
-            delta = json.loads(args.world_delta) if args.world_delta else None
+            moved = json.loads(args.moved) if args.moved else None
             result = export(args.model, args.out, rank=args.rank, quantization=args.quantization,
-                            overwrite=args.overwrite, world_delta=delta)
+                            overwrite=args.overwrite, moved=moved)
         else:
             result = _guarded(finish, args.model, mesh=args.mesh, rank=args.rank, resolution=args.resolution,
-                              quantization=args.quantization, reference=args.reference, emit=emit)
+                              quantization=args.quantization, reference=args.reference, emit=emit,
+                              placement=json.loads(args.placement) if args.placement else None)
     except BridgeError as exc:
         print(f"{_ERROR_PREFIX}{exc}", file=sys.stderr)
         return 2

@@ -57,10 +57,12 @@ def fit_source(context) -> bpy.types.Object:
     return obj
 
 
-def world_mesh(obj, depsgraph) -> tuple[np.ndarray, np.ndarray]:
-    """The evaluated (modifiers applied) mesh of ``obj`` in world units, triangulated.
+def local_mesh(obj, depsgraph) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The evaluated (modifiers applied) mesh of ``obj`` in its own coordinates, triangulated.
 
-    Returns ((V, 3) float64 world coordinates, (T, 3) int32 triangles).
+    Returns ((V, 3) float64 object coordinates, (T, 3) int32 triangles, (4, 4)
+    world matrix). A fit in the object's own axes is as good however the object
+    is turned; the world matrix then places the field (``finr3d.placement``).
     The object and its mesh are not modified.
     """
     evaluated = obj.evaluated_get(depsgraph)
@@ -74,8 +76,7 @@ def world_mesh(obj, depsgraph) -> tuple[np.ndarray, np.ndarray]:
         matrix = np.array(evaluated.matrix_world, np.float64)
     finally:
         evaluated.to_mesh_clear()
-    local = co.reshape(-1, 3).astype(np.float64)
-    return local @ matrix[:3, :3].T + matrix[:3, 3], tris.reshape(-1, 3)
+    return co.reshape(-1, 3).astype(np.float64), tris.reshape(-1, 3), matrix
 
 
 def stored_matrix(obj) -> np.ndarray:

@@ -45,11 +45,12 @@ class FitSession:
         self.source_matrix = np.array(source.matrix_world, np.float64)
         self.collections = [c.name for c in source.users_collection]
         self.settings = props.fit_settings()
-        self.preview_rank = min(props.preview_rank, props.rank)
+        self.preview_rank = min(props.preview_rank, props.rank) if props.rank else props.preview_rank
         self.quantization = props.quantization
         self.backend = backend
         self.output = objects.unique_path(objects.output_folder(scene), f"{source.name}_finr")
-        verts, faces = objects.world_mesh(source, context.evaluated_depsgraph_get())
+        # fitted in the object's own axes, then placed by its world matrix: a turned object fits as well
+        verts, faces, placement = objects.local_mesh(source, context.evaluated_depsgraph_get())
         if len(faces) == 0:
             raise SessionError(f"{source.name} has no faces to fit")
         self.workdir = Path(tempfile.mkdtemp(prefix="finr3d-fit-"))
@@ -60,7 +61,8 @@ class FitSession:
             bridge.fit_command(backend, self.reference, self.output, self.settings),
             bridge.finish_command(backend, self.output, reference=self.reference, mesh=self.mesh_file,
                                   rank=self.preview_rank, resolution=self.settings["resolution"],
-                                  quantization=self.quantization, measure=props.measure_ranks),
+                                  quantization=self.quantization, measure=props.measure_ranks,
+                                  placement=placement),
         ]
         self.job = Job(commands, self.workdir, env=backend.env)
         self.started = time.perf_counter()
@@ -139,8 +141,12 @@ class FitSession:
         return self
 
     def cancel(self) -> None:
+        """Stop the worker; the scene's status then says so (not the last "Fitting..., N s left")."""
         self.job.cancel()
         self.job.wait(10.0)
+        scene = bpy.data.scenes.get(self.scene_name)
+        if scene is not None:
+            self.update(scene)
 
     def wait(self, scene=None, poll: float = 0.1) -> str:
         """Block until the job ends, updating ``scene.finr3d`` as it goes; returns the final state."""
@@ -175,13 +181,17 @@ class FitSession:
             collections = [c for c in collections if c is not None] or [scene.collection]
             obj = objects.new_result_object(context, name, verts, faces, matrix=self.source_matrix,
                                             collections=collections)
-            settings = dict(self.settings, source=self.source_name, quantization=self.quantization,
+            info = finish.get("info") or {}
+            # what the fit used: the preset's architecture unless the user changed it
+            used = {k: info[k] for k in ("decomposition", "backbone", "width") if k in info}
+            if "max_rank" in info:
+                used["rank"] = info["max_rank"]
+            settings = dict(self.settings, **used, source=self.source_name, quantization=self.quantization,
                             fit_seconds=self.fit_summary.get("seconds"), steps=self.fit_summary.get("steps"),
                             metrics={k: v for k, v in self.fit_summary.items()
                                      if k in ("iou", "sdf_mae", "psnr", "loss")},
                             finr3d=self.backend.version)
             sweep = finish.get("sweep") or []
-            info = finish.get("info") or {}
             line = bridge.format_info(info, bridge.nearest_row(sweep, info["rank"]), settings["fit_seconds"]) \
                 if info else ""
             objects.set_result_properties(obj, str(self.output), settings, sweep, info=line)

@@ -18,6 +18,7 @@ _LAZY = {
     "FitConfig": "finr3d.config",
     "fit": "finr3d.fitting",
     "fit_field": "finr3d.fitting",
+    "batch": "finr3d.batch",
     "load": "finr3d.field",
     "ImageTarget": "finr3d.targets",
     "VolumeTarget": "finr3d.targets",

@@ -180,7 +180,8 @@ def cp_als_sweeps(x: torch.Tensor, rank: int, *, seed: int = 0) -> Iterator[list
             for k in range(n):
                 if k != m:
                     gram = gram * (factors[k].T @ factors[k])
-            reg = 1e-6 * torch.trace(gram) / rank
+            # the floor keeps a constant target (x = 0 after the mean, so gram = 0) solvable: its factors are 0
+            reg = 1e-6 * torch.trace(gram) / rank + 1e-30
             factors[m] = torch.linalg.solve(gram + reg * eye, _mttkrp(x, factors, m).T).T
         yield factors
 
@@ -423,7 +424,7 @@ def _als_start(field, target, coords, values, *, seconds, steps, seed, t0, callb
     x = _mode_tensor(values.float().cpu() - field.bias.detach().cpu(), field.modes)
     mode_coords = [c.cpu().reshape(-1) for c in coords]
     fine = [target.axis_coords(axes[0]).reshape(-1) for axes in field.modes]
-    ridge = float(getattr(target, "readout_ridge", 0.1))
+    ridge = float(target.preset.readout_ridge)
     limit = seconds if seconds is not None else float("inf")
     max_sweeps = 10**9 if seconds is not None else ALS_SWEEPS if steps is None or steps > 0 else 1
     sweep, last_sweep, stop, reached, t_read = 0, 0.0, False, False, 0.0
@@ -454,7 +455,7 @@ def closed_form_start(field, target, *, seconds: Optional[float], steps: Optiona
     """Initialise ``field`` from a discrete decomposition of ``target`` and distil it.
 
     The decomposition sees at most ``max_samples`` grid points (default: the
-    target's ``closed_form_samples``, else 256^3), an evenly spaced sub-lattice
+    preset's ``closed_form_samples``), an evenly spaced sub-lattice
     of larger targets, so its time and memory stay bounded on long clips.
     A field that reads out exactly (:func:`reads_out_exactly`) keeps sweeping
     CP-ALS for the whole phase instead, calling ``checkpoint()`` after each readout.
@@ -462,7 +463,7 @@ def closed_form_start(field, target, *, seconds: Optional[float], steps: Optiona
     """
     t0 = time.perf_counter()
     if max_samples is None:
-        max_samples = int(getattr(target, "closed_form_samples", 256**3))
+        max_samples = int(target.preset.closed_form_samples)
     coords, values = target.dense(max_samples=max_samples)
     with torch.no_grad():
         field.bias.copy_(values.reshape(-1, values.shape[-1]).mean(0).to(field.device))
@@ -478,7 +479,7 @@ def closed_form_start(field, target, *, seconds: Optional[float], steps: Optiona
     targets = [torch.cat([bf[m] for bf in blocks_feats], dim=1) for m in range(len(field.modes))]
     mode_coords = [field._mode_coords([c.cpu() for c in coords], m) for m in range(len(field.modes))]
     info = distil_factors(field, mode_coords, targets, seconds=seconds, steps=steps, seed=seed, callback=callback,
-                          ridge=float(getattr(target, "readout_ridge", 0.1)),
+                          ridge=float(target.preset.readout_ridge),
                           weights=column_energies(field, blocks_mix))
     info["decomposition_seconds"] = t_decomp
     return info

@@ -33,7 +33,6 @@ import hashlib
 import json
 import math
 import os
-import secrets
 import struct
 import warnings
 from collections.abc import Iterable, Mapping
@@ -920,19 +919,13 @@ def write(
 
 
 def _create_temp(path: str) -> str:
-    """Create an empty, exclusive temporary file next to ``path``.
+    """An empty temporary beside ``path``, named ``.NAME.finr3d-tmp-PID-HEX.finr`` (see :mod:`finr3d.atomic_files`).
 
-    ``os.open(..., 0o666)`` lets the umask set the final permissions, as a plain
-    ``open(path, "wb")`` would (``mkstemp`` would leave 0600).
+    Stale temporaries of ``path`` left by a killed writer are removed first.
     """
-    for _ in range(16):
-        temp = f"{path}.tmp-{secrets.token_hex(6)}"
-        try:
-            os.close(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-            return temp
-        except FileExistsError:
-            continue
-    raise FileExistsError(f"could not create a temporary file next to {path!r}")
+    from finr3d.atomic_files import create_temp
+
+    return create_temp(path)
 
 
 def _link_no_clobber(temp: str, path: str) -> None:

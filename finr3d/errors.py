@@ -10,7 +10,7 @@ it in processes where torch is absent.
 
 from __future__ import annotations
 
-__all__ = ["Finr3dError", "InputError", "FormatError", "FitCancelled"]
+__all__ = ["Finr3dError", "InputError", "FormatError", "SurfaceError", "FitCancelled"]
 
 
 class Finr3dError(Exception):
@@ -23,6 +23,13 @@ class InputError(Finr3dError, ValueError):
 
 class FormatError(Finr3dError, ValueError):
     """A ``.finr`` file is truncated, corrupted, of an unknown version, or hostile."""
+
+
+class SurfaceError(Finr3dError, RuntimeError):
+    """Valid input with no surface to extract (no crossing of the level, or NaN/Inf field values).
+
+    A ``RuntimeError``, as scikit-image's ``marching_cubes`` raises for the same case.
+    """
 
 
 class FitCancelled(Finr3dError):

@@ -136,6 +136,13 @@ class FactorizedField(nn.Module):
         return self.blocks[0].ranks
 
     @property
+    def max_rank(self) -> int:
+        """The largest rank prefix (:func:`finr3d.ranks.largest_rank`: a TT field's output bond left out)."""
+        from finr3d.ranks import largest_rank
+
+        return largest_rank(self.config.decomposition, self.ranks)
+
+    @property
     def device(self) -> torch.device:
         return self.bias.device
 
@@ -390,6 +397,10 @@ class FactorizedField(nn.Module):
         return compact_io.encode_field(self, rank=rank, quantization=quantization, editable=editable,
                                        detail=detail, step=step, metadata=metadata)
 
+    def file_bytes(self, rank=None, quantization: str = "fp16", **options) -> int:
+        """Bytes of the file ``save(path, rank=rank, quantization=quantization, **options)`` would write."""
+        return len(self.encode(rank, quantization, **options))
+
     def save(self, path, rank=None, quantization: str = "fp16", *, overwrite: bool = True, editable: bool = False,
              detail: bool = True, step: float | None = None, metadata: bool = True) -> int:
         """Write a ``.finr`` file holding the prefix model at ``rank``; returns the bytes written.
@@ -428,8 +439,9 @@ class FactorizedField(nn.Module):
     @classmethod
     def from_parts(cls, header: dict, tensors: dict[str, np.ndarray]) -> "FactorizedField":
         """Rebuild a field from a decoded header and tensors; bad content raises FormatError."""
-        if not isinstance(header, dict) or header.get("format") != "finr3d-field":
-            raise FormatError("the file holds no finr3d field (header 'format' is not 'finr3d-field')")
+        from finr3d.header_schema import validate_field_meta
+
+        validate_field_meta(header)  # every key read below has a checked type and range
         try:
             fc = dict(header["field_config"])
             config = FieldConfig(**{f.name: fc[f.name] for f in dataclasses.fields(FieldConfig) if f.name in fc})
@@ -452,6 +464,11 @@ class FactorizedField(nn.Module):
                         nets.append(make_backbone(name, bc.pop("in_dim"), bc.pop("out_dim"), **bc))
                     if len(nets) != len(field.nets):
                         raise ValueError("backbone count does not match the modes")
+                    for m, (new, made) in enumerate(zip(nets, field.nets)):
+                        # the decomposition (from field_config) fixes each mode's inputs and outputs
+                        if (new.in_dim, new.out_dim) != (made.in_dim, made.out_dim):
+                            raise ValueError(f"backbone_configs.{m} maps {new.in_dim} -> {new.out_dim} features, "
+                                             f"the decomposition needs {made.in_dim} -> {made.out_dim}")
                     field.nets = nn.ModuleList(nets)
                 return field
 
@@ -461,7 +478,7 @@ class FactorizedField(nn.Module):
             if declared != present:
                 raise ValueError(f"the header declares {declared:,} parameters but the file holds {present:,}")
             field = build("cpu")
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise FormatError(f"the field header is invalid ({type(exc).__name__}: {exc}); "
                               "the file may come from an incompatible finr3d version") from exc
         expected = field.state_dict()

@@ -22,6 +22,7 @@ import torch
 from finr3d.config import FieldConfig, FitConfig
 from finr3d.errors import FitCancelled, InputError
 from finr3d.field import FactorizedField
+from finr3d.presets import field_settings, fit_settings
 from finr3d.targets import Target, lattice, load_target
 
 __all__ = ["fit", "fit_field", "resolve_device", "build_field"]
@@ -106,7 +107,7 @@ def fit_field(field: FactorizedField, target: Target, config: FitConfig | None =
     """
     config = dataclasses.replace(config or FitConfig()).validate()
     if config.init == "auto":
-        config.init = getattr(target, "init_default", "random")
+        config.init = str(target.preset.fit.get("init", "closed_form"))
     steps_budget, seconds_budget = config.budget()
     torch.manual_seed(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
@@ -163,9 +164,8 @@ def fit_field(field: FactorizedField, target: Target, config: FitConfig | None =
         frac = config.distill_fraction
         if frac is None:
             # a field that reads out exactly spends its closed-form share on CP-ALS sweeps (target.sweep_fraction);
-            # one that distils by gradient steps spends target.distill_default
-            frac = float(getattr(target, "sweep_fraction", 1.0) if reads_out_exactly(field, target)
-                         else getattr(target, "distill_default", 0.0))
+            # one that distils by gradient steps spends the preset's distill_fraction
+            frac = float(target.sweep_fraction if reads_out_exactly(field, target) else target.preset.distill_fraction)
         config.distill_fraction = frac
         info = closed_form_start(
             field, target,
@@ -191,7 +191,7 @@ def fit_field(field: FactorizedField, target: Target, config: FitConfig | None =
     if config.hidden_lr is not None:
         hidden_scale = float(config.hidden_lr)
     else:
-        hidden_scale = float(getattr(target, "hidden_lr_default", 1.0)) if config.init == "closed_form" else 1.0
+        hidden_scale = float(target.preset.hidden_lr) if config.init == "closed_form" else 1.0
 
     def make_optimizer(lr0: float) -> torch.optim.Optimizer:
         groups = [{"params": rest, "scale": 1.0}]
@@ -200,7 +200,7 @@ def fit_field(field: FactorizedField, target: Target, config: FitConfig | None =
         return torch.optim.Adam([g for g in groups if g["params"]], lr=lr0)
 
     opt = make_optimizer(config.lr)
-    jitter = config.jitter if config.jitter is not None else bool(getattr(target, "jitter_default", False))
+    jitter = config.jitter if config.jitter is not None else bool(target.preset.fit.get("jitter", False))
     batch = [config.batch] * target.ndim if config.batch else _default_batch(target)
     if not jitter:
         batch = [min(b, s) for b, s in zip(batch, target.shape)]
@@ -394,14 +394,16 @@ def fit(source, *, kind: str = "auto", callback=None, target_options: Optional[d
     t0 = time.perf_counter()
     target = load_target(source, kind=kind, **(target_options or {}))
     prep = time.perf_counter() - t0
+    preset = target.preset
     if field_config is None:
-        # the target's recommended architecture fills what the caller left unset
-        defaults = {k: v for k, v in getattr(target, "field_defaults", {}).items() if k not in field_options}
+        # the kind's preset (finr3d.presets) fills what the caller left unset
+        defaults = {k: v for k, v in field_settings(preset, target.shape, target.channels).items()
+                    if k not in field_options}
         if "rank" in field_options and "decomposition" not in field_options:
             defaults.pop("decomposition", None)  # a rank given for the generic default keeps its meaning
         fcfg = dataclasses.replace(fcfg, **defaults).validate()
     if fit_config is None:
-        fit_defaults = {k: v for k, v in getattr(target, "fit_defaults", {}).items() if k not in options}
+        fit_defaults = {k: v for k, v in fit_settings(preset).items() if k not in options}
         tcfg = dataclasses.replace(tcfg, **fit_defaults).validate()
     device = resolve_device(tcfg.device)
     torch.manual_seed(tcfg.seed)  # the networks' init is part of the seeded result

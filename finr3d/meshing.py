@@ -11,12 +11,11 @@ well under 3 GB). Slabs without a sign change are skipped.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from finr3d.errors import InputError
+from finr3d.errors import InputError, SurfaceError
 
 __all__ = ["extract_mesh", "march_slabs", "save_mesh", "MESH_EXPORTS"]
 
@@ -63,14 +62,17 @@ def extract_mesh(field, resolution=256, *, rank=None, level: float = 0.0, bounds
     ------
     ValueError
         Resolution, bounds or slab out of range.
-    RuntimeError
-        No surface at ``level`` (the field is everywhere above or below it).
+    SurfaceError
+        A ``RuntimeError``: no surface at ``level`` (the field is everywhere
+        above or below it; the message gives its range), or NaN/Inf values.
     """
     import torch
     import trimesh
 
     shape = _check_resolution(resolution)
     box = _check_bounds(bounds)
+    if not np.isfinite(float(level)):
+        raise ValueError(f"level must be a finite number, got {level!r}")
     if slab is not None and (isinstance(slab, bool) or not isinstance(slab, (int, np.integer)) or slab < 2):
         raise ValueError(f"slab must be an integer >= 2 (planes per slab), got {slab!r}")
     info = getattr(field, "target_info", None) or {}
@@ -87,15 +89,18 @@ def extract_mesh(field, resolution=256, *, rank=None, level: float = 0.0, bounds
 
     verts, faces, (vmin, vmax) = march_slabs(planes, shape, iso, slab=slab)
     if len(faces) == 0:
+        lo, hi = sorted((vmin * vscale + offset, vmax * vscale + offset))  # in the level's units
         if vmin > iso:
             what = "everywhere above it (positive: all outside for an SDF)"
         elif vmax < iso:
             what = "everywhere below it (negative: all inside for an SDF)"
         else:
             what = "touching it without crossing"
-        raise RuntimeError(
-            f"No surface found at level {level}: the field is {what} (range {vmin:.4g}..{vmax:.4g} in field "
-            "units); try another level, a higher rank, or check the fit"
+        if vmin == vmax:
+            what += f", a constant field ({lo:.4g}: nothing was fitted, or the input was constant)"
+        raise SurfaceError(
+            f"No surface found at level {level}: the field is {what}; its values range over "
+            f"{lo:.4g}..{hi:.4g}, so pick a level inside that range, a higher rank, or check the fit"
         )
     step = (box[:, 1] - box[:, 0]) / (np.asarray(shape) - 1)
     verts = box[:, 0] + verts * step
@@ -148,7 +153,8 @@ def march_slabs(planes, shape, level: float, *, slab: int | None = None):
         prev = block[-1:].copy()  # before any lift: the next slab lifts the same samples itself
         lo, hi = float(block.min()), float(block.max())  # NaN propagates into both
         if not np.isfinite(lo) or not np.isfinite(hi):
-            raise RuntimeError(f"the field has NaN/Inf values in planes {i0}..{i1 - 1}; it cannot be meshed")
+            raise SurfaceError(f"the field has NaN/Inf values in planes {i0}..{i1 - 1}; it cannot be meshed "
+                               "(a damaged file, or a diverged fit: refit it)")
         vmin, vmax = min(vmin, lo), max(vmax, hi)
         on_level = block == level
         if on_level.any():  # lift exact hits: marching cubes would put coincident vertices on a corner
@@ -279,15 +285,74 @@ def save_mesh(mesh, path, *, overwrite: bool = False) -> Path:
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise FileNotFoundError(f"{parent}: no such folder; create it first")
-    data = mesh.export(file_type=file_type)
+    data = _export(mesh, file_type, path.name)
     if isinstance(data, str):
         data = data.encode()
-    fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.", suffix=".tmp")
+    from finr3d.atomic_files import create_temp
+
+    tmp = create_temp(path)
     try:
-        with os.fdopen(fd, "wb") as f:
+        with open(tmp, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def float32_error(lo, hi) -> float:
+    """Rounding error of float32 coordinates in the box ``lo..hi``, as a fraction of its largest extent.
+
+    ``max|x| * 2^-24 / extent``: about 6e-8 for a box around the origin, 0.5 for
+    a unit sphere at an offset of 1e8.
+    """
+    lo, hi = np.asarray(lo, np.float64), np.asarray(hi, np.float64)
+    extent = float(np.max(hi - lo))
+    reach = float(np.max(np.abs(np.concatenate([lo, hi]))))
+    if extent <= 0:
+        return 0.0 if reach == 0 else np.inf
+    return reach * 2.0**-24 / extent
+
+
+#: Largest float32 rounding error (fraction of the mesh size) accepted in formats that store float32.
+MAX_FLOAT32_ERROR = 1e-5
+
+
+def check_precision(lo, hi, suffix: str, name: str = "the mesh") -> None:
+    """Refuse STL and glTF output (float32 by their specs) where float32 would visibly move the vertices."""
+    error = float32_error(lo, hi)
+    if suffix.lower() in (".stl", ".glb") and error > MAX_FLOAT32_ERROR:
+        raise InputError(f"{name}: {suffix} stores float32 coordinates, which would move vertices by "
+                         f"{error:.2g} of the mesh size (it lies far from the origin for its size); "
+                         "write .ply or .obj, which keep double precision")
+
+
+def _export(mesh, file_type: str, name: str):
+    """The file's bytes, keeping float64 coordinates wherever float32 would lose them."""
+    lo, hi = mesh.bounds if len(mesh.vertices) else (np.zeros(3), np.zeros(3))
+    check_precision(lo, hi, "." + file_type, name)
+    lossy = float32_error(lo, hi) > MAX_FLOAT32_ERROR
+    if file_type == "ply" and lossy:
+        return _ply_double(mesh)
+    if file_type == "obj":
+        # trimesh writes a fixed number of decimals: enough for 9 significant digits of the mesh size
+        extent = float(np.max(hi - lo)) if len(mesh.vertices) else 1.0
+        digits = int(np.clip(9 - np.floor(np.log10(extent)) if extent > 0 else 8, 8, 30))
+        return mesh.export(file_type="obj", digits=digits)
+    return mesh.export(file_type=file_type)
+
+
+def _ply_double(mesh) -> bytes:
+    """Binary little-endian PLY with double-precision vertices (trimesh's exporter writes float32)."""
+    verts = np.ascontiguousarray(mesh.vertices, dtype="<f8")
+    faces = np.asarray(mesh.faces, dtype="<i4")
+    header = (
+        "ply\nformat binary_little_endian 1.0\ncomment written by finr3d (double precision)\n"
+        f"element vertex {len(verts)}\nproperty double x\nproperty double y\nproperty double z\n"
+        f"element face {len(faces)}\nproperty list uchar int vertex_indices\nend_header\n"
+    )
+    rows = np.empty(len(faces), dtype=[("n", "u1"), ("v", "<i4", (3,))])
+    rows["n"] = 3
+    rows["v"] = faces
+    return header.encode("ascii") + verts.tobytes() + rows.tobytes()

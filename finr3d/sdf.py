@@ -160,7 +160,13 @@ def load_mesh(source, *, name: str | None = None):
         warnings.warn(f"{name}: removed {removed['nonfinite']} face(s) with NaN/Inf vertices", stacklevel=2)
         vertices = np.where(bad_vertex[:, None], 0.0, vertices)  # unreferenced now; keep indices valid
 
-    mesh = trimesh.Trimesh(vertices, faces, process=False)
+    # Merge and test areas in float64 unit coordinates: trimesh merges vertices closer than an absolute
+    # 1e-8, which fuses a whole mesh at 1e-8 scale and rounds away detail on one at an offset of 1e8.
+    used = vertices[np.unique(faces)]
+    center = (used.min(axis=0) + used.max(axis=0)) / 2.0
+    unit = float(np.max(used.max(axis=0) - used.min(axis=0))) / 2.0
+    unit = unit if unit > 0 else 1.0
+    mesh = trimesh.Trimesh((vertices - center) / unit, faces, process=False)
     mesh.remove_unreferenced_vertices()
     mesh.merge_vertices(merge_tex=True, merge_norm=True)
     faces = np.asarray(mesh.faces)
@@ -175,10 +181,11 @@ def load_mesh(source, *, name: str | None = None):
         if removed["degenerate"] == len(faces):
             raise InputError(f"{name}: all {len(faces)} faces have zero area; nothing usable remains")
         warnings.warn(f"{name}: removed {removed['degenerate']} zero-area (degenerate) face(s)", stacklevel=2)
-        mesh = trimesh.Trimesh(verts, faces[~degenerate], process=False)
-        mesh.remove_unreferenced_vertices()
+        faces = faces[~degenerate]
     if diag == 0.0:
         raise InputError(f"{name}: all vertices coincide (zero extent); nothing to fit")
+    mesh = trimesh.Trimesh(verts * unit + center, faces, process=False)
+    mesh.remove_unreferenced_vertices()
     return mesh, removed
 
 
@@ -794,16 +801,6 @@ class SDFTarget(GridTarget):
 
     #: best-state tracking and early stop follow the sub-grid IoU
     main_metric = "iou"
-    #: continuous jittered sub-grids, so the networks do not alias to the lattice
-    jitter_default = True
-    init_default = "closed_form"
-    # 90 % of the budget distils the HOSVD factors, 10 % refines end to end. Long end-to-end refinement
-    # on jittered sub-grids undid part of the start (60 s, one core, Tucker r48, IoU / Chamfer-L1):
-    # rocker-arm distil 0.5: 0.987 / 4.0e-4, 0.8: 0.994 / 2.0e-4, 1.0: 0.995 / 1.9e-4; bunny 0.5: 0.996 /
-    # 2.6e-4, 1.0: 0.996 / 2.1e-4; fandisk 0.5: 0.994 / 2.7e-4, 1.0: 0.996 / 2.0e-4; cow level (0.993).
-    distill_default = 0.9
-    # Tucker r48 with a closed-form (HOSVD) start: IoU 0.995, Chamfer 2.8e-4 on bunny in 60 s (benchmarks/sdf_fit.py)
-    field_defaults = {"decomposition": "tucker", "rank": 48, "width": 128}
 
     def __init__(self, source, *, resolution: int = 128, sign: str = "auto", margin: float = 0.1,
                  truncation: float | None = 0.1, cache: bool = True, detail_resolution="auto",

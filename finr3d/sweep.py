@@ -11,45 +11,55 @@ import time
 
 import numpy as np
 
+from finr3d.ranks import power_of_two_ranks
+
 __all__ = ["default_ranks", "rank_sweep", "plot_sweep"]
 
 
 def default_ranks(field) -> list[int]:
     """Powers of two up to the trained rank, plus the trained rank itself."""
-    top = max(field.ranks[:-1] if field.config.decomposition == "tt" else field.ranks)
-    ranks, r = [], 1
-    while r < top:
-        if r >= 2:
-            ranks.append(r)
-        r *= 2
-    return ranks + [top]
+    return power_of_two_ranks(field.max_rank)
 
 
 def rank_sweep(field, reference, *, ranks=None, quantizations=("fp32", "fp16", "int8"), resolution: int = 128,
-               **eval_options) -> list[dict]:
+               callback=None, **eval_options) -> list[dict]:
     """Measure every rank prefix of ``field``.
 
-    Returns one dict per rank: rank, params, bytes_<q> per quantization (the exact length of the file
-    ``field.save(rank=r, quantization=q)`` writes; with local detail also bytes_<q>_without_detail),
-    the quality metrics of :func:`finr3d.evaluate`, and decode_seconds (grid
-    evaluation at ``resolution`` per axis for 3-D fields, the stored shape otherwise).
+    Returns one dict per rank: rank, params, bytes_<q> per quantization (the
+    bytes :meth:`~finr3d.field.FactorizedField.save` writes; with local detail also
+    bytes_<q>_without_detail), the quality
+    metrics of :func:`finr3d.evaluate` (SDF fields: meshed at ``resolution`` per
+    axis; a prefix with no surface scores IoU 0) and decode_seconds (grid
+    evaluation at ``resolution`` per axis for 3-D fields, the stored shape
+    otherwise). ``callback({"phase": "measure", "rank", "index", "count"})`` is
+    called before each rank.
     """
     from finr3d.evaluation import evaluate
 
+    ranks = list(ranks or default_ranks(field))
+    if field.kind == "sdf":
+        eval_options = {"resolution": resolution, **eval_options}
     rows = []
-    for r in ranks or default_ranks(field):
+    for i, r in enumerate(ranks):
+        if callback is not None:
+            callback({"phase": "measure", "rank": int(r), "index": i, "count": len(ranks)})
         model = field.truncate(r)
         row = {"rank": int(r), "ranks": list(model.ranks), "params": model.parameter_count()}
         for q in quantizations:
-            row[f"bytes_{q}"] = len(model.encode(quantization=q))  # exactly what save(rank=r) writes
+            row[f"bytes_{q}"] = model.file_bytes(quantization=q)  # exactly what save(rank=r) writes
             if getattr(model, "detail", None) is not None:
-                row[f"bytes_{q}_without_detail"] = len(model.encode(quantization=q, detail=False))
+                row[f"bytes_{q}_without_detail"] = model.file_bytes(quantization=q, detail=False)
         t0 = time.perf_counter()
         shape = [resolution] * model.ndim if field.kind == "sdf" else (field.target_info.get("shape") or resolution)
         model.grid(shape)
         row["decode_seconds"] = time.perf_counter() - t0
-        row.update({k: float(v) for k, v in evaluate(model, reference, **eval_options).items()
-                    if isinstance(v, (int, float, np.floating))})
+        try:
+            scores = evaluate(model, reference, **eval_options)
+        except RuntimeError:
+            if field.kind != "sdf":
+                raise
+            scores = {"iou": 0.0}  # no surface at this rank prefix: nothing else to score
+        row.update({k: float(v) for k, v in scores.items() if isinstance(v, (int, float, np.floating))})
         rows.append(row)
     return rows
 

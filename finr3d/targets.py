@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from finr3d.errors import InputError
+from finr3d.presets import GENERIC_PRESET, PRESETS, Preset, preset_for
 
 __all__ = [
     "Target",
@@ -155,21 +156,15 @@ class Target:
     source: str = ""
     #: name of the metric (higher is better) used for best-state tracking and early stop
     main_metric: str = "psnr"
-    #: whether fits default to continuous jittered sub-grids (SDFs) or stored samples (pixels, voxels)
-    jitter_default: bool = False
-    #: default start of a fit: "random" or "closed_form"
-    init_default: str = "closed_form"
-    #: default share of the budget for distilling closed-form factors before end-to-end refinement
-    distill_default: float = 0.0
-    #: recommended FieldConfig values for this kind of signal (benchmarks/RESULTS.md says where they come from)
-    field_defaults: dict = {}
-    #: recommended FitConfig values (e.g. the learning rate) that fill what the caller left unset
-    fit_defaults: dict = {}
-    #: ridge of the closed-form readout, as a fraction of the mean eigenvalue of the feature Gram matrix:
-    #: strong keeps the output weights small for later end-to-end learning, weak fits the factors closely
-    readout_ridge: float = 0.1
-    #: learning rate of the mode networks' hidden layers after a closed-form start, as a fraction of lr
-    hidden_lr_default: float = 1.0
+    #: a video's axis grouping (x+y+t or xy+t); it picks the video preset
+    layout: str | None = None
+    #: share of the budget a field that reads out exactly (CP with basis='grid') spends sweeping CP-ALS
+    sweep_fraction: float = 1.0
+
+    @property
+    def preset(self) -> Preset:
+        """The recommended settings of this kind of signal (:mod:`finr3d.presets`)."""
+        return preset_for(self.kind, self.layout) if self.kind in PRESETS else GENERIC_PRESET
 
     @property
     def ndim(self) -> int:
@@ -303,12 +298,6 @@ class ImageTarget(GridTarget):
     indices, so the world transform maps normalized coordinates to pixels.
     """
 
-    # Tucker r128 with the channel mode in its core (benchmarks/image_fit.py): 120 s on one core, kodim05 25.12 dB
-    # and kodim09 34.26 dB against 24.86 / 33.63 dB for CP r256 (also a shared rank with a channel factor)
-    field_defaults = {"decomposition": "tucker", "rank": 128, "width": 128}
-    # kodim05, 120 s, one core: lr 2e-3 24.75 dB, 1e-3 24.91 dB, 5e-4 24.86 dB (rank 384 at 2e-3: 24.76 dB)
-    fit_defaults = {"lr": 1e-3}
-
     def __init__(self, source, *, max_pixels: int = 64_000_000):
         if isinstance(source, (str, os.PathLike)):
             path = _existing_file(source)
@@ -317,7 +306,9 @@ class ImageTarget(GridTarget):
                     f"{path.name}: unsupported image type {path.suffix!r}; use one of {sorted(IMAGE_SUFFIXES)}"
                 )
             try:
-                arr = read_image(path)
+                arr = read_image(path, max_pixels=max_pixels)
+            except InputError:
+                raise
             except Exception as exc:  # the readers raise many types for broken files
                 raise InputError(f"{path.name}: cannot read the image ({exc}); is it a valid {path.suffix} file?") from exc
             name = str(path)
@@ -354,15 +345,43 @@ class ImageTarget(GridTarget):
         return np.round(pred * 255).astype(np.uint8)
 
 
-def read_image(path) -> np.ndarray:
-    """Read an image as (H, W[, C]); PNGs through pypng so 16-bit colour survives (Pillow drops it)."""
+def image_size(path) -> tuple[int, int]:
+    """(height, width) of an image file from its header alone, without decoding the pixels."""
     path = Path(path)
+    if path.suffix.lower() == ".png":
+        import png
+
+        reader = png.Reader(filename=str(path))
+        reader.preamble()
+        return int(reader.height), int(reader.width)
+    import PIL.Image
+
+    with PIL.Image.open(path) as img:  # lazy: reads the header only
+        width, height = img.size
+    return int(height), int(width)
+
+
+def read_image(path, *, max_pixels: int | None = None) -> np.ndarray:
+    """Read an image as (H, W[, C]); PNGs through pypng so 16-bit colour survives (Pillow drops it).
+
+    ``max_pixels`` is checked against the size in the file's header before any
+    pixel is decoded, so a small file that decodes to gigabytes (a
+    decompression bomb) is refused in bounded memory.
+    """
+    path = Path(path)
+    if max_pixels is not None:
+        height, width = image_size(path)
+        if height * width > max_pixels:
+            raise InputError(f"{path.name}: {height}x{width} pixels is more than {max_pixels}; "
+                             "resize it first")
     if path.suffix.lower() == ".png":
         import png
 
         width, height, rows, info = png.Reader(filename=str(path)).asDirect()
         dtype = np.uint16 if info["bitdepth"] > 8 else np.uint8
-        arr = np.vstack([np.asarray(r, dtype=dtype) for r in rows])
+        arr = np.empty((height, width * info["planes"]), dtype)
+        for i, row in enumerate(rows):  # into one array: a list of rows, then vstack, would double the peak
+            arr[i] = row
         return arr.reshape(height, width, info["planes"])
     import imageio.v3 as iio
 
@@ -427,11 +446,38 @@ def _existing_file(source) -> Path:
     return path
 
 
+def _check_npy_header(handle, size: int, name: str) -> None:
+    """Refuse a .npy whose header declares more data than the file holds, before anything is allocated."""
+    fmt = np.lib.format
+    try:
+        version = fmt.read_magic(handle)
+        reader = {(1, 0): fmt.read_array_header_1_0, (2, 0): fmt.read_array_header_2_0}.get(version)
+        if reader is None:
+            raise ValueError(f"format version {version[0]}.{version[1]} is not supported; save it with np.save")
+        shape, _, dtype = reader(handle)
+    except (ValueError, SyntaxError, OSError) as exc:
+        raise InputError(f"{name}: not a valid .npy header ({exc})") from None
+    if dtype.hasobject:
+        raise InputError(f"{name}: holds Python objects; object/pickled arrays are refused")
+    count = math.prod(shape)
+    needed = count * dtype.itemsize
+    held = size - handle.tell()
+    if needed > held:
+        raise InputError(f"{name}: the header declares a {'x'.join(map(str, shape)) or 'scalar'} {dtype} array "
+                         f"({needed:,} bytes) but the file holds {max(held, 0):,} bytes of data; "
+                         "the file is truncated or corrupt")
+    if count > MAX_SAMPLES:
+        raise InputError(f"{name}: {count:,} samples (shape {shape}) is more than {MAX_SAMPLES:,}; "
+                         "downsample or crop it first")
+
+
 def _read_volume(path: Path, *, dims=None, dtype=None, key=None) -> np.ndarray:
     suffix = path.suffix.lower()
     name = path.name.lower()
     try:
         if suffix == ".npy":
+            with open(path, "rb") as handle:
+                _check_npy_header(handle, path.stat().st_size, path.name)
             return np.load(path, allow_pickle=False)
         if suffix == ".npz":
             with np.load(path, allow_pickle=False) as z:
@@ -440,6 +486,10 @@ def _read_volume(path: Path, *, dims=None, dtype=None, key=None) -> np.ndarray:
                     raise InputError(f"{path.name}: the .npz holds no arrays")
                 if key is None and len(keys) > 1:
                     raise InputError(f"{path.name}: the .npz holds {keys}; choose one with key=")
+                member = f"{key or keys[0]}.npy"
+                if member in z.zip.namelist():
+                    with z.zip.open(member) as handle:
+                        _check_npy_header(handle, z.zip.getinfo(member).file_size, f"{path.name}:{member}")
                 return z[key or keys[0]]
     except ValueError as exc:
         if isinstance(exc, InputError):

@@ -30,7 +30,9 @@ import numpy as np
 import torch
 
 from finr3d.errors import InputError
-from finr3d.targets import GridTarget, check_finite, lattice, psnr, read_image, ssim, write_png
+from finr3d.presets import VIDEO_MAX_RANK, VIDEO_MIN_RATIO, default_video_rank  # noqa: F401 (public here too)
+from finr3d.targets import (IMAGE_SUFFIXES, VIDEO_SUFFIXES, GridTarget, check_finite, lattice, psnr, read_image,
+                            ssim, write_png)
 
 __all__ = [
     "VideoTarget",
@@ -38,12 +40,8 @@ __all__ = [
     "write_video",
     "sample_stored_grid",
     "MODE_LAYOUTS",
-    "VIDEO_FILE_SUFFIXES",
-    "FRAME_SUFFIXES",
+    "default_video_rank",
 ]
-
-VIDEO_FILE_SUFFIXES = {".mp4", ".webm", ".avi", ".mov", ".mkv", ".gif"}
-FRAME_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
 #: Axis groupings a video field can use; axes are (t, y, x) = (0, 1, 2).
 #: ``xy+t``: one network over the image plane and one over time; ``x+y+t``: one
@@ -57,30 +55,6 @@ MODE_LAYOUTS: dict[str, list[tuple[int, ...]]] = {
     "xy+t": [(1, 2), (0,)],
     "x+y+t": [(0,), (1,), (2,)],
 }
-
-#: Per layout: (field_defaults, init_default, fit_defaults) of a :class:`VideoTarget`; the x+y+t rank
-#: comes from the clip's size (:func:`default_video_rank`).
-LAYOUT_DEFAULTS: dict[str, tuple[dict, str, dict]] = {
-    # Adam steps after the CP-ALS phase cost more than they gain (benchmarks/video_readout.py, carphone, 60 s:
-    # 35.56 dB sweeping throughout, 35.02 dB with the second half on Adam), so the whole budget sweeps
-    # (VideoTarget.sweep_fraction)
-    "x+y+t": ({"decomposition": "cp", "width": 32, "basis": "grid"}, "closed_form", {"lr": 5e-4}),
-    "xy+t": ({"decomposition": "tucker", "rank": 64, "width": 128}, "random", {}),
-}
-
-#: Largest default CP rank of a clip, and the least compression the default keeps (clip values per
-#: parameter): the fp16 .finr file holds at most a quarter of the bytes of the 8-bit clip.
-VIDEO_MAX_RANK = 1024
-VIDEO_MIN_RATIO = 8
-
-
-def default_video_rank(shape: Sequence[int], channels: int, width: int = 32) -> int:
-    """The default CP rank of an x+y+t clip: 1024, or less where the field would hold more than
-    1/:data:`VIDEO_MIN_RATIO` of the clip's values (each rank costs one readout weight per stored sample
-    of every axis, per hidden feature and per channel)."""
-    per_rank = sum(shape) + len(shape) * width + channels
-    fit = math.prod(shape) * channels // (VIDEO_MIN_RATIO * per_rank)
-    return int(max(16, min(VIDEO_MAX_RANK, fit)))
 
 #: Most decoded values a clip may hold (2 GiB at uint8); beyond it the user is
 #: asked to read a frame range, a stride or a smaller size.
@@ -282,11 +256,11 @@ def _pick_backend(backend: str) -> str:
 
 def _iter_folder(folder: Path) -> Iterator:
     """Yield None (folders carry no frame rate), then (file name, loader) per frame file."""
-    files = sorted((p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in FRAME_SUFFIXES),
+    files = sorted((p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES),
                    key=_natural_key)
     if not files:
         raise InputError(f"{folder}: the folder holds no frames (zero frames); put numbered "
-                         f"{'/'.join(sorted(s[1:] for s in FRAME_SUFFIXES))} images in it")
+                         f"{'/'.join(sorted(s[1:] for s in IMAGE_SUFFIXES))} images in it")
     yield None
     for p in files:
         yield p.name, (lambda p=p: _read_frame_file(p))
@@ -349,9 +323,9 @@ def read_video(source, *, frames: Optional[tuple] = None, stride: int = 1, max_f
     if path.is_dir():
         items, name = _iter_folder(path), str(path)
     else:
-        if path.suffix.lower() not in VIDEO_FILE_SUFFIXES:
+        if path.suffix.lower() not in VIDEO_SUFFIXES:
             raise InputError(f"{path.name}: unsupported video type {path.suffix!r}; use one of "
-                             f"{sorted(VIDEO_FILE_SUFFIXES)} or a folder of frames")
+                             f"{sorted(VIDEO_SUFFIXES)} or a folder of frames")
         if path.stat().st_size == 0:
             raise InputError(f"{path.name}: the file is empty (0 bytes)")
         items, name = _iter_file(_VIDEO_READERS[_pick_backend(backend)], path), path.name
@@ -446,20 +420,6 @@ class VideoTarget(GridTarget):
         Video file decoder.
     """
 
-    # x+y+t: CP over (x) + (y) + (t) whose networks also read out a cosine basis per axis, fitted by CP-ALS
-    # sweeps read out as they go (benchmarks/speed.py, RESULTS.md). The readout ridge (1e-3 of the mean
-    # eigenvalue) leaves the readout exact to well under 1 % of the fit's error there; without the cosine
-    # basis (basis=0) a weak ridge keeps the CP-ALS start (carphone, CP r256: 28.3 dB at 1e-4 against 23.9 dB
-    # with the image ridge of 0.1) and a slow refinement of the hidden layers keeps the readout (ten Adam
-    # steps of 1e-5 on them alone cost 1.4 dB). The (x, y) + (t) layout keeps its own settings: Tucker r64
-    # from a random start at the default lr. field_defaults, init_default and fit_defaults are set per
-    # layout in __init__ (LAYOUT_DEFAULTS).
-    readout_ridge = 1e-3
-    hidden_lr_default = 0.1
-    # CP-ALS sees at most this many (t, y, x) points (200 MB as float32 RGB), an evenly spaced sub-lattice of
-    # longer or larger clips: a rank-1024 sweep of carphone's 3.0M points takes 1.2 s on one core, and the time
-    # grows linearly with the points and the rank
-    closed_form_samples = 1 << 24
 
     def __init__(self, source, *, frames: Optional[tuple] = None, stride: int = 1, max_frames: Optional[int] = None,
                  resize=None, modes: str = "x+y+t", fps: Optional[float] = None, backend: str = "auto",
@@ -490,13 +450,9 @@ class VideoTarget(GridTarget):
         self.source = name
         self.fps = float(rate)
         self.layout = modes
-        field_defaults, self.init_default, fit_defaults = LAYOUT_DEFAULTS[modes]
-        self.field_defaults, self.fit_defaults = dict(field_defaults), dict(fit_defaults)
-        if "rank" not in self.field_defaults:
-            self.field_defaults["rank"] = default_video_rank(self.shape, self.channels, self.field_defaults["width"])
         # share of the budget a CP field with an exact readout spends sweeping CP-ALS: all of it, or half when
         # the sweeps see a sub-lattice of this clip, leaving half to refine on sub-grids of every stored sample
-        self.sweep_fraction = 1.0 if math.prod(self.shape) <= self.closed_form_samples else 0.5
+        self.sweep_fraction = 1.0 if math.prod(self.shape) <= self.preset.closed_form_samples else 0.5
         self.frame_start, self.frame_stride = first, step
         self.levels = _LEVELS.get(arr.dtype, 1.0)
         self.bit_depth = 16 if arr.dtype == np.uint16 else 8

@@ -23,3 +23,32 @@ def shared_assets() -> Path:
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Keep the ground-truth cache out of the user's home."""
     monkeypatch.setenv("FINR3D_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+class FakeClock:
+    """A ``time.perf_counter`` that advances ``tick`` seconds per call: budgets tested without wall-clock asserts."""
+
+    def __init__(self, tick: float):
+        self.now, self.tick = 0.0, tick
+
+    def perf_counter(self) -> float:
+        self.now += self.tick
+        return self.now
+
+
+@pytest.fixture
+def fake_clock(monkeypatch):
+    """Replace the fitting modules' clock with a :class:`FakeClock`; call it with the tick in seconds."""
+    import types
+
+    import finr3d.closed_form
+    import finr3d.fitting
+
+    def install(tick: float = 0.01) -> FakeClock:
+        clock = FakeClock(tick)
+        fake = types.SimpleNamespace(perf_counter=clock.perf_counter)
+        for module in (finr3d.fitting, finr3d.closed_form):
+            monkeypatch.setattr(module, "time", fake)
+        return clock
+
+    return install

@@ -8,11 +8,8 @@ import numpy as np
 import pytest
 import trimesh
 
-pytest.importorskip("finr3d.field")
-pytest.importorskip("finr3d.fitting")
-
-import finr3d.cli  # noqa: E402
-from finr3d.cli import build_parser, main  # noqa: E402
+import finr3d.cli
+from finr3d.cli import build_parser, main
 
 
 @pytest.fixture(autouse=True)

@@ -320,7 +320,8 @@ def test_interrupted_write_leaves_old_file_and_no_temp(tmp_path, monkeypatch, fa
 
         def fake_open(file, mode="r", *args, **kwargs):
             handle = real_open(file, mode, *args, **kwargs)
-            return HalfWriter(handle) if "w" in mode and str(file).startswith(str(path)) else handle
+            temp = os.path.basename(str(file)).startswith(f".{path.name}.finr3d-tmp-")
+            return HalfWriter(handle) if "w" in mode and temp else handle
 
         monkeypatch.setattr("builtins.open", fake_open)
     else:

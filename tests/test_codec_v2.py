@@ -313,3 +313,11 @@ def test_info_and_read_header_describe_v2(tmp_path):
     meta = codec.read_header(tmp_path / "f.finr")
     assert meta["format_version"] == 2 and meta["kind"] == "sdf" and meta["ndim"] == 3
     assert meta["decomposition"] == "tucker" and len(meta["ranks"]) == 3
+
+
+@pytest.mark.parametrize("decomposition", ["cp", "tucker", "tt"])
+def test_numpy_grid_in_slabs_equals_one_piece(decomposition):
+    ff = codec.decode_field(make(decomposition).encode(quantization="int8"))
+    axes = [np.linspace(-1, 1, n) for n in (7, 6, 5)]
+    ev = codec._Evaluator(ff)
+    np.testing.assert_allclose(ev.grid(axes, chunk_elements=31), ev.grid(axes), atol=1e-6)

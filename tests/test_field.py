@@ -11,6 +11,7 @@ from finr3d.config import FieldConfig
 from finr3d.decompositions import DECOMPOSITIONS
 from finr3d.errors import InputError
 from finr3d.field import FactorizedField
+from tolerances import assert_float32_close, field_terms
 
 LAYOUTS = {
     "2d": (2, None),
@@ -40,7 +41,7 @@ def test_grid_equals_points(decomposition, layout, channels):
     coords = [torch.rand(n) * 2 - 1 for n in [5, 4, 3, 2][:ndim]]
     grid = field.grid(coords, squeeze=False)
     pts = field.points(lattice_points(coords)).detach().numpy()
-    np.testing.assert_allclose(grid.reshape(-1, channels), pts, atol=1e-5, rtol=1e-5)
+    assert_float32_close(grid.reshape(-1, channels), pts, field_terms(field))
 
 
 @pytest.mark.parametrize("decomposition", sorted(DECOMPOSITIONS))
@@ -49,7 +50,7 @@ def test_chunked_grid_equals_unchunked(decomposition):
     coords = [torch.linspace(-1, 1, n) for n in (9, 7, 5)]
     full = field.forward_grid(coords).detach().numpy()
     chunked = field.grid(coords, squeeze=False, chunk_elements=40)  # forces one row per chunk
-    np.testing.assert_allclose(chunked, full, atol=1e-6)
+    assert_float32_close(chunked, full, field_terms(field))
 
 
 def test_grouped_mode_chunking_and_order():
@@ -57,7 +58,7 @@ def test_grouped_mode_chunking_and_order():
     coords = [torch.linspace(-1, 1, n) for n in (4, 6, 5)]
     full = field.forward_grid(coords).detach().numpy()
     assert full.shape == (4, 6, 5, 3)
-    np.testing.assert_allclose(field.grid(coords, squeeze=False, chunk_elements=50), full, atol=1e-6)
+    assert_float32_close(field.grid(coords, squeeze=False, chunk_elements=50), full, field_terms(field))
 
 
 @pytest.mark.parametrize("decomposition", sorted(DECOMPOSITIONS))
@@ -76,7 +77,7 @@ def test_truncate_matches_rank_argument_and_manual_slicing(decomposition, channe
     field = make(decomposition, rank=6, channels=3, channel_factor=channel_factor)
     coords = [torch.linspace(-1, 1, n) for n in (5, 4, 3)]
     small = field.truncate(3)
-    np.testing.assert_allclose(small.grid(coords), field.grid(coords, rank=3), atol=1e-6)
+    assert_float32_close(small.grid(coords), field.grid(coords, rank=3), field_terms(field))
     assert small.parameter_count() < field.parameter_count()
     # manual slicing of the raw features and the mixing parameter
     with torch.no_grad():
@@ -93,7 +94,7 @@ def test_truncate_matches_rank_argument_and_manual_slicing(decomposition, channe
                 b = feats[1].reshape(-1, r1, r2)[:, :3, :3]
                 c = feats[2].reshape(-1, r2, r3)[:, :3, :]
                 ref = torch.einsum("aor,brs,cst,tk->abck", a, b, c, blk.weights)
-            np.testing.assert_allclose(field.grid(coords, rank=3, squeeze=False), (ref + field.bias).numpy(), atol=1e-5)
+            assert_float32_close(field.grid(coords, rank=3, squeeze=False), (ref + field.bias).numpy(), field_terms(field))
 
 
 def test_siren_init_keeps_activation_statistics():
@@ -137,7 +138,6 @@ def test_bad_configs_raise_clear_errors():
 
 
 def test_save_load_round_trip_fp32_is_exact(tmp_path):
-    pytest.importorskip("zstandard")
     field = make("tt", rank=5, channels=3, ndim=3, modes=[[1, 2], [0]])
     field.target_info = {"kind": "image", "shape": [4, 5, 6]}
     path = tmp_path / "f.finr"
@@ -230,4 +230,4 @@ def test_basis_validation_modes_and_round_trip(tmp_path):
     back = finr3d.load(tmp_path / "f.finr")
     assert [net.basis for net in back.nets] == [5, 6, 7]
     np.testing.assert_array_equal(back.grid(coords), field.grid(coords))
-    np.testing.assert_allclose(field.truncate(3).grid(coords), field.grid(coords, rank=3), rtol=1e-5, atol=1e-6)
+    assert_float32_close(field.truncate(3).grid(coords), field.grid(coords, rank=3), field_terms(field))

@@ -257,9 +257,9 @@ class FINR3D_OT_export_field(bpy.types.Operator, ExportHelper):
             if bpy.path.abspath(out) == path:
                 raise objects.ObjectError("choose another file: this is the object's own field file")
             # moved since its mesh was made: bake the move into the exported placement
-            delta = np.array(obj.matrix_world, np.float64) @ np.linalg.inv(objects.stored_matrix(obj))
+            moved = (np.array(obj.matrix_world, np.float64), objects.stored_matrix(obj))
             result = bridge.export(path, out, rank=props.preview_rank, quantization=props.quantization,
-                                   overwrite=self.overwrite, world_delta=delta,
+                                   overwrite=self.overwrite, moved=moved,
                                    backend=prefs.backend_for(context))
         except USER_ERRORS as exc:
             return _fail(self, context, str(exc))

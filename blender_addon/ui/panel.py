@@ -39,6 +39,9 @@ class FINR3D_PT_fit(_Sidebar, bpy.types.Panel):
         col.prop(props, "decomposition")
         col.prop(props, "rank")
         col.prop(props, "backbone")
+        preset = _mesh_preset_line(props)
+        if preset:
+            col.label(text=preset, icon="INFO")
         col.prop(props, "seconds")
         col.prop(props, "resolution")
         running = session.ACTIVE is not None and not session.ACTIVE.finished
@@ -118,6 +121,21 @@ class FINR3D_PT_files(_Sidebar, bpy.types.Panel):
 def _progress_text(props) -> str:
     eta = f" · {props.eta:.0f} s left" if props.eta >= 0 else ""
     return f"{props.progress:.0%}{eta}"
+
+
+def _mesh_preset_line(props) -> str:
+    """"Preset: tucker r48, width 128, siren" for the settings left to the mesh preset ("" when none is, or
+    finr3d's preset table cannot be read in this Python)."""
+    try:
+        from finr3d.presets import PRESETS
+    except ImportError:
+        return ""
+    field = PRESETS["sdf"].field
+    left = [("decomposition", props.decomposition == "preset", str(field["decomposition"])),
+            ("rank", not props.rank, f"r{field['rank']}"), ("width", not props.width, f"width {field['width']}"),
+            ("backbone", props.backbone == "preset", str(field["backbone"]))]
+    parts = [text for _, is_preset, text in left if is_preset]
+    return "Preset: " + ", ".join(parts) if parts else ""
 
 
 def _wrap(text: str, width: int) -> list[str]:

@@ -1,9 +1,11 @@
 """Scene settings (``scene.finr3d``): fit settings, the rank preview and the job's status.
 
-Defaults mirror ``finr3d.config.FieldConfig``/``FitConfig`` where the panel
-exposes the same setting (the add-on cannot import finr3d at registration: it
-may live in another interpreter), except ``nested_ranks``, on here because the
-rank slider is the point of the panel.
+The architecture settings default to "Preset" (rank and width 0): the fit then
+takes them from the mesh preset (``finr3d.presets``), exactly as ``finr3d fit``
+does, and only a setting the user changes reaches the fit command (the add-on
+cannot import finr3d at registration: it may live in another interpreter). The
+panel's own defaults are the budget, the preview and ``nested_ranks``, on here
+because the rank slider is the point of the panel.
 """
 
 from __future__ import annotations
@@ -11,12 +13,14 @@ from __future__ import annotations
 import bpy
 
 DECOMPOSITIONS = [
-    ("cp", "CP", "Sum of rank-one products of the per-axis networks (smallest, default)"),
+    ("preset", "Preset", "The mesh preset's decomposition (finr3d fit's default for meshes)"),
+    ("cp", "CP", "Sum of rank-one products of the per-axis networks (smallest)"),
     ("tucker", "Tucker", "A learned core tensor contracted with every per-axis network"),
     ("tt", "Tensor train", "A chain of matrices, one per axis"),
 ]
 BACKBONES = [
-    ("siren", "SIREN", "Sine networks (default)"),
+    ("preset", "Preset", "The mesh preset's per-axis network"),
+    ("siren", "SIREN", "Sine networks"),
     ("finer", "FINER", "Sine networks with a variable-periodic activation"),
     ("wire", "WIRE", "Gabor wavelet networks"),
     ("relu", "ReLU", "Fourier features and ReLU"),
@@ -45,13 +49,15 @@ def _preview_rank_changed(self, context):
 
 class FINR3D_PG_settings(bpy.types.PropertyGroup):
     # ------------------------------------------------------------------ fit
-    decomposition: bpy.props.EnumProperty(name="Decomposition", items=DECOMPOSITIONS, default="cp")
+    decomposition: bpy.props.EnumProperty(name="Decomposition", items=DECOMPOSITIONS, default="preset")
     rank: bpy.props.IntProperty(
-        name="Rank", default=32, min=1, max=4096, soft_max=256,
-        description="Components combining the per-axis networks: higher is more accurate, larger and slower")
-    backbone: bpy.props.EnumProperty(name="Backbone", items=BACKBONES, default="siren")
+        name="Rank", default=0, min=0, max=4096, soft_max=256,
+        description="Components combining the per-axis networks: higher is more accurate, larger and slower "
+                    "(0: the mesh preset's rank)")
+    backbone: bpy.props.EnumProperty(name="Backbone", items=BACKBONES, default="preset")
     width: bpy.props.IntProperty(
-        name="Width", default=128, min=4, max=1024, description="Hidden width of every per-axis network")
+        name="Width", default=0, min=0, max=1024,
+        description="Hidden width of every per-axis network (0: the mesh preset's width)")
     seconds: bpy.props.FloatProperty(
         name="Seconds", default=60.0, min=0.5, max=24 * 3600.0, soft_max=600.0, precision=1,
         description="Time budget of the optimisation (ground-truth preparation and rank measurements come on top)")

@@ -14,12 +14,13 @@ import sys
 
 from finr3d import __version__
 
-COMMANDS = ("fit", "mesh", "decode", "info", "eval", "sweep", "demo")
+COMMANDS = ("fit", "batch", "mesh", "decode", "info", "eval", "sweep", "demo")
 
 EPILOG = """\
 examples:
   finr3d demo                                   fit a built-in shape, write a mesh, print metrics
   finr3d fit bunny.obj -o bunny.finr --seconds 60
+  finr3d batch assets/ -o out/ --seconds 60          every asset in a folder, one .finr each, and a manifest
   finr3d mesh bunny.finr -o bunny.ply --resolution 512 --rank 16
   finr3d fit photo.png -o photo.finr --decomposition cp --rank 256
   finr3d decode photo.finr -o photo_decoded.png
@@ -71,6 +72,12 @@ def _user_errors():
             PermissionError, NotADirectoryError, ImportError)
 
 
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    text = " ".join(str(message).split())
+    kind = "" if category in (UserWarning, RuntimeWarning) else f" ({category.__name__})"
+    return f"finr3d: warning{kind}: {text}\n"
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -78,6 +85,11 @@ def main(argv=None) -> int:
         parser.print_help()
         return 2
     debug = bool(os.environ.get("FINR3D_DEBUG"))
+    import warnings
+
+    previous = warnings.formatwarning
+    if not debug:
+        warnings.formatwarning = _format_warning  # one line, without the source line Python quotes under it
     try:
         return int(args._module.run(args) or 0)
     except KeyboardInterrupt:
@@ -99,6 +111,8 @@ def main(argv=None) -> int:
         print(f"finr3d {args.command}: unexpected {type(exc).__name__}: {exc} "
               "(set FINR3D_DEBUG=1 for a traceback and report it)", file=sys.stderr)
         return 1
+    finally:
+        warnings.formatwarning = previous
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -18,8 +18,13 @@ def check_output(path, suffixes, *, force: bool) -> Path:
         raise FileNotFoundError(f"{parent}: the output folder does not exist; create it first")
     if not os.access(parent, os.W_OK):
         raise PermissionError(f"{parent}: the output folder is not writable")
+    if out.is_dir():
+        raise IsADirectoryError(f"{out} is a directory; give a file name such as {out / ('out' + out.suffix)}")
     if out.exists() and not force:
         raise FileExistsError(f"{out} exists; pass --force to overwrite it")
+    from finr3d.atomic_files import check_writable
+
+    check_writable(out)  # creates and removes a temporary: a folder we cannot write fails now, not after the work
     return out
 
 

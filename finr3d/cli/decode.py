@@ -19,6 +19,9 @@ def add_arguments(p) -> None:
     p.add_argument("--resolution", type=int,
                    help="samples per axis (default: the fitted target's own shape)")
     p.add_argument("--force", action="store_true", help="overwrite the output file if it exists")
+    p.add_argument("--max-memory", metavar="SIZE",
+                   help="refuse a decode estimated to need more than SIZE, e.g. 8G "
+                        "(default: $FINR3D_MAX_MEMORY, else 2G)")
 
 
 def run(args) -> int:
@@ -30,7 +33,10 @@ def run(args) -> int:
     from finr3d.cli._common import check_output
     from finr3d.decoding import decode_field
 
+    from finr3d.header_schema import memory_limit
+
     out = check_output(args.output, {".png", ".npy", ".mp4", ".webm", ".avi", ".gif"}, force=args.force)
+    memory_limit(args.max_memory)  # a malformed size is refused before the model is read
     if not os.path.exists(args.model):
         raise FileNotFoundError(f"{args.model}: no such file; check the path")
     field = finr3d.load(args.model)
@@ -38,6 +44,6 @@ def run(args) -> int:
     if field.kind == "video" and out.suffix.lower() == ".png" and frames_dir.is_dir() and any(frames_dir.iterdir()) \
             and not args.force:
         raise FileExistsError(f"{frames_dir}/ holds files; video frames would go there; pass --force to overwrite")
-    written = decode_field(field, out, rank=args.rank, resolution=args.resolution)
+    written = decode_field(field, out, rank=args.rank, resolution=args.resolution, max_memory=args.max_memory)
     print(f"wrote {written}")
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from finr3d.config import FieldConfig, FitConfig, field_docs
+from finr3d.presets import help_by_kind
 
 HELP = "fit a factorized field to a mesh (SDF), volume, image or video and save it as .finr"
 DESCRIPTION = """\
@@ -31,16 +32,16 @@ def add_arguments(p) -> None:
     p.add_argument("-o", "--output", required=True, help="where to write the .finr file")
     p.add_argument("--kind", default="auto", choices=["auto", "sdf", "volume", "image", "video"],
                    help="what the input is (default: from the file name)")
-    p.add_argument("--decomposition", choices=["cp", "tucker", "tt"], help=fd["decomposition"] + " (default by kind: tucker for meshes and images, cp for video and volumes)")
-    p.add_argument("--rank", type=_rank, help=fd["rank"] + " E.g. 64 or 32,32,16. (default by kind: meshes 48, images 128, video up to 1024 by clip size, volumes 64;"
-                   " a rank without --decomposition means a cp rank)")
-    p.add_argument("--backbone", choices=["relu", "siren", "wire", "finer"], help=fd["backbone"] + " (default siren)")
-    p.add_argument("--width", type=int, help=fd["width"] + " (default 128; video 32)")
+    p.add_argument("--decomposition", choices=["cp", "tucker", "tt"], help=fd["decomposition"] + " " + help_by_kind("decomposition"))
+    p.add_argument("--rank", type=_rank, help=fd["rank"] + " E.g. 64 or 32,32,16. " + help_by_kind("rank")
+                   + "; a rank without --decomposition means a cp rank")
+    p.add_argument("--backbone", choices=["relu", "siren", "wire", "finer"], help=fd["backbone"] + " " + help_by_kind("backbone"))
+    p.add_argument("--width", type=int, help=fd["width"] + " " + help_by_kind("width"))
     p.add_argument("--depth", type=int, help=fd["depth"] + " (default 2)")
-    p.add_argument("--basis", type=_basis, help=fd["basis"] + " (default by kind: grid for video, else 0)")
+    p.add_argument("--basis", type=_basis, help=fd["basis"] + " " + help_by_kind("basis", generic=0))
     p.add_argument("--steps", type=int, help=td["steps"])
     p.add_argument("--seconds", type=float, help=td["seconds"])
-    p.add_argument("--lr", type=float, help=td["lr"] + " (default 2e-3; images 1e-3, video 5e-4)")
+    p.add_argument("--lr", type=float, help=td["lr"] + " " + help_by_kind("lr", generic=FitConfig.lr))
     p.add_argument("--init", choices=["auto", "closed_form", "random"], help=td["init"])
     p.add_argument("--nested-ranks", action="store_true", default=None, help=td["nested_ranks"])
     p.add_argument("--eikonal", type=float, help=td["eikonal"])
@@ -120,7 +121,11 @@ def run(args) -> int:
 
     from finr3d.cli._common import Progress, check_output
 
+    from finr3d import codec
+
     out = check_output(args.output, {".finr"}, force=args.force)
+    if args.quantization not in codec.QUANTIZATIONS:  # now, not after the fit at save time
+        raise ValueError(f"--quantization {args.quantization!r} is not one of {', '.join(codec.QUANTIZATIONS)}")
     if args.threads is not None:
         if not 1 <= args.threads <= 1024:
             raise ValueError(f"--threads must be between 1 and 1024, got {args.threads}")

@@ -26,6 +26,19 @@ examples:
 """
 
 
+def _finite_float(text: str) -> float:
+    import argparse
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
 def add_arguments(parser) -> None:
     parser.add_argument("model", metavar="MODEL.finr", help="fitted SDF field (from `finr3d fit MESH`)")
     parser.add_argument("-o", "--output", required=True, metavar="OUT",
@@ -34,7 +47,7 @@ def add_arguments(parser) -> None:
                         help="marching-cubes samples per axis, 2..4096 (default: 256)")
     parser.add_argument("--rank", type=int, default=None, metavar="R",
                         help="evaluate the field truncated to rank R (default: the full rank it was saved with)")
-    parser.add_argument("--level", type=float, default=0.0, metavar="L",
+    parser.add_argument("--level", type=_finite_float, default=0.0, metavar="L",
                         help="iso-level as a signed distance in world units; >0 grows, <0 shrinks the "
                              "surface, within the fit's truncation band (default: 0, the surface)")
     parser.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
@@ -55,6 +68,15 @@ def run(args) -> int:
         article = "an" if kind[:1] in "aeiou" else "a"
         raise InputError(f"{Path(args.model).name} is {article} {kind} field; `finr3d mesh` needs an SDF field "
                          "(fitted to a mesh); use `finr3d decode` for other kinds")
+    matrix = (field.target_info or {}).get("world_from_normalized")
+    if matrix is not None:  # STL/GLB store float32: refuse now if that would move the vertices, not after meshing
+        import numpy as np
+
+        from finr3d.meshing import check_precision
+
+        corners = np.array([[x, y, z, 1.0] for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)]) @ np.asarray(
+            matrix, np.float64).T
+        check_precision(corners[:, :3].min(axis=0), corners[:, :3].max(axis=0), out.suffix, out.name)
     t0 = time.perf_counter()
     mesh = extract_mesh(field, args.resolution, rank=args.rank, level=args.level)
     save_mesh(mesh, out, overwrite=args.force)

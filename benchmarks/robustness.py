@@ -1,0 +1,592 @@
+"""Hostile .finr files and bad inputs: every one must end as FormatError / exit 2 or a correct result.
+
+Two parts (issues 14 and 17):
+
+1. **Hostile files.** Real fields (an SDF, an image, a volume; built without
+   fitting) are damaged in families: truncations, bit flips (not re-signed),
+   re-signed header byte flips, re-signed header mutations at every nesting
+   level (``header value``: hostile values of the same type and missing keys;
+   ``type swap``: a value of every other JSON type; ``huge size``: sizes and
+   counts set to 1e7..2^63), and re-signed tensor-table mutations. Each case
+   runs ``finr3d.load``, ``finr3d info`` and ``finr3d mesh`` (SDF) or
+   ``finr3d decode`` (others) in a forked child of a process that has already
+   imported everything, so that the child's peak RSS growth and wall time are
+   the case's own.
+2. **Bad inputs.** The table of the issues (degenerate and far-off meshes,
+   lying .npy headers, PNG bombs, constant volumes, bad levels, outputs that
+   cannot be written, decodes that need too much memory), run through the CLI.
+
+Outcomes per case: ``ok`` (every operation succeeded), ``refused``
+(FormatError or exit 2 with one line on stderr), ``other`` (exit 1 or any
+other exception: a bug), ``hang`` (over ``--timeout`` seconds), ``over
+memory`` (RSS growth above 2x the file size + ``--base-mb``), ``slow`` (over
+1 s, reported). Target: 0 other, 0 hangs, 0 over memory.
+
+Run under the bench lock (CPU-heavy)::
+
+    flock /tmp/finr3d-bench.lock python benchmarks/robustness.py --workers 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import hashlib
+import io
+import json
+import os
+import random
+import signal
+import struct
+import sys
+import tempfile
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+PREFIX = struct.Struct("<8sHHIQ")
+MB = 1 << 20
+
+
+# --------------------------------------------------------------------------- seeds and re-signing
+def _split(blob: bytes) -> tuple[bytes, dict, bytes]:
+    _, _, _, header_len, payload_len = PREFIX.unpack(blob[: PREFIX.size])
+    text = blob[PREFIX.size: PREFIX.size + header_len]
+    start = PREFIX.size + header_len + 16
+    return text, json.loads(text), blob[start: start + payload_len]
+
+
+def _sign(text: bytes, payload: bytes) -> bytes:
+    """A file around raw header JSON ``text`` and ``payload`` with both digests valid (docs/format.md)."""
+    from finr3d import codec
+
+    head = PREFIX.pack(codec.MAGIC, 1, 0, len(text), len(payload)) + text
+    body = head + hashlib.blake2b(head, digest_size=16).digest() + payload
+    return body + hashlib.blake2b(body, digest_size=32).digest()
+
+
+def _resign(document: dict, payload: bytes) -> bytes:
+    return _sign(json.dumps(document, separators=(",", ":")).encode(), payload)
+
+
+def make_seeds(folder: Path) -> dict[str, Path]:
+    """Three small real fields: an SDF (Tucker), an RGB image (CP) and a volume (TT)."""
+    import numpy as np
+    import torch
+
+    from finr3d.config import FieldConfig
+    from finr3d.field import FactorizedField
+
+    torch.manual_seed(0)
+    specs = {
+        "sdf": (3, 1, FieldConfig(decomposition="tucker", rank=4, width=8, depth=1),
+                {"kind": "sdf", "shape": [16, 16, 16], "channels": 1, "value_offset": 0.0, "value_scale": 0.1,
+                 "bounds": [[-1, 1]] * 3, "world_from_normalized": np.diag([2.0, 2.0, 2.0, 1.0]).tolist(),
+                 "mesh_report": {"watertight": True, "faces": 10}, "resolution": 16, "truncation": 0.1,
+                 "margin": 0.1, "sign": "raycast", "source": "sphere.obj"}),
+        "image": (2, 3, FieldConfig(decomposition="cp", rank=6, width=8, depth=1),
+                  {"kind": "image", "shape": [12, 10], "channels": 3, "axis_names": ["y", "x"],
+                   "value_offset": 0.0, "value_scale": 1.0, "bit_depth": 8, "source": "photo.png"}),
+        "volume": (3, 1, FieldConfig(decomposition="tt", rank=3, width=8, depth=1),
+                   {"kind": "volume", "shape": [8, 7, 6], "channels": 1, "value_offset": 10.0,
+                    "value_scale": 2.0, "source": "ct.npy"}),
+    }
+    out = {}
+    for name, (ndim, channels, config, info) in specs.items():
+        field = FactorizedField(ndim, channels, config, target_info=info)
+        with torch.no_grad():
+            field.bias.fill_(-0.3)  # the SDF then crosses zero somewhere
+        field.history = {"steps": 10, "seconds": 1.5, "device": "cpu", "metrics": {"psnr": 30.0, "iou": 0.9}}
+        path = folder / f"{name}.finr"
+        field.save(path, quantization="int8" if name == "image" else "fp16")
+        out[name] = path
+    return out
+
+
+# --------------------------------------------------------------------------- families
+def _paths(node, prefix=()):
+    yield prefix, node
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from _paths(value, prefix + (key,))
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            yield from _paths(value, prefix + (index,))
+
+
+def _set(document, path, value, *, delete=False):
+    node = document
+    for key in path[:-1]:
+        node = node[key]
+    if delete:
+        del node[path[-1]]
+    else:
+        node[path[-1]] = value
+
+
+TYPE_SWAPS = [None, True, 7, 7.5, "7", [7], {"7": 7}]
+SIZE_KEYS = {"width", "depth", "out_dim", "in_dim", "rank", "ranks", "shape", "channels", "ndim", "parameters",
+             "basis", "frequencies", "frame_start", "frame_stride", "resolution", "length", "offset", "block"}
+HUGE = [10**7, 2**31, 2**40, 2**63, 10**30, 1e23, [2**31] * 3, [20000, 20000], [2**20] * 8]
+
+
+def _hostile_values(value):
+    """Same-type values that are out of range, degenerate or merely different."""
+    if isinstance(value, bool):
+        return [not value]
+    if isinstance(value, (int, float)):
+        return [0, -1, 1, -1e308, 1e308, 1e-300, 2**53 + 1, 0.5, -value, value * 1000 + 1]
+    if isinstance(value, str):
+        return ["", "x" * 5000, "../../etc/passwd", "siren", "tt", "image", "\u0000", value.upper()]
+    if isinstance(value, list):
+        return [[], [[]], value[:-1], value + value, list(reversed(value)), [value]]
+    if isinstance(value, dict):
+        return [{}, {"a": 1}]
+    return []
+
+
+def hostile_cases(seeds: dict[str, Path], rng: random.Random, *, truncations: int, flips: int):
+    """Yield (family, seed kind, description, bytes)."""
+    for kind, path in seeds.items():
+        blob = path.read_bytes()
+        text, document, payload = _split(blob)
+        # truncations: the first 64 lengths, then evenly spaced ones
+        lengths = sorted(set(list(range(64)) + [round(i * len(blob) / truncations) for i in range(truncations)]))
+        for n in lengths:
+            yield "truncation", kind, f"first {n} bytes", blob[:n]
+        for i in range(flips):
+            data = bytearray(blob)
+            for _ in range(rng.choice([1, 1, 2, 8])):
+                at = rng.randrange(len(data))
+                data[at] ^= 1 << rng.randrange(8)
+            yield "bit flip", kind, f"flip #{i}", bytes(data)
+        for i in range(flips // 2):  # flips inside the header JSON, then re-signed: the JSON itself is hostile
+            data = bytearray(text)
+            at = rng.randrange(len(data))
+            data[at] ^= 1 << rng.randrange(8)
+            yield "re-signed header bytes", kind, f"header byte {at}", _sign(bytes(data), payload)
+
+        meta_paths = [(("meta",) + p, v) for p, v in _paths(document["meta"]) if p]
+        for path_, value in meta_paths:
+            where = ".".join(map(str, path_[1:]))
+            for new in _hostile_values(value):
+                mutated = copy.deepcopy(document)
+                _set(mutated, path_, new)
+                yield "header value", kind, f"{where} = {json.dumps(new)[:40]}", _resign(mutated, payload)
+            if isinstance(path_[-1], str):
+                mutated = copy.deepcopy(document)
+                _set(mutated, path_, None, delete=True)
+                yield "header value", kind, f"{where} removed", _resign(mutated, payload)
+            for new in TYPE_SWAPS:
+                if type(new) is type(value):
+                    continue
+                mutated = copy.deepcopy(document)
+                _set(mutated, path_, new)
+                yield "type swap", kind, f"{where} = {json.dumps(new)}", _resign(mutated, payload)
+            if path_[-1] in SIZE_KEYS or (len(path_) > 1 and path_[-2] in SIZE_KEYS):
+                for new in HUGE:
+                    mutated = copy.deepcopy(document)
+                    _set(mutated, path_, new)
+                    yield "huge size", kind, f"{where} = {json.dumps(new)[:40]}", _resign(mutated, payload)
+        for top in ("meta", "tensors", "minor"):
+            for new in TYPE_SWAPS:
+                mutated = copy.deepcopy(document)
+                mutated[top] = new
+                yield "type swap", kind, f"{top} = {json.dumps(new)}", _resign(mutated, payload)
+        table = document["tensors"]
+        for index in range(len(table)):
+            for key, value in list(table[index].items()):
+                for new in _hostile_values(value) + [v for v in TYPE_SWAPS if type(v) is not type(value)]:
+                    mutated = copy.deepcopy(document)
+                    mutated["tensors"][index][key] = new
+                    yield "tensor table", kind, f"tensors.{index}.{key} = {json.dumps(new)[:40]}", \
+                        _resign(mutated, payload)
+            for new in ([2**40, 2**40], [2**20] * 4, [10**7]):
+                mutated = copy.deepcopy(document)
+                mutated["tensors"][index]["shape"] = new
+                yield "huge size", kind, f"tensors.{index}.shape = {new}", _resign(mutated, payload)
+        mutated = copy.deepcopy(document)
+        mutated["tensors"].append(dict(table[-1], offset=table[-1]["offset"] + table[-1]["length"]))
+        yield "tensor table", kind, "duplicate entry", _resign(mutated, payload)
+        raw = json.dumps(document, separators=(",", ":"))
+        entry = json.dumps(table[0], separators=(",", ":"))
+        yield "tensor table", kind, "duplicate key in an entry", _sign(
+            raw.replace(entry, entry[:-1] + ',"name":"x"}', 1).encode(), payload)
+
+
+# --------------------------------------------------------------------------- running one case in a child
+def _rss_kb() -> int:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
+
+
+def _cli(argv) -> tuple[str, str]:
+    from finr3d.cli import main
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            code = main([str(a) for a in argv])
+        except SystemExit as exc:
+            code = exc.code
+    text = err.getvalue().strip()
+    if code == 0:
+        return "ok", ""
+    if code == 2 and text.count("\n") == 0 and "error" in text:
+        return "refused", text[:200]
+    return "other", f"exit {code}: {text.splitlines()[-1] if text else ''}"[:300]
+
+
+def _hostile_ops(path: Path, kind: str, work: Path) -> list[tuple[str, str, str]]:
+    import finr3d
+    from finr3d.errors import FormatError
+
+    results = []
+    try:
+        finr3d.load(path)
+        results.append(("load", "ok", ""))
+    except FormatError:
+        results.append(("load", "refused", ""))
+    except Exception as exc:  # noqa: BLE001 (this is what is being counted)
+        results.append(("load", "other", f"{type(exc).__name__}: {exc}"[:300]))
+    results.append(("info", *_cli(["info", path])))
+    if kind == "sdf":
+        results.append(("mesh", *_cli(["mesh", path, "-o", work / "out.ply", "--resolution", 16, "--force"])))
+    else:
+        results.append(("decode", *_cli(["decode", path, "-o", work / "out.npy", "--force"])))
+    return results
+
+
+def run_in_child(job, timeout: float) -> dict:
+    """Fork, run ``job()`` (returns a JSON-able value) in the child; the parent measures time, RSS and hangs."""
+    read_fd, write_fd = os.pipe()
+    baseline = _rss_kb()
+    start = time.perf_counter()
+    pid = os.fork()
+    if pid == 0:  # child
+        os.close(read_fd)
+        try:
+            value = {"result": job()}
+        except BaseException as exc:  # noqa: BLE001
+            value = {"crash": f"{type(exc).__name__}: {exc}"[:300]}
+        with os.fdopen(write_fd, "w") as handle:
+            handle.write(json.dumps(value))
+        os._exit(0)
+    os.close(write_fd)
+    status, usage = None, None
+    while True:
+        done, status, usage = os.wait4(pid, os.WNOHANG)
+        if done:
+            break
+        if time.perf_counter() - start > timeout:
+            os.kill(pid, signal.SIGKILL)
+            _, status, usage = os.wait4(pid, 0)
+            os.close(read_fd)
+            return {"hang": True, "seconds": time.perf_counter() - start, "growth_mb": 0.0}
+        time.sleep(0.002)
+    seconds = time.perf_counter() - start
+    with os.fdopen(read_fd) as handle:
+        text = handle.read()
+    out = json.loads(text) if text else {"crash": f"child died with status {status}"}
+    out["seconds"] = seconds
+    out["growth_mb"] = max(0.0, (usage.ru_maxrss - baseline) / 1024)
+    out["peak_mb"] = usage.ru_maxrss / 1024
+    return out
+
+
+def _warm_up(seeds: dict[str, Path], work: Path) -> None:
+    """Import and exercise everything once in the parent, so that a child's growth is its own."""
+    import functools
+
+    import torch
+
+    import finr3d.cli
+
+    torch.set_num_threads(1)  # one thread per child, and no OpenMP pool to inherit across fork
+    # argparse parsers are reusable: build the CLI's once (its help text parses config.py, 0.1 s a call)
+    finr3d.cli.build_parser = functools.lru_cache(maxsize=1)(finr3d.cli.build_parser)
+    for kind, path in seeds.items():
+        _hostile_ops(path, kind, work)
+
+
+def _worker(args) -> list[dict]:
+    cases, seeds, timeout, base_mb = args
+    work = Path(tempfile.mkdtemp(prefix="finr3d-robust-"))
+    _warm_up(seeds, work)
+    rows = []
+    for family, kind, what, data in cases:
+        path = work / "case.finr"
+        path.write_bytes(data)
+        res = run_in_child(lambda: _hostile_ops(path, kind, work), timeout)
+        bound = 2 * len(data) / MB + base_mb
+        ops = res.get("result") or []
+        outcomes = [o for _, o, _ in ops]
+        if res.get("hang"):
+            outcome = "hang"
+        elif "crash" in res or "other" in outcomes:
+            outcome = "other"
+        elif res["growth_mb"] > bound:
+            outcome = "over memory"
+        elif all(o == "ok" for o in outcomes):
+            outcome = "ok"
+        else:
+            outcome = "refused"
+        detail = res.get("crash") or "; ".join(f"{op}: {msg}" for op, o, msg in ops if o == "other")
+        rows.append({"family": family, "kind": kind, "case": what, "bytes": len(data), "outcome": outcome,
+                     "seconds": res["seconds"], "growth_mb": res["growth_mb"], "detail": detail})
+    return rows
+
+
+# --------------------------------------------------------------------------- the bad-input table
+def bad_input_table(folder: Path, seeds: dict[str, Path]):
+    """Yield (name, expected, argv, check) rows; ``check(folder)`` returns an error string or ''."""
+    import numpy as np
+    import trimesh
+
+    from finr3d import codec
+
+    def npy_lie(name, shape):
+        text = f"{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}"
+        text += " " * (118 - len(text)) + "\n"
+        (folder / name).write_bytes(b"\x93NUMPY\x01\x00" + struct.pack("<H", len(text)) + text.encode() + b"\0" * 64)
+        return folder / name
+
+    def png_bomb(name, size, planes):
+        import zlib
+
+        def chunk(tag, data):
+            return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+
+        packer = zlib.compressobj(9)
+        row = b"\0" * (1 + size * planes)
+        body = b"".join(packer.compress(row) for _ in range(size)) + packer.flush()
+        ihdr = struct.pack(">IIBBBBB", size, size, 8, {1: 0, 3: 2}[planes], 0, 0, 0)
+        (folder / name).write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", body)
+                                    + chunk(b"IEND", b""))
+        return folder / name
+
+    tri = folder / "triangle.obj"
+    trimesh.Trimesh([[0, 0, 0], [1, 0, 0], [0, 1, 0]], [[0, 1, 2]], process=False).export(tri)
+    plane = folder / "plane.obj"
+    trimesh.Trimesh([[0, 0, 0], [1, 0, 0], [1, 1, 0], [0, 1, 0]], [[0, 1, 2], [0, 2, 3]], process=False).export(plane)
+    far = folder / "far.obj"  # OBJ with enough digits: PLY from trimesh is float32, which would collapse it
+    sphere = trimesh.creation.icosphere(3)
+    trimesh.Trimesh(sphere.vertices + 1e8, sphere.faces).export(far, digits=10)
+    tiny = folder / "tiny.ply"
+    trimesh.Trimesh(sphere.vertices * 1e-8, sphere.faces).export(tiny)
+    for name, value in (("zeros", 0.0), ("ones", 1.0)):
+        np.save(folder / f"{name}.npy", np.full((16, 16, 16), value, np.float32))
+    onevox = np.zeros((16, 16, 16), np.float32)
+    onevox[3, 4, 5] = 1
+    np.save(folder / "onevox.npy", onevox)
+    codec.write(folder / "empty.finr", {}, {})
+    (folder / "dir.finr").mkdir(exist_ok=True)
+    fit = ["fit", "--steps", 5, "--progress", "none", "--force"]
+    sdf_fit = fit + ["--resolution", 16]
+
+    def extents(path, low, high):
+        def check(_):
+            mesh = trimesh.load(path, process=False)
+            e = mesh.extents
+            return "" if np.all(e >= low) and np.all(e <= high) else f"extents {e.tolist()} not in [{low}, {high}]"
+        return check
+
+    def fitted(name):
+        def check(_):
+            out = folder / f"{name}.finr"
+            return "" if out.exists() and codec.read_header(out) else "no output"
+        return check
+
+    rows = [
+        ("single triangle: fit", "ok", [*sdf_fit, tri, "-o", folder / "tri.finr"], fitted("tri")),
+        ("single triangle: mesh", "ok or no surface", ["mesh", folder / "tri.finr", "-o", folder / "tri.ply", "--force",
+                                                       "--resolution", 32], None),
+        ("open plane: fit", "ok", [*sdf_fit, plane, "-o", folder / "plane.finr"], fitted("plane")),
+        ("open plane: mesh", "ok or no surface", ["mesh", folder / "plane.finr", "-o", folder / "plane.ply",
+                                                  "--force", "--resolution", 32], None),
+        ("unit sphere at 1e8: fit", "ok", [*sdf_fit, far, "-o", folder / "far.finr"], fitted("far")),
+        ("unit sphere at 1e8: mesh .ply", "ok", ["mesh", folder / "far.finr", "-o", folder / "far_out.ply", "--force",
+                                                 "--resolution", 32], extents(folder / "far_out.ply", 1.5, 2.5)),
+        ("unit sphere at 1e8: mesh .stl", "exit 2", ["mesh", folder / "far.finr", "-o", folder / "far_out.stl",
+                                                     "--force"], None),
+        ("sphere at 1e-8 scale: fit", "ok", [*sdf_fit, tiny, "-o", folder / "tiny.finr"], fitted("tiny")),
+        ("sphere at 1e-8 scale: mesh", "ok", ["mesh", folder / "tiny.finr", "-o", folder / "tiny_out.ply", "--force",
+                                              "--resolution", 32], extents(folder / "tiny_out.ply", 1.5e-8, 2.5e-8)),
+        (".npy claiming 8e15 bytes", "exit 2", [*fit, npy_lie("lie8e15.npy", (200000, 200000, 50000)), "-o",
+                                                folder / "x.finr"], None),
+        (".npy claiming 27e9 values", "exit 2", [*fit, npy_lie("lie27e9.npy", (3000, 3000, 3000)), "-o",
+                                                 folder / "x.finr"], None),
+        ("PNG bomb 20000^2 RGB (1.1 MB)", "exit 2", [*fit, png_bomb("bomb_rgb.png", 20000, 3), "-o",
+                                                     folder / "x.finr"], None),
+        ("PNG bomb 20000^2 gray", "exit 2", [*fit, png_bomb("bomb_gray.png", 20000, 1), "-o", folder / "x.finr"], None),
+        ("constant volume 0", "ok", [*fit, folder / "zeros.npy", "-o", folder / "zeros.finr"], fitted("zeros")),
+        ("constant volume 1", "ok", [*fit, folder / "ones.npy", "-o", folder / "ones.finr"], fitted("ones")),
+        ("one voxel different", "ok", [*fit, folder / "onevox.npy", "-o", folder / "onevox.finr"], fitted("onevox")),
+        ("constant volume 0, tucker", "ok", [*fit, folder / "zeros.npy", "-o", folder / "zt.finr", "--decomposition",
+                                             "tucker"], fitted("zt")),
+        ("constant volume 1, tt", "ok", [*fit, folder / "ones.npy", "-o", folder / "ot.finr", "--decomposition", "tt"],
+         fitted("ot")),
+        ("mesh --level nan", "exit 2", ["mesh", seeds["sdf"], "-o", folder / "l.ply", "--level", "nan"], None),
+        ("mesh --level 1e9", "exit 2", ["mesh", seeds["sdf"], "-o", folder / "l.ply", "--level", "1e9",
+                                        "--resolution", 16], None),
+        ("fit --quantization int3", "exit 2", [*fit, folder / "ones.npy", "-o", folder / "q.finr", "--quantization",
+                                               "int3"], None),
+        ("fit -o /proc/x.finr", "exit 2", [*fit, folder / "ones.npy", "-o", "/proc/x.finr"], None),
+        ("fit -o existing_dir.finr --force", "exit 2", [*fit, folder / "ones.npy", "-o", folder / "dir.finr"], None),
+        ("decode --resolution 1000 (SDF)", "exit 2", ["decode", seeds["sdf"], "-o", folder / "d.npy", "--resolution",
+                                                      1000, "--force"], None),
+        ("info on an empty header", "ok", ["info", folder / "empty.finr"], None),
+        ("mesh an empty header", "exit 2", ["mesh", folder / "empty.finr", "-o", folder / "e.ply", "--force"], None),
+    ]
+    yield from rows
+
+
+def _bad_input_job(argv, check, folder):
+    def job():
+        outcome, detail = _cli(argv)
+        if outcome == "ok" and check is not None:
+            problem = check(folder)
+            if problem:
+                return "wrong", problem
+        return outcome, detail
+    return job
+
+
+def run_bad_inputs(folder: Path, seeds, timeout: float, base_mb: float) -> list[dict]:
+    import torch
+
+    torch.set_num_threads(1)
+    _warm_up(seeds, folder)
+    rows = []
+    for name, expected, argv, check in bad_input_table(folder, seeds):
+        res = run_in_child(_bad_input_job(argv, check, folder), timeout)
+        if res.get("hang"):
+            outcome, detail = "hang", ""
+        elif "crash" in res:
+            outcome, detail = "other", res["crash"]
+        else:
+            outcome, detail = res["result"]
+        correct = outcome == "ok" if expected == "ok" else outcome == "refused" if expected == "exit 2" else (
+            outcome == "ok" or outcome == "refused")
+        over = expected == "exit 2" and res["growth_mb"] > base_mb
+        rows.append({"case": name, "expected": expected, "outcome": outcome, "correct": correct and not over,
+                     "over_memory": over, "seconds": res["seconds"], "growth_mb": res["growth_mb"],
+                     "peak_mb": res.get("peak_mb", 0.0), "detail": detail})
+    return rows
+
+
+# --------------------------------------------------------------------------- main
+COLUMNS = ["ok", "refused", "other", "hang", "over memory", "slow"]
+
+
+def print_hostile(rows, seconds, workers) -> Counter:
+    table = defaultdict(Counter)
+    worst = defaultdict(lambda: [0.0, 0.0])
+    for row in rows:
+        table[row["family"]][row["outcome"]] += 1
+        table[row["family"]]["slow"] += row["seconds"] > 1.0
+        worst[row["family"]][0] = max(worst[row["family"]][0], row["seconds"])
+        worst[row["family"]][1] = max(worst[row["family"]][1], row["growth_mb"])
+    print(f"hostile .finr files: {len(rows)} cases in {seconds:.0f} s ({workers} workers); "
+          "each runs load, info and mesh|decode in a forked child")
+    print(f"{'family':<24}{'cases':>7}" + "".join(f"{c:>13}" for c in COLUMNS) + f"{'max s':>8}{'max MB':>8}")
+    total = Counter()
+    for family in sorted(table):
+        counts = table[family]
+        n = sum(counts[c] for c in COLUMNS[:-1])
+        total.update(counts)
+        print(f"{family:<24}{n:>7}" + "".join(f"{counts[c]:>13}" for c in COLUMNS)
+              + f"{worst[family][0]:>8.2f}{worst[family][1]:>8.1f}")
+    n = sum(total[c] for c in COLUMNS[:-1])
+    print(f"{'total':<24}{n:>7}" + "".join(f"{total[c]:>13}" for c in COLUMNS)
+          + f"{max(r['seconds'] for r in rows):>8.2f}{max(r['growth_mb'] for r in rows):>8.1f}")
+    for row in [r for r in rows if r["outcome"] in ("other", "hang", "over memory")][:30]:
+        print(f"  {row['outcome']}: {row['family']} {row['kind']} {row['case']}: {row['detail']}")
+    return total
+
+
+def print_bad_inputs(rows) -> None:
+    print("\nbad inputs (CLI; RSS growth bound for refusals: 500 MB)")
+    print(f"{'case':<36}{'expected':>18}{'outcome':>10}{'correct':>9}{'s':>7}{'growth MB':>11}{'peak MB':>9}")
+    for r in rows:
+        print(f"{r['case']:<36}{r['expected']:>18}{r['outcome']:>10}{'yes' if r['correct'] else 'NO':>9}"
+              f"{r['seconds']:>7.1f}{r['growth_mb']:>11.1f}{r['peak_mb']:>9.0f}"
+              + (f"  {r['detail'][:110]}" if r["detail"] else ""))
+    print(f"bad inputs: {sum(r['correct'] for r in rows)}/{len(rows)} correct, "
+          f"{sum(r['outcome'] == 'other' for r in rows)} other, {sum(r['outcome'] == 'hang' for r in rows)} "
+          f"hangs, {sum(r['over_memory'] for r in rows)} over memory")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workers", type=int, default=2, help="parallel parents, each forking one child per case")
+    parser.add_argument("--truncations", type=int, default=300, help="evenly spaced truncation lengths per seed")
+    parser.add_argument("--flips", type=int, default=400, help="bit-flip cases per seed")
+    parser.add_argument("--timeout", type=float, default=10.0, help="seconds before a case counts as a hang")
+    parser.add_argument("--base-mb", type=float, default=64.0,
+                        help="fixed part of the memory bound: RSS growth <= 2x file size + this")
+    parser.add_argument("--limit", type=int, default=None, help="run only N random hostile cases (a smoke run)")
+    parser.add_argument("--shard", default="1/1", help="K/N: run the K-th of N interleaved parts of the hostile "
+                        "cases (several locked runs of under 10 minutes); --merge prints their table")
+    parser.add_argument("--skip-hostile", action="store_true")
+    parser.add_argument("--skip-bad-inputs", action="store_true")
+    parser.add_argument("--merge", type=Path, nargs="+", help="print the combined tables of these JSON outputs")
+    parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "robustness.json")
+    args = parser.parse_args(argv)
+
+    if args.merge:
+        parts = [json.loads(p.read_text()) for p in args.merge]
+        rows = [r for p in parts for r in p.get("hostile_rows", [])]
+        bad_rows = [r for p in parts for r in p.get("bad_inputs", [])]
+        total = print_hostile(rows, sum(p.get("hostile_seconds", 0) for p in parts),
+                              parts[0]["settings"]["workers"]) if rows else Counter()
+        if bad_rows:
+            print_bad_inputs(bad_rows)
+        summary = {"settings": [p["settings"] for p in parts], "hostile_cases": len(rows),
+                   "hostile": {}, "hostile_failures": [r for r in rows if r["outcome"] in ("other", "hang",
+                                                                                          "over memory")],
+                   "bad_inputs": bad_rows}
+        for row in rows:
+            counts = summary["hostile"].setdefault(row["family"], dict.fromkeys(COLUMNS, 0))
+            counts[row["outcome"]] += 1
+            counts["slow"] += row["seconds"] > 1.0
+        args.json.write_text(json.dumps(summary, indent=1))
+        return 1 if total["other"] + total["hang"] + total["over memory"] else 0
+
+    import multiprocessing as mp
+
+    folder = Path(tempfile.mkdtemp(prefix="finr3d-robustness-"))
+    seeds = make_seeds(folder)
+    rows, hostile_seconds, total = [], 0.0, Counter()
+    if not args.skip_hostile:
+        rng = random.Random(0)
+        cases = list(hostile_cases(seeds, rng, truncations=args.truncations, flips=args.flips))
+        if args.limit:
+            rng.shuffle(cases)
+            cases = cases[: args.limit]
+        k, n = (int(x) for x in args.shard.split("/"))
+        cases = cases[k - 1:: n]
+        t0 = time.perf_counter()
+        chunks = [cases[i:: args.workers] for i in range(args.workers)]
+        with mp.get_context("fork").Pool(args.workers) as pool:
+            rows = [r for part in pool.map(_worker, [(c, seeds, args.timeout, args.base_mb) for c in chunks])
+                    for r in part]
+        hostile_seconds = time.perf_counter() - t0
+        total = print_hostile(rows, hostile_seconds, args.workers)
+    bad_rows = []
+    if not args.skip_bad_inputs:
+        bad_rows = run_bad_inputs(folder, seeds, max(args.timeout, 300.0), max(args.base_mb, 500.0))
+        print_bad_inputs(bad_rows)
+    args.json.write_text(json.dumps({"settings": vars(args) | {"json": str(args.json), "merge": None},
+                                     "hostile_rows": rows, "bad_inputs": bad_rows,
+                                     "hostile_seconds": hostile_seconds}))
+    failures = total["other"] + total["hang"] + total["over memory"] + sum(not r["correct"] for r in bad_rows)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
