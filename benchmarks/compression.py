@@ -249,7 +249,10 @@ def summarize(name, rows, prefix_ratio):
     out["draco8"] = {"chamfer_l1": level, "bytes": draco8["bytes"]}
     finr_pts = [(r["bytes"], r["chamfer_l1"]) for r in rows if r["method"] == "finr"]
     b, how = bytes_at(frontier(finr_pts), level)
-    out["finr"] = {"bytes": b, "how": how}
+    out["finr_global"] = {"bytes": b, "how": how}
+    finr_pts += [(r["bytes"], r["chamfer_l1"]) for r in rows if r["method"] == "finr+detail"]
+    b, how = bytes_at(frontier(finr_pts), level)
+    out["finr"] = {"bytes": b, "how": how}  # any .finr file: global alone or with local detail
     for m in sorted({r["method"] for r in rows if r.get("resolution")}):
         for res in sorted({r["resolution"] for r in rows if r["method"] == m and r.get("resolution")}):
             pts = [(r["bytes"], r["chamfer_l1"]) for r in rows if r["method"] == m and r.get("resolution") == res]
@@ -270,7 +273,7 @@ def _kib(b):
 
 def print_tables(results, meta):
     print("\n### Bytes at Draco-8's Chamfer-L1 (KiB, log-log interpolation of each frontier)\n")
-    cols = ["finr"] + [f"{m}@{r}" for r in meta["settings"]["grid_resolutions"]
+    cols = ["finr_global", "finr"] + [f"{m}@{r}" for r in meta["settings"]["grid_resolutions"]
                        for m in meta["settings"]["codecs"]]
     print("| mesh | Draco-8 Chamfer | Draco-8 | " + " | ".join(cols) + " | .finr ≤ ½ Draco-8 | .finr ≤ SPERR | r/4 file |")
     print("|---|---|---|" + "---|" * len(cols) + "---|---|---|")
@@ -285,14 +288,16 @@ def print_tables(results, meta):
             cells.append(("≤ " if v.get("how") == "at most" else "") + cell if v.get("bytes") else "not reached")
         half = {True: "pass", False: "FAIL", None: "n/a"}[s["half_draco8_pass"]]
         print(f"| {name} | {s['draco8']['chamfer_l1']:.2e} | {_kib(s['draco8']['bytes'])} | " + " | ".join(cells)
-              + f" | {half} | {'pass' if s['sperr_pass'] else 'FAIL'} | {100 * s['prefix_r4_ratio']:.0f} % |")
+              + f" | {half} | {'pass' if s['sperr_pass'] else 'FAIL'} | {100 * (s['prefix_r4_ratio'] or 0):.0f} % |")
     print("\n### .finr points\n")
-    print("| mesh | setting | ranks kept | KiB | Chamfer-L1 |")
+    print("| mesh | setting | ranks kept | KiB (detail) | Chamfer-L1 |")
     print("|---|---|---|---|---|")
     for name, res in results.items():
         for r in res["rows"]:
-            if r["method"] == "finr":
-                print(f"| {name} | {r['setting']} | {tuple(r['ranks'])} | {_kib(r['bytes'])} | {r['chamfer_l1']:.2e} |")
+            if r["method"].startswith("finr"):
+                det = f" ({_kib(r['detail_bytes'])})" if r.get("detail_bytes") else ""
+                print(f"| {name} | {r['setting']} | {tuple(r.get('ranks', ()))} | {_kib(r['bytes'])}{det} | "
+                      f"{r['chamfer_l1']:.2e} |")
     print("\n### Default fit\n")
     print("| mesh | steps | seconds | IoU | Chamfer-L1 (network, 256³) |")
     print("|---|---|---|---|---|")
@@ -373,13 +378,22 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=str(HERE / "compression.json"))
     p.add_argument("--merge", default=None, help="comma-separated JSON files of earlier runs: combine and plot")
     p.add_argument("--plot", default=str(HERE / "compression.png"))
+    p.add_argument("--extra", default=None, help="with --merge: JSON files of extra rows per mesh "
+                                                 "(benchmarks/compression_detail.py)")
     args = p.parse_args(argv)
     if args.merge:
         results, meta = {}, None
         for f in args.merge.split(","):
             doc = json.loads(Path(f).read_text())
             results.update(doc["meshes"])
-            meta = meta or doc["meta"]
+            meta = meta if meta and not meta.get("partial") else doc["meta"]
+        for f in (args.extra or "").split(","):
+            if f:
+                for name, extra in json.loads(Path(f).read_text())["meshes"].items():
+                    if name in results:
+                        results[name]["rows"] += extra["rows"]
+        for name, res in results.items():
+            res["summary"] = summarize(name, res["rows"], res["summary"].get("prefix_r4_ratio"))
         print_tables(results, meta)
         plot(results, Path(args.plot))
         print(f"wrote {args.plot}")
