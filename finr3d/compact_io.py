@@ -81,7 +81,7 @@ def _meta(field, metadata) -> dict | None:
     if metadata != "full":
         target = {k: v for k, v in target.items() if k not in _LEAN_TARGET_DROP}
         history = {k: v for k, v in history.items() if k in _LEAN_HISTORY}
-    from finr3d.field import _jsonable
+    from finr3d.codec import jsonable as _jsonable
 
     return _jsonable({"format": "finr3d-field", "library_version": __version__, "target": target,
                       "history": history, "trained": {"backbone": field.config.backbone,
