@@ -315,7 +315,7 @@ def read_summary(path, backend: Backend | None = None) -> dict:
         raise BridgeError(f"finr3d cannot read .finr files in this Python ({exc})") from exc
 
     try:
-        meta = validate_field_meta(codec.read_header(path))
+        meta = validate_field_meta(codec.describe_file(path))
     except FileNotFoundError as exc:
         raise BridgeError(f"{path}: no such file") from exc
     except (FormatError, OSError) as exc:

@@ -27,7 +27,7 @@ PRECISION_STEPS = {"fp32": 0.0, "fp16": 2.5e-5, "int8": 1e-4, "int6": 2e-4, "int
 #: target keys kept in the optional metadata by default (the rest, e.g. the mesh report, with metadata="full")
 _LEAN_TARGET_DROP = ("mesh_report", "bounds", "value_offset", "value_scale", "world_from_normalized", "channels",
                      "kind", "axis_names")
-_LEAN_HISTORY = ("steps", "seconds", "stopped", "metrics", "device", "auto_rank", "target_seconds")
+_LEAN_HISTORY = ("steps", "seconds", "stopped", "metrics", "metric_name", "device", "auto_rank", "target_seconds")
 
 
 def can_compact(field) -> str | None:
