@@ -50,6 +50,7 @@ sys.path.insert(0, str(HERE))
 from shared_assets import mesh_path  # noqa: E402
 import finr3d  # noqa: E402  (before open3d: finr3d preloads libusb for it)
 from finr3d import codec, compact_io  # noqa: E402
+from finr3d.field import FactorizedField  # noqa: E402
 from finr3d.geometry_metrics import chamfer  # noqa: E402
 from finr3d.meshing import march_slabs  # noqa: E402
 from finr3d.sdf import SDFTarget  # noqa: E402
@@ -211,7 +212,7 @@ def extraction_seconds(field, resolution=512):
     from finr3d.meshing import extract_mesh
 
     out = {}
-    for label, model in (("network", field), ("compact", compact_io.load_field(field.encode()))):
+    for label, model in (("network", field), ("compact", FactorizedField.from_file(field.encode()))):
         t0 = time.perf_counter()
         extract_mesh(model, resolution)
         out[label] = round(time.perf_counter() - t0, 2)

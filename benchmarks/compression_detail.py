@@ -22,6 +22,7 @@ from compression import grid_error  # noqa: E402
 from shared_assets import mesh_path  # noqa: E402
 import finr3d  # noqa: E402
 from finr3d import codec, compact_io  # noqa: E402
+from finr3d.field import FactorizedField  # noqa: E402
 from finr3d.sdf import SDFTarget  # noqa: E402
 
 
@@ -41,7 +42,7 @@ def main():
         h = 2.0 / (target.detail_resolution - 1)
         rows = []
         for gs in [float(x) for x in a.global_steps.split(",")]:
-            glob = compact_io.load_field(field.encode(step=gs, detail=False))
+            glob = FactorizedField.from_file(field.encode(step=gs, detail=False))
             for ds in [float(x) for x in a.detail_steps.split(",")]:
                 t0 = time.perf_counter()
                 glob.detail = target.fit_detail(glob, step=ds * h)

@@ -1069,12 +1069,37 @@ def _spec_from_header(header: dict):
         dec = header["decomposition"]
         ranks = [int(r) for r in header["ranks"]]
         bonds = tuple(ranks) if dec == "tt" else ()
+        affine = compact.placement_affine(target.get("world_from_normalized"), bounds, ndim)
         return compact.FieldSpec(target.get("kind", header.get("kind", "signal")), dec, ndim, channels, modes,
                                  [0] * len(modes), columns, bounds, float(target.get("value_offset", 0.0)),
-                                 float(target.get("value_scale", 1.0)), np.zeros(channels, np.float32), 0.0, 0,
-                                 bonds)
+                                 float(target.get("value_scale", 1.0)), np.zeros(channels, np.float32), 0.0,
+                                 compact.FLAG_AFFINE if affine is not None else 0, bonds, affine)
     except (KeyError, TypeError, ValueError, IndexError) as exc:
         raise FormatError(f"the field header is invalid ({type(exc).__name__}: {exc}); re-export the file") from exc
+
+
+def _weights_spec(header: dict):
+    """The FieldSpec of a weights header (version 1 or an editable version 2), None when it is incomplete.
+
+    Every key present is checked by :func:`finr3d.header_schema.validate_field_meta` first (a FormatError
+    naming it); an incomplete header still decodes, so ``finr3d info`` can say what it lacks, and
+    :func:`_complete` refuses it where a field is evaluated.
+    """
+    from finr3d.header_schema import field_problems, validate_field_meta
+
+    validate_field_meta(header, partial=True)
+    if any(p.startswith("missing ") for p in field_problems(header)):
+        return None
+    return _spec_from_header(header)
+
+
+def _complete(ff: FieldFile) -> FieldFile:
+    """``ff`` when it holds a whole field; a FormatError naming what a weights header lacks otherwise."""
+    if ff.weights is not None:
+        from finr3d.header_schema import validate_field_meta
+
+        validate_field_meta(ff.weights[0])
+    return ff
 
 
 def decode_field(data, *, max_tensor_bytes: int | None = None) -> FieldFile:
@@ -1085,8 +1110,8 @@ def decode_field(data, *, max_tensor_bytes: int | None = None) -> FieldFile:
     version = struct.unpack_from("<H", view, 8)[0] if len(view) >= 10 and bytes(view[:8]) == MAGIC else 1
     if version != FORMAT_V2:
         header, tensors = decode(data, max_tensor_bytes=max_tensor_bytes)
-        spec = _spec_from_header(header)
-        if "bias" in tensors:
+        spec = _weights_spec(header)
+        if spec is not None and "bias" in tensors:
             spec.bias = np.asarray(tensors["bias"], np.float32).reshape(-1)
         return FieldFile(1, spec, None, (header, tensors), None, header, len(view), {})
     sections = decode_v2(view, max_tensor_bytes=max_tensor_bytes)
@@ -1113,6 +1138,7 @@ def decode_field(data, *, max_tensor_bytes: int | None = None) -> FieldFile:
         if spec.flags & compact.FLAG_COMPACT:
             raise FormatError("the FIELD section declares a CODES section the file lacks; re-export the file")
         weights = decode(sections[SECTION_WEIGHTS], max_tensor_bytes=max_tensor_bytes)
+        _weights_spec(weights[0])  # the embedded header is checked like a version-1 one
         if not meta:
             meta = weights[0]
     return FieldFile(2, spec, comp, weights, sections.get(SECTION_DETAIL), meta, len(view), sections)
@@ -1267,8 +1293,7 @@ def _load_detail(ff: FieldFile):
 
 
 def _to_normalized(spec, world: np.ndarray) -> np.ndarray:
-    lo, hi = spec.bounds[:, 0], spec.bounds[:, 1]
-    return (world - lo) * (2.0 / (hi - lo)) - 1.0
+    return spec.to_normalized(world)
 
 
 def decode_grid(path, resolution=256, rank=None, bounds=None, *, detail: bool = True, squeeze: bool = True,
@@ -1296,6 +1321,7 @@ def decode_grid(path, resolution=256, rank=None, bounds=None, *, detail: bool = 
     ff = path if isinstance(path, FieldFile) else (
         decode_field(path, max_tensor_bytes=max_tensor_bytes) if isinstance(path, (bytes, bytearray, memoryview))
         else read_field(path, max_tensor_bytes=max_tensor_bytes))
+    ff = _complete(ff)
     spec = ff.spec
     res = [int(resolution)] * spec.ndim if isinstance(resolution, (int, np.integer)) else [int(r) for r in resolution]
     if len(res) != spec.ndim or any(not 1 <= r <= 65536 for r in res):
@@ -1304,6 +1330,16 @@ def decode_grid(path, resolution=256, rank=None, bounds=None, *, detail: bool = 
         raise ValueError("the grid is too large for one array; decode it in pieces (bounds=)")
     if bounds is None:
         axes = [np.linspace(-1.0, 1.0, r) if r > 1 else np.zeros(1) for r in res]
+    elif spec.affine is not None:  # a turned field: a world box is no product of normalized axes
+        b = np.asarray(bounds, np.float64).reshape(spec.ndim, 2)
+        world = [np.linspace(b[a, 0], b[a, 1], r) if r > 1 else b[a, :1] for a, r in enumerate(res)]
+        slab = max(1, (1 << 20) // max(1, math.prod(res[1:])))
+        out = np.concatenate([
+            decode_points(ff, np.stack(np.meshgrid(world[0][i:i + slab], *world[1:], indexing="ij"), -1)
+                          .reshape(-1, spec.ndim), rank, detail=detail, squeeze=False)
+            .reshape(len(world[0][i:i + slab]), *res[1:], spec.channels)
+            for i in range(0, res[0], slab)], axis=0)
+        return out[..., 0] if squeeze and spec.channels == 1 else out
     else:
         b = np.asarray(bounds, np.float64).reshape(spec.ndim, 2)
         axes = [_to_normalized_axis(spec, a, np.linspace(b[a, 0], b[a, 1], r) if r > 1 else b[a, :1])
@@ -1334,6 +1370,7 @@ def decode_points(path, points, rank=None, *, detail: bool = True, normalized: b
     ff = path if isinstance(path, FieldFile) else (
         decode_field(path, max_tensor_bytes=max_tensor_bytes) if isinstance(path, (bytes, bytearray, memoryview))
         else read_field(path, max_tensor_bytes=max_tensor_bytes))
+    ff = _complete(ff)
     x = np.asarray(points, dtype=np.float64)
     if x.ndim != 2 or x.shape[1] != ff.spec.ndim:
         raise ValueError(f"points must be a (P, {ff.spec.ndim}) array, got shape {x.shape}")
@@ -1372,6 +1409,8 @@ def describe_field(ff: FieldFile) -> dict:
     target.setdefault("bounds", spec.bounds.tolist())
     target.setdefault("value_offset", spec.value_offset)
     target.setdefault("value_scale", spec.value_scale)
+    if spec.kind == "sdf" or spec.affine is not None:
+        target["world_from_normalized"] = spec.world_from_normalized().tolist()  # the FIELD section's placement
     params = cf.mixing.size + sum(c.size for c in cf.coefficients) + cf.bias.size
     meta.update(
         format="finr3d-field", format_version=2, storage="compact", file_bytes=ff.file_bytes, kind=spec.kind,
@@ -1384,5 +1423,9 @@ def describe_field(ff: FieldFile) -> dict:
 
 
 def describe_file(path) -> dict:
-    """Read and verify a ``.finr`` file of either version; return :func:`describe_field`'s dict."""
-    return describe_field(read_field(path))
+    """Read and verify a ``.finr`` file of either version holding a whole field; :func:`describe_field`'s dict.
+
+    A weights header is checked in full (:func:`finr3d.header_schema.validate_field_meta`): a FormatError
+    names what is wrong or missing.
+    """
+    return describe_field(_complete(read_field(path)))

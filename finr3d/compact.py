@@ -344,6 +344,9 @@ MAX_COLUMNS = 1 << 16
 FLAG_COMPACT = 1
 #: FIELD flag: the step is 0 and the coefficients are raw float32 values
 FLAG_RAW = 2
+#: FIELD flag: a general affine placement follows the bias (a field moved or turned after its fit; without it
+#: the placement is the axis-aligned map of ``bounds`` onto ``[-1, 1]``)
+FLAG_AFFINE = 4
 
 
 @dataclass
@@ -364,6 +367,26 @@ class FieldSpec:
     step: float = 0.0
     flags: int = 0
     bonds: tuple = ()      # TT bonds r_1 .. r_M
+    affine: np.ndarray | None = None  # (ndim, ndim + 1) world = A @ normalized + t, when FLAG_AFFINE
+
+    def world_from_normalized(self) -> np.ndarray:
+        """(ndim + 1, ndim + 1): the stored affine placement, else the axis-aligned map of ``bounds``."""
+        m = np.eye(self.ndim + 1)
+        if self.affine is not None:
+            m[: self.ndim] = self.affine
+        else:
+            lo, hi = self.bounds[:, 0], self.bounds[:, 1]
+            m[: self.ndim, : self.ndim] = np.diag((hi - lo) / 2.0)
+            m[: self.ndim, self.ndim] = (hi + lo) / 2.0
+        return m
+
+    def to_normalized(self, world: np.ndarray) -> np.ndarray:
+        """(P, ndim) world points to ``[-1, 1]`` coordinates (the inverse placement)."""
+        if self.affine is None:
+            lo, hi = self.bounds[:, 0], self.bounds[:, 1]
+            return (world - lo) * (2.0 / (hi - lo)) - 1.0
+        a, t = self.affine[:, : self.ndim], self.affine[:, self.ndim]
+        return np.linalg.solve(a, (np.asarray(world, np.float64) - t).T).T
 
     def mixing_shape(self) -> tuple:
         if self.decomposition == "tucker":
@@ -371,6 +394,22 @@ class FieldSpec:
         if self.decomposition == "cp":
             return (self.columns[0], self.channels)
         return (self.bonds[-1], self.channels)
+
+
+def placement_affine(matrix, bounds: np.ndarray, ndim: int) -> np.ndarray | None:
+    """The (ndim, ndim + 1) affine of ``world_from_normalized`` when ``bounds`` alone does not give it."""
+    if matrix is None:
+        return None
+    m = np.asarray(matrix, np.float64)
+    if m.shape != (ndim + 1, ndim + 1):
+        return None
+    lo, hi = bounds[:, 0], bounds[:, 1]
+    aligned = np.eye(ndim + 1)
+    aligned[:ndim, :ndim] = np.diag((hi - lo) / 2.0)
+    aligned[:ndim, ndim] = (hi + lo) / 2.0
+    if np.allclose(m, aligned, rtol=1e-9, atol=1e-12 * max(1.0, float(np.abs(m).max()))):
+        return None
+    return m[:ndim].copy()
 
 
 def pack_field(spec: FieldSpec) -> bytes:
@@ -383,6 +422,8 @@ def pack_field(spec: FieldSpec) -> bytes:
     if spec.decomposition == "tt":
         out.append(np.asarray(spec.bonds, "<u2").tobytes())
     out.append(np.asarray(spec.bias, "<f4").tobytes())
+    if spec.flags & FLAG_AFFINE:
+        out.append(np.asarray(spec.affine, "<f8").reshape(spec.ndim, spec.ndim + 1).tobytes())
     return b"".join(out)
 
 
@@ -402,13 +443,14 @@ def unpack_field(raw) -> FieldSpec:
         raise _bad(f"unknown decomposition code {dec} (upgrade finr3d if the file is newer)")
     if not 2 <= ndim <= MAX_NDIM or not 2 <= n_modes <= ndim or not 1 <= channels <= MAX_CHANNELS:
         raise _bad(f"ndim {ndim}, modes {n_modes}, channels {channels} out of range")
-    if flags & ~(FLAG_COMPACT | FLAG_RAW) or reserved:
+    if flags & ~(FLAG_COMPACT | FLAG_RAW | FLAG_AFFINE) or reserved:
         raise _bad(f"unknown flags 0x{flags:02x} (upgrade finr3d if the file is newer)")
     if not (math.isfinite(step) and step >= 0) or (bool(flags & FLAG_RAW) != (step == 0) and flags & FLAG_COMPACT):
         raise _bad(f"invalid step {step}")
     decomposition = DECOMPOSITION_NAMES[dec]
     at = _FIELD_HEAD.size
     need = at + 16 * ndim + 16 + _MODE.size * n_modes + (2 * n_modes if decomposition == "tt" else 0) + 4 * channels
+    need += 8 * ndim * (ndim + 1) if flags & FLAG_AFFINE else 0
     if len(raw) != need:
         raise _bad(f"{len(raw)} bytes, expected {need}")
     bounds = np.frombuffer(raw, "<f8", 2 * ndim, at).reshape(ndim, 2).astype(np.float64)
@@ -446,8 +488,15 @@ def unpack_field(raw) -> FieldSpec:
     bias = np.frombuffer(raw, "<f4", channels, at).astype(np.float32)
     if not np.isfinite(bias).all():
         raise _bad("bias holds NaN/Inf")
+    at += 4 * channels
+    affine = None
+    if flags & FLAG_AFFINE:
+        affine = np.frombuffer(raw, "<f8", ndim * (ndim + 1), at).reshape(ndim, ndim + 1).astype(np.float64)
+        lin = affine[:, :ndim]
+        if not np.isfinite(affine).all() or abs(np.linalg.det(lin)) < 1e-300 or np.linalg.cond(lin) > 1e12:
+            raise _bad("the affine placement must be finite and invertible")
     return FieldSpec(KIND_NAMES[kind], decomposition, ndim, channels, modes, terms, columns, bounds,
-                     float(value_offset), float(value_scale), bias, float(step), int(flags), bonds)
+                     float(value_offset), float(value_scale), bias, float(step), int(flags), bonds, affine)
 
 
 # ---------------------------------------------------------------------------

@@ -4,7 +4,8 @@
 stored samples, re-expresses them for rate allocation (:func:`finr3d.compact.prepare`),
 quantizes with one step and entropy-codes the result (the CODES section), or,
 for an editable file, embeds the version-1 weight blob (the WEIGHTS section).
-:func:`load_field` turns either back into a FactorizedField; a compact file
+:func:`load_parts` turns either back into the parts of a FactorizedField
+(:meth:`finr3d.field.FactorizedField.from_file` builds it); a compact file
 loads as per-axis ``cosine`` backbones holding the coefficients.
 """
 
@@ -19,7 +20,7 @@ import torch
 from finr3d import codec, compact
 from finr3d.errors import FormatError
 
-__all__ = ["PRECISION_STEPS", "encode_field", "load_field", "can_compact", "field_spec"]
+__all__ = ["PRECISION_STEPS", "encode_field", "load_parts", "can_compact", "field_spec"]
 
 #: Quantization step (field units) of a compact file for each ``quantization`` name; fp32 is unquantized.
 #: Measured on bunny (benchmarks/compact_candidates.py): 2.5e-5 keeps the fitted Chamfer within ~10 %.
@@ -62,13 +63,17 @@ def field_spec(field, *, flags: int = 0, step: float = 0.0, terms=None, columns=
         np.tile([-1.0, 1.0], (field.ndim, 1))
     dec = field.config.decomposition
     cols = columns or [int(n.out_dim) for n in field.nets]
+    affine = compact.placement_affine(info.get("world_from_normalized"), bounds, field.ndim)
+    if affine is not None:
+        flags |= compact.FLAG_AFFINE
     return compact.FieldSpec(
         kind=info.get("kind", "signal") if info.get("kind") in compact.KIND_CODES else "signal",
         decomposition=dec, ndim=field.ndim, channels=field.channels, modes=[tuple(m) for m in field.modes],
         terms=list(terms) if terms is not None else [0] * len(field.modes), columns=cols, bounds=bounds,
         value_offset=float(info.get("value_offset", 0.0)), value_scale=float(info.get("value_scale", 1.0)),
         bias=field.bias.detach().float().cpu().numpy().reshape(-1), step=float(step), flags=flags,
-        bonds=tuple(field.ranks) if dec == "tt" else ())
+        bonds=tuple(field.ranks) if dec == "tt" else (), affine=affine)
+
 
 
 def _meta(field, metadata) -> dict | None:
@@ -77,15 +82,18 @@ def _meta(field, metadata) -> dict | None:
     if not metadata:
         return None
     target = dict(field.target_info or {})
-    history = {k: v for k, v in (field.history or {}).items() if k != "curve"}
+    history = {k: v for k, v in (field.history or {}).items() if k not in ("curve", "trained")}
+    # what was trained: kept through a load and re-save of a compact file (a move in Blender, a placement edit)
+    trained = (field.history or {}).get("trained")
+    if not (isinstance(trained, dict) and set(trained) <= {"backbone", "ranks"}):
+        trained = {"backbone": field.config.backbone, "ranks": list(field.ranks)}
     if metadata != "full":
         target = {k: v for k, v in target.items() if k not in _LEAN_TARGET_DROP}
         history = {k: v for k, v in history.items() if k in _LEAN_HISTORY}
     from finr3d.codec import jsonable as _jsonable
 
     return _jsonable({"format": "finr3d-field", "library_version": __version__, "target": target,
-                      "history": history, "trained": {"backbone": field.config.backbone,
-                                                      "ranks": list(field.ranks)}})
+                      "history": history, "trained": trained})
 
 
 def _meta_section(meta) -> tuple:
@@ -180,26 +188,23 @@ def _compact_sections(model, step: float, prep=None) -> list:
     return [(codec.SECTION_FIELD, compact.pack_field(spec), False), (codec.SECTION_CODES, body, False)]
 
 
-def load_field(path_or_bytes):
-    """A FactorizedField from a ``.finr`` file of version 1 or 2 (path or bytes)."""
-    from finr3d.field import FactorizedField
+def load_parts(path_or_bytes):
+    """``(header, tensors, ff)`` of a ``.finr`` file of version 1 or 2 (path or bytes).
 
+    ``header`` and ``tensors`` are what :meth:`finr3d.field.FactorizedField.from_parts` builds a field from
+    (a compact file's coefficients become per-axis ``cosine`` backbones); ``ff`` is the decoded
+    :class:`finr3d.codec.FieldFile` (its ``detail`` section is attached by the caller).
+    """
     if isinstance(path_or_bytes, (bytes, bytearray, memoryview)):
         ff = codec.decode_field(path_or_bytes)
     else:
         ff = codec.read_field(path_or_bytes)
     if ff.weights is not None:
-        field = FactorizedField.from_parts(*ff.weights)
-    else:
-        field = _from_compact(ff)
-    if ff.detail is not None:
-        field.detail = codec._load_detail(ff)
-    return field
+        return ff.weights[0], ff.weights[1], ff
+    return (*_compact_parts(ff), ff)
 
 
-def _from_compact(ff):
-    from finr3d.field import FactorizedField
-
+def _compact_parts(ff):
     spec, cf = ff.spec, ff.compact
     meta = ff.meta or {}
     target = meta.get("target") if isinstance(meta.get("target"), dict) else {}
@@ -211,12 +216,8 @@ def _from_compact(ff):
     target.setdefault("bounds", spec.bounds.tolist())
     target.setdefault("value_offset", spec.value_offset)
     target.setdefault("value_scale", spec.value_scale)
-    if spec.kind == "sdf" and "world_from_normalized" not in target:
-        m = np.eye(spec.ndim + 1)
-        lo, hi = spec.bounds[:, 0], spec.bounds[:, 1]
-        m[:spec.ndim, :spec.ndim] = np.diag((hi - lo) / 2.0)
-        m[:spec.ndim, spec.ndim] = (hi + lo) / 2.0
-        target["world_from_normalized"] = m.tolist()
+    if spec.kind == "sdf" or spec.affine is not None:
+        target["world_from_normalized"] = spec.world_from_normalized().tolist()  # the FIELD section's placement
     ranks = list(cf.ranks)
     rank = ranks if spec.decomposition != "cp" else ranks[0]
     header = {
@@ -227,8 +228,10 @@ def _from_compact(ff):
         "backbone_configs": [{"name": "cosine", "in_dim": 1, "out_dim": int(c.shape[1]), "width": 1, "depth": 0,
                               "basis": int(c.shape[0])} for c in cf.coefficients],
         "target": target,
-        "history": meta.get("history") if isinstance(meta.get("history"), dict) else {},
+        "history": dict(meta.get("history")) if isinstance(meta.get("history"), dict) else {},
     }
+    if isinstance(meta.get("trained"), dict):
+        header["history"]["trained"] = meta["trained"]
     tensors = {}
     for m, c in enumerate(cf.coefficients):
         tensors[f"nets.{m}.out.weight"] = np.ascontiguousarray(c.T, np.float32)
@@ -236,9 +239,4 @@ def _from_compact(ff):
     key = "blocks.0.core" if spec.decomposition == "tucker" else "blocks.0.weights"
     tensors[key] = np.asarray(cf.mixing, np.float32)
     tensors["bias"] = np.asarray(cf.bias, np.float32)
-    try:
-        return FactorizedField.from_parts(header, tensors)
-    except FormatError:
-        raise
-    except (ValueError, TypeError, KeyError) as exc:
-        raise FormatError(f"the compact field does not rebuild ({exc}); re-export the file") from exc
+    return header, tensors

@@ -441,9 +441,19 @@ class FactorizedField(nn.Module):
 
     @classmethod
     def from_file(cls, path) -> "FactorizedField":
-        from finr3d import compact_io
+        """A field from a ``.finr`` file of version 1 or 2: a path, or the file's bytes."""
+        from finr3d import codec, compact_io
 
-        return compact_io.load_field(path)
+        header, tensors, ff = compact_io.load_parts(path)
+        try:
+            field = cls.from_parts(header, tensors)
+        except FormatError:
+            raise
+        except (ValueError, TypeError, KeyError) as exc:
+            raise FormatError(f"the stored field does not rebuild ({exc}); re-export the file") from exc
+        if ff.detail is not None:
+            field.detail = codec._load_detail(ff)
+        return field
 
     @classmethod
     def from_parts(cls, header: dict, tensors: dict[str, np.ndarray]) -> "FactorizedField":

@@ -172,6 +172,7 @@ def choose_rank(field, reference, *, budget_bytes: int | None = None, target: fl
     compactly fall back to the version-1 quantizations (``quantizations``).
     """
     from finr3d import codec, compact_io
+    from finr3d.field import FactorizedField
     from finr3d.evaluation import evaluate
 
     if (budget_bytes is None) == (target is None):
@@ -206,7 +207,7 @@ def choose_rank(field, reference, *, budget_bytes: int | None = None, target: fl
 
     def measure(row):
         if metric not in row:
-            decoded = compact_io.load_field(row["_blob"])
+            decoded = FactorizedField.from_file(row["_blob"])
             row[metric] = float(evaluate(decoded, reference, **eval_options)[metric])
             row["params"] = decoded.parameter_count()
         return row[metric]
