@@ -178,7 +178,9 @@ def _check_fit_options(options: dict) -> dict:
 
 
 def _settings_for(kind: Optional[str], options: dict) -> dict:
-    return {k: v for k, v in options.items() if kind in KIND_OPTIONS.get(k, (kind,))}
+    # a flag at its default (editable=False from the CLI) is no setting: the API and the CLI then agree on resume
+    return {k: v for k, v in options.items()
+            if kind in KIND_OPTIONS.get(k, (kind,)) and not (k == "editable" and v is False)}
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -430,7 +432,7 @@ def _output_reads(row: dict) -> bool:
     from finr3d import codec
 
     try:
-        codec.read_header(out)
+        codec.describe_file(out)
     except Exception:  # any failure means the file is not a usable result: refit it
         return False
     return True
@@ -484,7 +486,7 @@ def fit_job(job: dict, data: Optional[bytes] = None) -> dict:
             _run_fit_command(source, out, job["kind"], job["settings"])
             from finr3d import codec
 
-            header = codec.read_header(out)
+            header = codec.describe_file(out)
             with open(out, "rb") as handle:
                 blob = handle.read()
         hist = header.get("history") or {}

@@ -120,6 +120,8 @@ class FactorizedField(nn.Module):
         self.bias = nn.Parameter(torch.zeros(channels))
         self.target_info = dict(target_info or {})
         self.history: dict = {}
+        #: optional sparse local residual (finr3d.local_detail.LocalDetail), added by grid() and points()
+        self.detail = None
 
     # ------------------------------------------------------------------ basics
     @property
@@ -228,7 +230,7 @@ class FactorizedField(nn.Module):
 
     @torch.no_grad()
     def grid(self, resolution=256, rank=None, *, squeeze: bool = True,
-             chunk_elements: int = CHUNK_ELEMENTS) -> np.ndarray:
+             chunk_elements: int = CHUNK_ELEMENTS, detail: bool = True) -> np.ndarray:
         """Evaluate on a grid; chunked so memory stays bounded.
 
         Parameters
@@ -240,6 +242,8 @@ class FactorizedField(nn.Module):
             Evaluate the rank-prefix model.
         squeeze : bool
             Drop the channel axis of single-channel fields.
+        detail : bool
+            Add the local detail (:attr:`detail`) when the field has one.
 
         Returns
         -------
@@ -277,13 +281,15 @@ class FactorizedField(nn.Module):
                 index = [slice(None)] * self.ndim
                 index[first[0]] = slice(start, stop)
                 out[tuple(index)] = res.float().cpu().numpy()
+            if detail and self.detail is not None:
+                out += self.detail.grid([a.detach().cpu().numpy() for a in axes])[..., None].astype(np.float32)
             if squeeze and self.channels == 1:
                 out = out[..., 0]
             return out
         finally:
             self.train(was_training)
 
-    def points(self, coords, rank=None, *, chunk: int = 1 << 16) -> torch.Tensor:
+    def points(self, coords, rank=None, *, chunk: int = 1 << 16, detail: bool = True) -> torch.Tensor:
         """Values at arbitrary points.
 
         coords : (P, d) tensor or array of normalized coordinates.
@@ -301,7 +307,11 @@ class FactorizedField(nn.Module):
             outs.append(self._contract(feats, prefix, points=True) + self.bias)
         if not outs:
             return torch.zeros(0, self.channels, device=self.device)
-        return torch.cat(outs, dim=0)
+        out = torch.cat(outs, dim=0)
+        if detail and self.detail is not None:
+            res = self.detail.points(x.detach().cpu().numpy().astype(np.float64))
+            out = out + torch.as_tensor(np.asarray(res, np.float32), device=self.device).reshape(-1, 1)
+        return out
 
     # ---------------------------------------------------------- rank prefixes
     def truncate(self, rank) -> "FactorizedField":
@@ -335,6 +345,7 @@ class FactorizedField(nn.Module):
         new.config = config
         new.target_info = dict(self.target_info)
         new.history = dict(self.history)
+        new.detail = self.detail
         return new
 
     # ---------------------------------------------------------- introspection
@@ -387,29 +398,38 @@ class FactorizedField(nn.Module):
         tensors = {k: v.detach().float().cpu().numpy() for k, v in model.state_dict().items()}
         return header, tensors
 
-    def encode(self, rank=None, quantization: str = "fp16") -> bytes:
-        """The exact bytes :meth:`save` writes, without touching the disk (rate-quality sweeps)."""
-        from finr3d import codec
+    def encode(self, rank=None, quantization: str = "fp16", *, editable: bool = False, detail: bool = True,
+               step: float | None = None, metadata: bool = True) -> bytes:
+        """The exact bytes :meth:`save` writes, without touching the disk (sweeps size files with it)."""
+        from finr3d import compact_io
 
-        header, tensors = self.to_parts(rank)
-        return codec.encode(header, tensors, quantization=quantization, keep_fp32=self.precision_critical())
+        return compact_io.encode_field(self, rank=rank, quantization=quantization, editable=editable,
+                                       detail=detail, step=step, metadata=metadata)
 
-    def file_bytes(self, rank=None, quantization: str = "fp16") -> int:
-        """Bytes of the file ``save(path, rank=rank, quantization=quantization)`` would write."""
-        return len(self.encode(rank, quantization))
+    def file_bytes(self, rank=None, quantization: str = "fp16", **options) -> int:
+        """Bytes of the file ``save(path, rank=rank, quantization=quantization, **options)`` would write."""
+        return len(self.encode(rank, quantization, **options))
 
-    def save(self, path, rank=None, quantization: str = "fp16", *, overwrite: bool = True) -> int:
-        """Write a compressed ``.finr`` file holding the prefix model at ``rank``.
+    def save(self, path, rank=None, quantization: str = "fp16", *, overwrite: bool = True, editable: bool = False,
+             detail: bool = True, step: float | None = None, metadata: bool = True) -> int:
+        """Write a ``.finr`` file holding the prefix model at ``rank``; returns the bytes written.
 
-        Only the parameters the prefix needs are written, so a lower rank gives
-        a smaller file. Returns the number of bytes written. The write is
-        atomic: an interrupted save leaves any existing file intact.
+        By default the file is **compact** (format version 2): the per-axis
+        networks are baked into cosine coefficients of their factor curves on
+        the stored samples and quantized with one step (``quantization`` picks
+        it: fp32 stores the baked coefficients unquantized, fp16 / int8 / int6 /
+        int4 are ever coarser steps, ``step`` sets it in field units), so a
+        lower rank or a coarser step gives a much smaller file. Between the
+        stored samples the loaded field is the cosine interpolant of the
+        networks' curves. ``editable=True`` keeps the network weights instead
+        (a resumable, fine-tunable file, ``quantization`` as in version 1).
+        ``detail=False`` leaves out the local detail. ``metadata=False`` drops the
+        optional metadata (fit history, source). The write is atomic.
         """
         from finr3d import codec
 
-        header, tensors = self.to_parts(rank)
-        return codec.write(path, header, tensors, quantization=quantization, overwrite=overwrite,
-                           keep_fp32=self.precision_critical())
+        blob = self.encode(rank, quantization, editable=editable, detail=detail, step=step, metadata=metadata)
+        return codec.write_bytes(path, blob, overwrite=overwrite)
 
     def precision_critical(self) -> list[str]:
         """Tensors kept at fp32 under every quantization.
@@ -421,10 +441,19 @@ class FactorizedField(nn.Module):
 
     @classmethod
     def from_file(cls, path) -> "FactorizedField":
-        from finr3d import codec
+        """A field from a ``.finr`` file of version 1 or 2: a path, or the file's bytes."""
+        from finr3d import codec, compact_io
 
-        header, tensors = codec.read(path)
-        return cls.from_parts(header, tensors)
+        header, tensors, ff = compact_io.load_parts(path)
+        try:
+            field = cls.from_parts(header, tensors)
+        except FormatError:
+            raise
+        except (ValueError, TypeError, KeyError) as exc:
+            raise FormatError(f"the stored field does not rebuild ({exc}); re-export the file") from exc
+        if ff.detail is not None:
+            field.detail = codec._load_detail(ff)
+        return field
 
     @classmethod
     def from_parts(cls, header: dict, tensors: dict[str, np.ndarray]) -> "FactorizedField":

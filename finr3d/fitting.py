@@ -391,6 +391,16 @@ def fit_field(field: FactorizedField, target: Target, config: FitConfig | None =
     return Trainer(field, target, config or FitConfig(), callback).run()
 
 
+def _attach_detail(field: FactorizedField, target: Target) -> None:
+    """Post-fit step: a target with a finer ground truth near the surface (SDFs) codes the residual there as
+    ``field.detail`` (finr3d.local_detail), so ``global + detail`` reaches the fine lattice's accuracy."""
+    t0 = time.perf_counter()
+    detail = target.fit_detail(field) if hasattr(target, "fit_detail") else None
+    field.detail = detail
+    if detail is not None:
+        field.history["detail"] = {**detail.describe(), "seconds": time.perf_counter() - t0}
+
+
 def _calibrate_random_init(field: FactorizedField, target: Target) -> None:
     """Scale a random init so features have unit RMS and the output matches the target's spread.
 
@@ -487,6 +497,7 @@ def fit(source, *, kind: str = "auto", callback=None, target_options: Optional[d
     torch.manual_seed(tcfg.seed)  # the networks' init is part of the seeded result
     field = build_field(target, fcfg).to(device)
     fit_field(field, target, tcfg, callback=callback)
+    _attach_detail(field, target)
     field.history["target_seconds"] = prep
     # (a post-fit step on the returned best state, e.g. local detail near an SDF's surface, goes here)
     return field

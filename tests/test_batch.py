@@ -61,7 +61,7 @@ def _check_rows(rows, library: Path, out: Path, engine: str):
     for r in ok:
         assert FIELDS <= set(r) and r["engine"] == engine and r["finr3d_version"] == finr3d.__version__
         assert Path(r["output"]).parent == out and Path(r["output"]).stat().st_size == r["bytes"]
-        header, _ = codec.read(r["output"])  # whole file, checksum verified
+        header = codec.describe_file(r["output"])  # whole file, checksum verified
         assert header["parameters"] == r["parameters"] and r["metric"]["name"] in r["metrics"]
         # the kind's preset plus the flags given: mesh-only flags reach meshes only
         assert ("resolution" in r["settings"]) == (r["kind"] == "sdf") and r["settings"]["steps"] == 15
@@ -197,7 +197,7 @@ def test_ctrl_c_stops_cleanly_and_resume_finishes(tmp_path):
     # finished results kept, no partial .finr or temporary file left
     assert {p.name for p in out.iterdir()} == {f"{n}.finr" for n in ok} | {MANIFEST_NAME, ".finr3d-batch.lock"}
     for name in ok:
-        codec.read(out / f"{name}.finr")
+        codec.read_field(out / f"{name}.finr")
     summary = json.loads(stdout.decode().splitlines()[-1])
     assert summary["event"] == "summary" and summary["total"]["cancelled"] == 5 - len(ok)
     # a crash mid-append leaves a torn last line: readers skip it and the resume cuts it off

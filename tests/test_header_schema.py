@@ -71,8 +71,24 @@ def files(tmp_path_factory) -> dict[str, Path]:
     out = {}
     for kind in ("sdf", "image"):
         out[kind] = root / f"{kind}.finr"
-        _field(kind).save(out[kind], quantization="fp32")
+        _write_v1(_field(kind), out[kind])
     return out
+
+
+def _write_v1(field: FactorizedField, path: Path) -> None:
+    """A version-1 file (weights and JSON header): v1 files must keep loading, and the same blob is what an
+    editable version-2 file embeds (its WEIGHTS section)."""
+    header, tensors = field.to_parts()
+    codec.write(path, header, tensors, quantization="fp32", keep_fp32=field.precision_critical())
+
+
+def _as_editable_v2(v1_blob: bytes, kind: str) -> bytes:
+    """``v1_blob`` as the WEIGHTS section of a version-2 file, beside the FIELD section of the untouched field
+    (the layout ``save(editable=True)`` writes)."""
+    from finr3d import compact, compact_io
+
+    spec = compact.pack_field(compact_io.field_spec(_field(kind)))
+    return codec.encode_v2([(codec.SECTION_FIELD, spec, False), (codec.SECTION_WEIGHTS, v1_blob, False)])
 
 
 def _mutated(files, kind, edit, tmp_path) -> Path:
@@ -153,6 +169,10 @@ def test_hostile_field_header_is_a_format_error(case, files, tmp_path, capsys):
     hostile = _mutated(files, kind, lambda meta: _set(path)(meta, value), tmp_path)
     with pytest.raises(FormatError):
         finr3d.load(hostile)
+    embedded = tmp_path / "hostile-v2.finr"  # the same header inside an editable version-2 file
+    embedded.write_bytes(_as_editable_v2(hostile.read_bytes(), kind))
+    with pytest.raises(FormatError):
+        finr3d.load(embedded)
     code, err = _cli(["info", hostile], capsys)
     if case in BUILD_ONLY:  # every key is valid on its own: info may describe the header
         assert code in (0, 2)

@@ -95,10 +95,10 @@ def test_no_import_cycles():
 
 
 def test_low_layers_import_no_torch_backed_module():
-    """errors, files, presets, ranks, placement and codec stay below the model: the Blender panel and
-    numpy-only readers import them."""
+    """errors, files, presets, ranks, placement, the header schema and the numpy codec (containers, compact
+    fields, local detail) stay below the model: the Blender panel and numpy-only readers import them."""
     graph = import_graph()
     low = {"finr3d.errors", "finr3d.atomic_files", "finr3d.files", "finr3d.presets", "finr3d.ranks", "finr3d.placement",
-           "finr3d.codec"}
+           "finr3d.codec", "finr3d.compact", "finr3d.local_detail", "finr3d.header_schema"}
     for name in low:
         assert graph[name] <= low, (name, graph[name] - low)

@@ -51,7 +51,11 @@ def add_arguments(p) -> None:
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: all cores)")
     p.add_argument("--progress", default="bar", choices=["bar", "json", "none"],
                    help="progress display: a bar on stderr, JSON lines on stdout, or none (default bar)")
-    p.add_argument("--quantization", default="fp16", help="how weights are stored: fp32, fp16, int8, ... (default fp16)")
+    p.add_argument("--quantization", default="fp16",
+                   help="precision of the compact file (fp32 unquantized; fp16, int8, int6, int4 ever coarser "
+                        "steps), or of the weights with --editable (default fp16)")
+    p.add_argument("--editable", action="store_true",
+                   help="keep the per-axis network weights (a resumable, fine-tunable file; larger)")
     a = p.add_argument_group("automatic rank and quantization (trains nested ranks, then picks from the rate-quality curve)")
     a.add_argument("--budget-kb", type=float, help="the best model whose .finr file fits in this many KiB")
     a.add_argument("--target-psnr", type=float, help="the smallest model with at least this PSNR (images, volumes, video)")
@@ -188,26 +192,37 @@ def run(args) -> int:
         choice = choose_rank(field, target,
                              budget_bytes=None if args.budget_kb is None else int(args.budget_kb * 1024),
                              target=args.target_psnr if args.target_psnr is not None else args.target_chamfer)
-        rank, quantization = tuple(choice["ranks"]), choice["quantization"]
+        rank, quantization, step = tuple(choice["ranks"]), choice["quantization"], choice.get("step")
         field.history["auto_rank"] = {k: v for k, v in choice.items() if k != "table"}
         field.history["rank_table"] = choice["table"]
         if args.progress != "json":
-            print(f"chose ranks {list(rank)} at {quantization}: {choice['bytes']:,} bytes, "
-                  f"{choice['metric']} {choice[choice['metric']]:.4g}")
-    nbytes = field.save(out, rank=rank, quantization=quantization, overwrite=True)
+            how = f"step {step:g}" if step is not None else quantization
+            print(f"chose ranks {list(rank)} at {how}: {choice['bytes']:,} bytes, {choice.get('params', 0):,} "
+                  f"parameters, {choice['metric']} {choice[choice['metric']]:.4g} (the chosen model's own; "
+                  f"{choice['evaluations']} metric evaluations)")
+        if step is not None:
+            quantization = "fp16"  # a compact file: the step decides
+    else:
+        step = None
+    nbytes = field.save(out, rank=rank, quantization=quantization, overwrite=True, step=step,
+                        editable=bool(args.editable))
     if args.budget_kb is not None and nbytes > args.budget_kb * 1024:
         # the per-rank table grew the header past the budget: keep the budget, drop the table
         field.history.pop("rank_table", None)
-        nbytes = field.save(out, rank=rank, quantization=quantization, overwrite=True)
+        nbytes = field.save(out, rank=rank, quantization=quantization, overwrite=True, step=step)
     h = field.history
-    summary = {"output": str(out), "bytes": nbytes, "parameters": field.parameter_count(),
+    if auto and "auto_rank" in h:  # report the saved model, not the full one
+        h = {**h, "metrics": {**h.get("metrics", {}), h["auto_rank"]["metric"]: h["auto_rank"][h["auto_rank"]["metric"]]}}
+    params = h["auto_rank"].get("params", field.parameter_count()) if auto and "auto_rank" in h else \
+        field.parameter_count()
+    summary = {"output": str(out), "bytes": nbytes, "parameters": params,
                "steps": h.get("steps"), "seconds": round(h.get("seconds", 0.0), 3),
                "target_seconds": round(h.get("target_seconds", 0.0), 3),
                **{k: v for k, v in h.get("metrics", {}).items()}}
     progress.done(**summary)
     if args.progress != "json":
         metric = h.get("metric_name", "psnr")
-        print(f"wrote {out} ({nbytes:,} bytes, {field.parameter_count():,} parameters, "
+        print(f"wrote {out} ({nbytes:,} bytes, {params:,} parameters, "
               f"{h.get('steps')} steps in {h.get('seconds', 0):.1f} s; {metric} {h.get(metric, float('nan')):.4g})",
               file=sys.stdout)
     return 0
