@@ -269,10 +269,12 @@ def run_in_child(job, timeout: float) -> dict:
     pid = os.fork()
     if pid == 0:  # child
         os.close(read_fd)
+        # the child's peak starts near the RSS it was forked with; its own first reading is the baseline
+        start_kb = _rss_kb()
         try:
-            value = {"result": job()}
+            value = {"result": job(), "start_kb": start_kb}
         except BaseException as exc:  # noqa: BLE001
-            value = {"crash": f"{type(exc).__name__}: {exc}"[:300]}
+            value = {"crash": f"{type(exc).__name__}: {exc}"[:300], "start_kb": start_kb}
         with os.fdopen(write_fd, "w") as handle:
             handle.write(json.dumps(value))
         os._exit(0)
@@ -293,7 +295,7 @@ def run_in_child(job, timeout: float) -> dict:
         text = handle.read()
     out = json.loads(text) if text else {"crash": f"child died with status {status}"}
     out["seconds"] = seconds
-    out["growth_mb"] = max(0.0, (usage.ru_maxrss - baseline) / 1024)
+    out["growth_mb"] = max(0.0, (usage.ru_maxrss - min(baseline, out.get("start_kb", baseline))) / 1024)
     out["peak_mb"] = usage.ru_maxrss / 1024
     return out
 

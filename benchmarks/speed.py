@@ -135,7 +135,7 @@ def parse_finr3d_spec(spec: str, kind: str) -> dict:
 
 def run_finr3d(data: np.ndarray, kind: str, spec: dict, args) -> dict:
     if kind == "video":
-        target = VideoTarget(data, modes=spec["layout"])
+        target = VideoTarget(data, layout=spec["layout"])
     else:
         target = ImageTarget(data)
     options = dict(backbone=args.backbone, seconds=args.seconds, seed=args.seed, device=args.device)

@@ -310,12 +310,11 @@ def read_summary(path, backend: Backend | None = None) -> dict:
     try:
         from finr3d import codec
         from finr3d.errors import FormatError
-        from finr3d.header_schema import validate_field_meta
     except ImportError as exc:
         raise BridgeError(f"finr3d cannot read .finr files in this Python ({exc})") from exc
 
     try:
-        meta = validate_field_meta(codec.read_header(path))
+        meta = codec.describe_file(path)  # verified, and a weights header checked in full
     except FileNotFoundError as exc:
         raise BridgeError(f"{path}: no such file") from exc
     except (FormatError, OSError) as exc:

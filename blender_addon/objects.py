@@ -245,7 +245,3 @@ def unique_path(folder: Path, stem: str, suffix: str = ".finr") -> Path:
         n += 1
         candidate = folder / f"{stem}.{n:03d}{suffix}"
     return candidate
-
-
-def vertex_count(obj) -> int:
-    return len(obj.data.vertices) if obj is not None and obj.type == "MESH" else 0

@@ -103,7 +103,7 @@ class FitSession:
             self.phase, self.progress, self.eta = "measuring", FIT_SHARE, -1.0
         elif phase == "prepare":
             self.phase = "preparing"
-        elif phase in ("distil", "fit"):
+        elif phase in ("distill", "fit"):
             self.phase = "fitting"
             elapsed, eta = event.get("elapsed") or 0.0, event.get("eta")
             if eta is not None and elapsed + eta > 0:

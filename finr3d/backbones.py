@@ -229,3 +229,21 @@ class ReluPE(Backbone, name="relu"):
 
     def hidden(self, x):
         return self.body(self.encode(x))
+
+
+class Cosine(Backbone, name="cosine"):
+    """No hidden layers: the features are the cosine series ``Σ_k a_k cos(π k (x + 1) / 2)`` alone.
+
+    What a compact ``.finr`` file (format version 2) loads into: its factor curves
+    are stored as cosine coefficients (``basis`` terms), baked from a fitted
+    field's networks on the stored samples. Still trainable (the coefficients).
+    """
+
+    def __init__(self, in_dim, out_dim, width=1, depth=0, basis: int = 1):
+        super().__init__(in_dim, out_dim, width, depth, basis=max(1, int(basis)))
+        self._finish(0, 0.0)
+        with torch.no_grad():  # no hidden features to carry a fresh field: the series starts random
+            self.out.weight.uniform_(-1.0 / math.sqrt(self.basis), 1.0 / math.sqrt(self.basis))
+
+    def hidden(self, x):
+        return x.new_zeros((x.shape[0], 0))

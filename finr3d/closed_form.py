@@ -28,7 +28,9 @@ from typing import Callable, Iterator, Optional
 import numpy as np
 import torch
 
-__all__ = ["discrete_decomposition", "hosvd", "cp_als", "cp_als_sweeps", "distil_factors", "readout",
+from finr3d.decompositions import einsum_letters
+
+__all__ = ["discrete_decomposition", "hosvd", "cp_als", "cp_als_sweeps", "distill_factors", "readout",
            "column_energies", "reads_out_exactly", "closed_form_start"]
 
 
@@ -40,10 +42,6 @@ def _mode_tensor(values: torch.Tensor, modes) -> torch.Tensor:
     for m in modes:
         sizes.append(math.prod(values.shape[a] for a in m))
     return x.reshape(*sizes, values.shape[-1])
-
-
-def _letters(n: int) -> str:
-    return "abcdefghijklmnopq"[:n]
 
 
 def _unfold(x: torch.Tensor, mode: int) -> torch.Tensor:
@@ -120,7 +118,7 @@ def _mttkrp(x: torch.Tensor, factors: list[torch.Tensor], m: int) -> torch.Tenso
     :data:`MTTKRP_CHUNK` values whatever the clip length and rank.
     """
     n, rank = x.ndim, factors[0].shape[1]
-    letters = _letters(n)
+    letters = einsum_letters(n)
     others = [k for k in range(n) if k != m]
     eq = letters + "," + ",".join(f"{letters[k]}r" for k in others) + f"->{letters[m]}r"
     c = max(others, key=lambda k: x.shape[k])
@@ -302,10 +300,10 @@ def readout(net, coords: torch.Tensor, feats: torch.Tensor, ridge: float, *, hid
         net.out.bias.copy_(sol[-1])
 
 
-def distil_factors(field, mode_coords: list[torch.Tensor], targets: list[torch.Tensor], *,
+def distill_factors(field, mode_coords: list[torch.Tensor], targets: list[torch.Tensor], *,
                    seconds: Optional[float], steps: Optional[int], lr: float = 5e-4, upsample: int = 4,
                    ridge: float = 0.1, weights: Optional[list[torch.Tensor]] = None,
-                   seed: int = 0, callback: Optional[Callable] = None) -> dict:
+                   callback: Optional[Callable] = None) -> dict:
     """Regress each mode network onto its factor curves (continuous, spline-upsampled).
 
     mode_coords : per mode (N_m, k_m) lattice coordinates; targets : per mode (N_m, D_m);
@@ -324,10 +322,11 @@ def distil_factors(field, mode_coords: list[torch.Tensor], targets: list[torch.T
              for (_, feats), w in zip(data, weights)]
     # ridge readout first: the best output layer for the random hidden features. A strong ridge
     # (0.1 of the mean eigenvalue) costs a little of the start but keeps the weights small enough for
-    # Adam to keep learning the features: at 200 steps on Kodak crops, ridge 1e-3 ended 3 dB below a
-    # random start, ridge 0.1 within 0.4 dB of it or above, from a 20-27 dB start instead of 14 dB.
+    # Adam to keep learning the features (RESULTS.md, "Where the presets come from")
     for net, (coords, feats) in zip(field.nets, data):
         readout(net, coords, feats, ridge)
+    if steps == 0 or (seconds is not None and seconds <= 0):
+        return {"distill_steps": 0, "distill_seconds": 0.0, "distill_loss": float("nan")}
     params = [p for net in field.nets for p in net.parameters()]
     opt = torch.optim.Adam(params, lr=lr)
     t0 = time.perf_counter()
@@ -350,9 +349,9 @@ def distil_factors(field, mode_coords: list[torch.Tensor], targets: list[torch.T
         if step % 50 == 0:
             losses.append(float(loss.detach()))
             if callback is not None:
-                callback({"phase": "distil", "step": step, "loss": losses[-1], "elapsed": time.perf_counter() - t0})
-    return {"distil_steps": step, "distil_seconds": time.perf_counter() - t0,
-            "distil_loss": float(loss.detach()) if step else float("nan")}
+                callback({"phase": "distill", "step": step, "loss": losses[-1], "elapsed": time.perf_counter() - t0})
+    return {"distill_steps": step, "distill_seconds": time.perf_counter() - t0,
+            "distill_loss": float(loss.detach()) if step else float("nan")}
 
 
 def column_energies(field, blocks_mix: list[torch.Tensor], floor: float = 0.01) -> list[Optional[torch.Tensor]]:
@@ -446,12 +445,30 @@ def _als_start(field, target, coords, values, *, seconds, steps, seed, t0, callb
         if done or stop or reached:
             break
     return {"als_sweeps": sweep, "decomposition_seconds": time.perf_counter() - t0, "readout_seconds": t_read,
-            "distil_steps": 0, "distil_seconds": 0.0, "cancelled": stop, "target_reached": reached}
+            "distill_steps": 0, "distill_seconds": 0.0, "cancelled": stop, "target_reached": reached}
+
+
+#: Share of the closed-form phase's time the decomposition may take under a seconds budget; the readout,
+#: the distillation and the validation that follow need the rest.
+DECOMPOSITION_SHARE = 0.5
+#: Coarsest sub-lattice of the anytime decomposition, as a fraction of the samples it may see.
+COARSEST_LEVEL = 4**-4
+
+
+def _decomposition_levels(target, max_samples: int) -> list[int]:
+    """Sample counts of the sub-lattices an anytime decomposition tries, coarse to fine (each 4x the last)."""
+    total = min(math.prod(target.shape), int(max_samples))
+    floor = 4 ** target.ndim  # at least about 4 samples per axis
+    levels, n = [], float(total)
+    while n >= max(floor, total * COARSEST_LEVEL):
+        levels.append(int(n))
+        n /= 4
+    return levels[::-1] or [total]
 
 
 def closed_form_start(field, target, *, seconds: Optional[float], steps: Optional[int], seed: int = 0,
                       max_samples: Optional[int] = None, callback: Optional[Callable] = None,
-                      checkpoint: Optional[Callable[[], bool]] = None) -> dict:
+                      checkpoint: Optional[Callable[[], bool]] = None, deadline: Optional[float] = None) -> dict:
     """Initialise ``field`` from a discrete decomposition of ``target`` and distil it.
 
     The decomposition sees at most ``max_samples`` grid points (default: the
@@ -459,27 +476,54 @@ def closed_form_start(field, target, *, seconds: Optional[float], steps: Optiona
     of larger targets, so its time and memory stay bounded on long clips.
     A field that reads out exactly (:func:`reads_out_exactly`) keeps sweeping
     CP-ALS for the whole phase instead, calling ``checkpoint()`` after each readout.
-    Returns timing and loss information for the fit history.
+
+    ``deadline`` (seconds from the call) makes the phase an anytime algorithm:
+    the decomposition runs on ever finer sub-lattices (each 4x the samples of
+    the last) and stops before the next one would pass
+    :data:`DECOMPOSITION_SHARE` of the deadline (its time predicted from the
+    last level's), keeping the finest one done; the distillation and the CP-ALS
+    sweeps end by the deadline too. ``seconds`` is the distillation's (or the
+    sweeps') own share. Returns timing and loss information for the fit history.
     """
     t0 = time.perf_counter()
     if max_samples is None:
         max_samples = int(target.preset.closed_form_samples)
-    coords, values = target.dense(max_samples=max_samples)
-    with torch.no_grad():
-        field.bias.copy_(values.reshape(-1, values.shape[-1]).mean(0).to(field.device))
+    if deadline is not None:
+        seconds = deadline if seconds is None else min(seconds, deadline)
     if reads_out_exactly(field, target):
+        coords, values = target.dense(max_samples=max_samples)
+        with torch.no_grad():
+            field.bias.copy_(values.reshape(-1, values.shape[-1]).mean(0).to(field.device))
         return _als_start(field, target, coords, values, seconds=seconds, steps=steps, seed=seed, t0=t0,
                           callback=callback, checkpoint=checkpoint)
-    blocks_feats, blocks_mix = discrete_decomposition(field, values)
+    levels = _decomposition_levels(target, max_samples) if deadline is not None else [max_samples]
+    done, last = None, None
+    for n in levels:
+        if done is not None and last is not None:
+            n_prev, t_prev = last
+            # Gram matrices and eigensolvers grow faster than the samples: (d + 1) / d power of the count
+            predicted = t_prev * (n / n_prev) ** ((target.ndim + 1) / target.ndim)
+            if time.perf_counter() - t0 + predicted > DECOMPOSITION_SHARE * deadline:
+                break
+        t_level = time.perf_counter()
+        coords, values = target.dense(max_samples=n)
+        with torch.no_grad():
+            field.bias.copy_(values.reshape(-1, values.shape[-1]).mean(0).to(field.device))
+        done = coords, discrete_decomposition(field, values)
+        last = (n, time.perf_counter() - t_level)
+    coords, (blocks_feats, blocks_mix) = done
     t_decomp = time.perf_counter() - t0
     with torch.no_grad():
         for blk, mix in zip(field.blocks, blocks_mix):
             blk.mixing_parameter().copy_(mix.to(field.device))
     # per-mode targets: concatenate channel blocks along features
     targets = [torch.cat([bf[m] for bf in blocks_feats], dim=1) for m in range(len(field.modes))]
-    mode_coords = [field._mode_coords([c.cpu() for c in coords], m) for m in range(len(field.modes))]
-    info = distil_factors(field, mode_coords, targets, seconds=seconds, steps=steps, seed=seed, callback=callback,
-                          ridge=float(target.preset.readout_ridge),
-                          weights=column_energies(field, blocks_mix))
+    mode_coords = [field.mode_coords([c.cpu() for c in coords], m) for m in range(len(field.modes))]
+    if seconds is not None:
+        seconds = max(0.0, seconds - (time.perf_counter() - t0)) if deadline is not None else seconds
+    info = distill_factors(field, mode_coords, targets, seconds=seconds, steps=steps, callback=callback,
+                           ridge=float(target.preset.readout_ridge),
+                           weights=column_energies(field, blocks_mix))
     info["decomposition_seconds"] = t_decomp
+    info["decomposition_samples"] = int(math.prod(len(c) for c in coords))
     return info

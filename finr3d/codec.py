@@ -42,6 +42,7 @@ import numpy as np
 import zstandard
 
 from finr3d.errors import FormatError
+from finr3d.files import atomic_write_bytes
 
 __all__ = [
     "MAGIC",
@@ -55,7 +56,18 @@ __all__ = [
     "read",
     "read_header",
     "read_info",
+    "jsonable",
     "payload_sizes",
+    "FORMAT_V2",
+    "encode_v2",
+    "decode_v2",
+    "read_field",
+    "decode_field",
+    "FieldFile",
+    "write_bytes",
+    "decode_grid",
+    "decode_points",
+    "describe_file",
 ]
 
 # NUL marks the file as binary, CR LF catches newline translation by text-mode
@@ -518,6 +530,11 @@ def _check_prefix(prefix: bytes, file_size: int) -> tuple[int, int]:
             ".finr prefix; re-export or re-download it"
         )
     _, version, flags, header_len, payload_len = _PREFIX.unpack(prefix[:PREFIX_BYTES])
+    if version == FORMAT_V2:
+        raise FormatError(
+            "this is a .finr version 2 file (a compact field); read it with finr3d.load or "
+            "codec.read_field, not the version-1 tensor reader"
+        )
     if version != FORMAT_VERSION:
         raise FormatError(
             f"unsupported .finr format version {version}; this finr3d reads version "
@@ -814,6 +831,8 @@ def read_header(path) -> dict:
     dict
         The ``meta`` object, as :func:`decode` returns it.
     """
+    if _file_version(path) == FORMAT_V2:
+        return describe_file(path)  # v2 files are small: read and verify all of it
     meta, _, _ = _read_table(path)
     return meta
 
@@ -880,61 +899,533 @@ def write(
     if not overwrite and os.path.exists(path):
         raise FileExistsError(f"{path!r} already exists; pass overwrite=True to replace it")
     blob = encode(header, tensors, quantization=quantization, keep_fp32=keep_fp32, level=level)
-
-    temp = _create_temp(path)
-    try:
-        with open(temp, "wb") as handle:
-            handle.write(blob)
-            handle.flush()
-            os.fsync(handle.fileno())
-        if overwrite:
-            os.replace(temp, path)
-        else:
-            _link_no_clobber(temp, path)
-    except BaseException:
-        try:
-            os.unlink(temp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_directory(directory)
-    return len(blob)
+    return atomic_write_bytes(path, blob, overwrite=overwrite, durable=True)
 
 
-def _create_temp(path: str) -> str:
-    """An empty temporary beside ``path``, named ``.NAME.finr3d-tmp-PID-HEX.finr`` (see :mod:`finr3d.atomic_files`).
+def jsonable(obj):
+    """``obj`` with numpy and torch values made JSON values, for a header.
 
-    Stale temporaries of ``path`` left by a killed writer are removed first.
+    Dict keys become strings, tuples lists, numpy/torch scalars and arrays
+    Python numbers and lists (anything with ``tolist()``), and NaN/Inf ``None``
+    (JSON has no NaN).
     """
-    from finr3d.atomic_files import create_temp
+    if isinstance(obj, Mapping):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    if hasattr(obj, "tolist"):  # numpy arrays, torch tensors
+        return jsonable(obj.tolist())
+    return obj
 
-    return create_temp(path)
+
+# ===========================================================================
+# Format version 2: a compact binary container of sections (docs/format.md, part 2)
+# ===========================================================================
+FORMAT_V2 = 2
+_V2_HEAD = struct.Struct("<8sHHB3x")  # magic, version, flags, section count, 3 reserved zero bytes
+_V2_SECTION = struct.Struct("<BBHII")  # kind, compression, reserved, stored length, decoded length
+V2_DIGEST_BYTES = 16
+MAX_SECTIONS = 16
+#: section kinds; a kind >= 128 is optional: readers that do not know it skip it
+SECTION_FIELD, SECTION_CODES, SECTION_META, SECTION_DETAIL, SECTION_WEIGHTS = 1, 2, 3, 4, 5
+SECTION_NAMES = {1: "field", 2: "codes", 3: "meta", 4: "detail", 5: "weights"}
+STORE, ZSTD = 0, 1
+#: largest META JSON (decoded)
+MAX_META_BYTES = 1 << 20
 
 
-def _link_no_clobber(temp: str, path: str) -> None:
-    # link() fails if path exists, closing the race between the exists() check
-    # and the rename; filesystems without hard links fall back to the check.
+def encode_v2(sections, *, level: int = 19) -> bytes:
+    """Build a version-2 file from ``[(kind, bytes, compress)]``; compress=True zstd-codes the section."""
+    if len(sections) > MAX_SECTIONS:
+        raise ValueError(f"{len(sections)} sections; a .finr v2 file holds at most {MAX_SECTIONS}")
+    table, bodies = [], []
+    for kind, body, compress in sections:
+        body = bytes(body)
+        if compress:
+            coded = zstandard.ZstdCompressor(level=level, write_checksum=False, write_content_size=True).compress(body)
+            table.append(_V2_SECTION.pack(kind, ZSTD, 0, len(coded), len(body)))
+            bodies.append(coded)
+        else:
+            table.append(_V2_SECTION.pack(kind, STORE, 0, len(body), len(body)))
+            bodies.append(body)
+    head = _V2_HEAD.pack(MAGIC, FORMAT_V2, 0, len(sections)) + b"".join(table) + b"".join(bodies)
+    return head + _digest(head, V2_DIGEST_BYTES)
+
+
+def _v2_error(problem: str, fix: str = "the file is corrupted or hostile: re-export it") -> FormatError:
+    return FormatError(f"{problem}; {fix}")
+
+
+def decode_v2(data, *, max_tensor_bytes: int | None = None) -> dict[int, bytes]:
+    """Verify a version-2 file and return its known sections, decompressed: ``{kind: bytes}``.
+
+    Checks, in order: magic, version, flags, section count, the exact file size
+    implied by the table, the BLAKE2b digest (before anything else is parsed),
+    known compressions, unique kinds, and the decoded sizes against the decode
+    budget (``64 x file size + 1 MiB`` unless ``max_tensor_bytes``) before any
+    decompression. Every failure is a :class:`FormatError`.
+    """
+    view = memoryview(data).cast("B")
+    size = len(view)
+    if size == 0:
+        raise FormatError("empty file: it is not a .finr file (was the export interrupted?)")
+    if bytes(view[: min(size, len(MAGIC))]) != MAGIC[: min(size, len(MAGIC))]:
+        _check_prefix(bytes(view[:PREFIX_BYTES]), size)  # the v1 path words the bad-magic hints
+    if size < _V2_HEAD.size + V2_DIGEST_BYTES:
+        raise _v2_error(f"truncated file: {size} bytes is shorter than the smallest .finr v2 file",
+                        "re-export or re-download it")
+    _, version, flags, count = _V2_HEAD.unpack_from(view)
+    if version != FORMAT_V2:
+        raise _v2_error(f"not a .finr version 2 file (version {version})", "read it with codec.read_field")
+    if flags != 0 or bytes(view[13:16]) != b"\0\0\0":
+        raise _v2_error(f"unknown .finr v2 flags 0x{flags:04x}", "upgrade finr3d, or the file is corrupted")
+    if not 1 <= count <= MAX_SECTIONS:
+        raise _v2_error(f"{count} sections (1 to {MAX_SECTIONS} allowed)")
+    table_end = _V2_HEAD.size + _V2_SECTION.size * count
+    if size < table_end + V2_DIGEST_BYTES:
+        raise _v2_error(f"truncated file: {size} bytes cannot hold a {count}-section table",
+                        "re-export or re-download it")
+    entries, stored_total = [], 0
+    for i in range(count):
+        kind, comp, reserved, stored, decoded = _V2_SECTION.unpack_from(view, _V2_HEAD.size + i * _V2_SECTION.size)
+        entries.append((kind, comp, reserved, stored, decoded))
+        stored_total += stored
+    expected = table_end + stored_total + V2_DIGEST_BYTES
+    if size < expected:
+        raise _v2_error(f"truncated file: expected {expected} bytes, found {size}", "re-export or re-download it")
+    if size > expected:
+        raise _v2_error(f"{size - expected} unexpected bytes after the end of the .finr data")
+    if _digest(view[: size - V2_DIGEST_BYTES], V2_DIGEST_BYTES) != view[size - V2_DIGEST_BYTES:]:
+        raise FormatError("checksum mismatch: the file is corrupted; re-export or re-download it")
+    budget = MAX_EXPANSION * size + EXPANSION_SLACK if max_tensor_bytes is None else max_tensor_bytes
+    out, at, decoded_total = {}, table_end, 0
+    for kind, comp, reserved, stored, decoded in entries:
+        body = view[at: at + stored]
+        at += stored
+        if reserved:
+            raise _v2_error(f"section {kind}: reserved bits 0x{reserved:04x} are set")
+        if kind in out:
+            raise _v2_error(f"section kind {kind} appears twice")
+        if kind not in SECTION_NAMES:
+            if kind >= 128:
+                continue  # optional, unknown to this reader: skipped
+            raise _v2_error(f"unknown required section kind {kind}", "the file is newer: upgrade finr3d")
+        if comp not in (STORE, ZSTD):
+            raise _v2_error(f"section {SECTION_NAMES[kind]}: unknown compression {comp}", "upgrade finr3d")
+        decoded_total += decoded
+        if decoded_total > budget:
+            raise FormatError(
+                f"the sections decode to more than {budget} bytes from a {size}-byte file (a decompression "
+                "bomb, or a corrupted table); if you trust this file, pass max_tensor_bytes= with a larger budget")
+        if comp == STORE:
+            if decoded != stored:
+                raise _v2_error(f"section {SECTION_NAMES[kind]}: stored and decoded lengths differ")
+            out[kind] = bytes(body)
+        else:
+            out[kind] = _decompress(body, decoded)
+    if SECTION_FIELD not in out:
+        raise _v2_error("the file has no FIELD section")
+    if (SECTION_CODES in out) == (SECTION_WEIGHTS in out):
+        raise _v2_error("the file needs exactly one of a CODES and a WEIGHTS section")
+    return out
+
+
+@dataclass
+class FieldFile:
+    """A decoded ``.finr`` field of either version (what :func:`read_field` returns).
+
+    ``spec``: the essentials (:class:`finr3d.compact.FieldSpec`); ``compact``: the
+    cosine-coefficient form (or None); ``weights``: ``(header, tensors)`` of the
+    per-axis networks (editable files and version 1; or None); ``detail``: the
+    LocalDetail section bytes (or None); ``meta``: the optional metadata (dict).
+    """
+
+    version: int
+    spec: object
+    compact: object
+    weights: object
+    detail: object
+    meta: dict
+    file_bytes: int
+    sections: dict
+
+
+def _spec_from_header(header: dict):
+    from finr3d import compact
+
     try:
-        os.link(temp, path)
-    except FileExistsError:
-        raise FileExistsError(f"{path!r} already exists; pass overwrite=True to replace it") from None
-    except OSError:
-        if os.path.exists(path):
-            raise FileExistsError(f"{path!r} already exists; pass overwrite=True to replace it") from None
-        os.replace(temp, path)
-        return
-    os.unlink(temp)
+        target = header.get("target") or {}
+        ndim, channels = int(header["ndim"]), int(header["channels"])
+        bounds = np.asarray(target.get("bounds") or [[-1.0, 1.0]] * ndim, dtype=np.float64).reshape(ndim, 2)
+        modes = [tuple(int(a) for a in m) for m in header["modes"]]
+        configs = header["backbone_configs"]
+        columns = [int(c["out_dim"]) for c in configs]
+        dec = header["decomposition"]
+        ranks = [int(r) for r in header["ranks"]]
+        bonds = tuple(ranks) if dec == "tt" else ()
+        affine = compact.placement_affine(target.get("world_from_normalized"), bounds, ndim)
+        return compact.FieldSpec(target.get("kind", header.get("kind", "signal")), dec, ndim, channels, modes,
+                                 [0] * len(modes), columns, bounds, float(target.get("value_offset", 0.0)),
+                                 float(target.get("value_scale", 1.0)), np.zeros(channels, np.float32), 0.0,
+                                 compact.FLAG_AFFINE if affine is not None else 0, bonds, affine)
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        raise FormatError(f"the field header is invalid ({type(exc).__name__}: {exc}); re-export the file") from exc
 
 
-def _fsync_directory(directory: str) -> None:
-    # Makes the rename itself durable on POSIX; Windows cannot open directories.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+def _weights_spec(header: dict):
+    """The FieldSpec of a weights header (version 1 or an editable version 2), None when it is incomplete.
+
+    Every key present is checked by :func:`finr3d.header_schema.validate_field_meta` first (a FormatError
+    naming it); an incomplete header still decodes, so ``finr3d info`` can say what it lacks, and
+    :func:`_complete` refuses it where a field is evaluated.
+    """
+    from finr3d.header_schema import field_problems, validate_field_meta
+
+    validate_field_meta(header, partial=True)
+    if any(p.startswith("missing ") for p in field_problems(header)):
+        return None
+    return _spec_from_header(header)
+
+
+def _complete(ff: FieldFile) -> FieldFile:
+    """``ff`` when it holds a whole field; a FormatError naming what a weights header lacks otherwise."""
+    if ff.weights is not None:
+        from finr3d.header_schema import validate_field_meta
+
+        validate_field_meta(ff.weights[0])
+    return ff
+
+
+def decode_field(data, *, max_tensor_bytes: int | None = None) -> FieldFile:
+    """Decode a ``.finr`` file of version 1 or 2 (bytes) into a :class:`FieldFile`."""
+    from finr3d import compact
+
+    view = memoryview(data).cast("B")
+    version = struct.unpack_from("<H", view, 8)[0] if len(view) >= 10 and bytes(view[:8]) == MAGIC else 1
+    if version != FORMAT_V2:
+        header, tensors = decode(data, max_tensor_bytes=max_tensor_bytes)
+        spec = _weights_spec(header)
+        if spec is not None and "bias" in tensors:
+            spec.bias = np.asarray(tensors["bias"], np.float32).reshape(-1)
+        return FieldFile(1, spec, None, (header, tensors), None, header, len(view), {})
+    sections = decode_v2(view, max_tensor_bytes=max_tensor_bytes)
+    spec = compact.unpack_field(sections[SECTION_FIELD])
+    meta = {}
+    if SECTION_META in sections:
+        raw = sections[SECTION_META]
+        if len(raw) > MAX_META_BYTES:
+            raise FormatError(f"META section is {len(raw)} bytes (limit {MAX_META_BYTES}); the file is hostile")
+        meta = _parse_json(raw)
+    comp = weights = None
+    if SECTION_CODES in sections:
+        if not spec.flags & compact.FLAG_COMPACT:
+            raise FormatError("the FIELD section does not declare the CODES section; re-export the file")
+        raw = sections[SECTION_CODES]
+        if not raw:
+            raise FormatError("empty CODES section; re-export the file")
+        budget = MAX_EXPANSION * len(view) + EXPANSION_SLACK if max_tensor_bytes is None else max_tensor_bytes
+        if 8 * compact.decoded_values(spec) > budget:
+            raise FormatError(f"the CODES section declares {compact.decoded_values(spec):,} values, over the decode "
+                              "budget; if you trust this file, pass max_tensor_bytes= with a larger budget")
+        comp = compact.decode_codes_section(spec, memoryview(raw)[1:], raw[0])
+    else:
+        if spec.flags & compact.FLAG_COMPACT:
+            raise FormatError("the FIELD section declares a CODES section the file lacks; re-export the file")
+        weights = decode(sections[SECTION_WEIGHTS], max_tensor_bytes=max_tensor_bytes)
+        _weights_spec(weights[0])  # the embedded header is checked like a version-1 one
+        if not meta:
+            meta = weights[0]
+    return FieldFile(2, spec, comp, weights, sections.get(SECTION_DETAIL), meta, len(view), sections)
+
+
+def read_field(path, *, max_tensor_bytes: int | None = None) -> FieldFile:
+    """Read a ``.finr`` file of version 1 or 2; see :func:`decode_field`."""
+    path = _check_readable(path)
+    with open(path, "rb") as handle:
+        data = handle.read()
+    return decode_field(data, max_tensor_bytes=max_tensor_bytes)
+
+
+def write_bytes(path, blob: bytes, *, overwrite: bool = True) -> int:
+    """Write already-encoded bytes atomically (temporary file, fsync, rename); returns the byte count."""
+    return atomic_write_bytes(path, bytes(blob), overwrite=overwrite, durable=True)
+
+
+# ---------------------------------------------------------------------------
+# The numpy-only decoder
+# ---------------------------------------------------------------------------
+def _prefix_of(ff: FieldFile, rank):
+    """Ranks of the prefix model (clipped to the stored ranks), as the torch field's ``prefix``."""
+    spec = ff.spec
+    dec = spec.decomposition
+    full = tuple(spec.bonds) if dec == "tt" else (
+        (spec.columns[0],) if dec == "cp" else tuple(spec.columns))
+    if ff.weights is not None:
+        full = tuple(int(r) for r in ff.weights[0]["ranks"])
+    if rank is None:
+        return full
+    if dec == "tt":
+        if isinstance(rank, (int, np.integer)):
+            return tuple(min(int(rank), r) for r in full[:-1]) + (full[-1],)
+        rank = tuple(int(r) for r in rank)
+        if len(rank) == len(full) - 1:
+            rank = rank + (full[-1],)
+    elif dec == "cp" and not isinstance(rank, (int, np.integer)):
+        rank = min(int(r) for r in rank)
+    if isinstance(rank, (int, np.integer)):
+        if rank < 1:
+            raise ValueError(f"rank must be at least 1, got {rank}")
+        return tuple(min(int(rank), r) for r in full)
+    rank = tuple(int(r) for r in rank)
+    if len(rank) != len(full) or any(r < 1 for r in rank):
+        raise ValueError(f"{dec} expects {len(full)} positive ranks, got {rank}")
+    return tuple(min(r, t) for r, t in zip(rank, full))
+
+
+def _feature_index(dec, full, prefix, m):
+    if dec == "cp":
+        return np.arange(prefix[0])
+    if dec == "tucker":
+        return np.arange(prefix[m])
+    fb, cb = (1,) + tuple(full), (1,) + tuple(prefix)
+    return (np.arange(cb[m])[:, None] * fb[m + 1] + np.arange(cb[m + 1])[None, :]).reshape(-1)
+
+
+def _mixing_prefix(dec, mixing, prefix):
+    if dec == "tucker":
+        return mixing[tuple(slice(0, r) for r in prefix)]
+    if dec == "cp":
+        return mixing[: prefix[0]]
+    return mixing[: prefix[-1]]
+
+
+class _Evaluator:
+    """Mode features and contraction of a decoded file, in numpy (float64)."""
+
+    def __init__(self, ff: FieldFile, rank=None):
+        from finr3d import compact
+
+        self.ff, self.spec = ff, ff.spec
+        self.dec = ff.spec.decomposition
+        self.prefix = _prefix_of(ff, rank)
+        if ff.compact is not None:
+            self.full = ff.compact.ranks
+            self.mixing = ff.compact.mixing
+            self.bias = ff.compact.bias
+        else:
+            header, tensors = ff.weights
+            self.full = tuple(int(r) for r in header["ranks"])
+            self.mixing = np.asarray(tensors.get("blocks.0.core", tensors.get("blocks.0.weights")), np.float64)
+            self.bias = np.asarray(tensors["bias"], np.float64)
+            if len(header.get("backbone_configs", [])) and not header.get("field_config", {}).get("channel_factor", True) \
+                    and int(header["channels"]) > 1:
+                raise FormatError("decode_grid does not evaluate independent per-channel blocks; use finr3d.load")
+        self.prefix = tuple(min(p, f) for p, f in zip(self.prefix, self.full))
+        self.mixing_p = _mixing_prefix(self.dec, self.mixing, self.prefix)
+        self.compact_mod = compact
+
+    def features(self, m: int, x: np.ndarray) -> np.ndarray:
+        """Mode m's prefix features at (n, len(axes)) coordinates."""
+        if self.ff.compact is not None:
+            f = self.ff.compact.features(m, x[:, 0])
+        else:
+            header, tensors = self.ff.weights
+            pre = f"nets.{m}."
+            sub = {k[len(pre):]: v for k, v in tensors.items() if k.startswith(pre)}
+            f = self.compact_mod.network_features(header["backbone_configs"][m], sub, x)
+        if self.prefix != self.full:
+            f = f[:, _feature_index(self.dec, self.full, self.prefix, m)]
+        return f
+
+    def grid(self, axes, chunk_elements: int = 1 << 22) -> np.ndarray:
+        """float32 (n_0, ..., n_{d-1}, C); evaluated in slabs of the first mode so memory stays bounded."""
+        modes = self.spec.modes
+        feats = []
+        for m, mode in enumerate(modes):
+            if len(mode) == 1:
+                x = np.asarray(axes[mode[0]], np.float64).reshape(-1, 1)
+            else:
+                mesh = np.meshgrid(*[axes[a] for a in mode], indexing="ij")
+                x = np.stack([g.reshape(-1) for g in mesh], axis=-1).astype(np.float64)
+            feats.append(self.features(m, x))
+        bonds = self.prefix if self.dec == "tt" else ()
+        order = [a for mode in modes for a in mode]
+        sizes = [len(a) for a in axes]
+        channels = self.mixing_p.shape[-1]
+        out = np.empty(sizes + [channels], np.float32)
+        rows = feats[0].shape[0]
+        per_row = max(1, math.prod(f.shape[0] for f in feats[1:]) * channels)
+        step = rows if len(modes[0]) != 1 else max(1, min(rows, chunk_elements // per_row))
+        perm = [order.index(a) for a in range(len(order))] + [len(order)]
+        for start in range(0, rows, step):
+            part = self.compact_mod.contract_grid(self.dec, [feats[0][start:start + step]] + feats[1:],
+                                                  self.mixing_p, bonds) + self.bias
+            sub = [len(axes[a]) for a in order]
+            if len(modes[0]) == 1:
+                sub[0] = part.shape[0]
+            part = part.reshape(*sub, channels)
+            if order != sorted(order):
+                part = np.transpose(part, perm)
+            index = [slice(None)] * len(sizes)
+            if len(modes[0]) == 1:
+                index[modes[0][0]] = slice(start, start + step)
+            out[tuple(index)] = part
+        return out
+
+    def points(self, x: np.ndarray) -> np.ndarray:
+        feats = [self.features(m, x[:, list(mode)]) for m, mode in enumerate(self.spec.modes)]
+        bonds = self.prefix if self.dec == "tt" else ()
+        return self.compact_mod.contract_points(self.dec, feats, self.mixing_p, bonds) + self.bias
+
+
+def _load_detail(ff: FieldFile):
+    if ff.detail is None:
+        return None
+    from finr3d.local_detail import LocalDetail
+
+    return LocalDetail.from_bytes(ff.detail, max_decoded_bytes=MAX_EXPANSION * ff.file_bytes + EXPANSION_SLACK)
+
+
+def _to_normalized(spec, world: np.ndarray) -> np.ndarray:
+    return spec.to_normalized(world)
+
+
+def decode_grid(path, resolution=256, rank=None, bounds=None, *, detail: bool = True, squeeze: bool = True,
+                max_tensor_bytes: int | None = None) -> np.ndarray:
+    """Evaluate a ``.finr`` file on a grid with numpy alone (no torch).
+
+    Parameters
+    ----------
+    path : str, os.PathLike, or bytes
+        A ``.finr`` file of version 1 or 2 (or its bytes).
+    resolution : int or sequence of int
+        Lattice points per axis.
+    rank : int or tuple, optional
+        The rank-prefix model (as ``FactorizedField.grid(rank=...)``).
+    bounds : (d, 2) array_like, optional
+        World box to sample (default: the fitted box, i.e. ``[-1, 1]`` per normalized axis).
+    detail : bool
+        Add the local-detail section when the file has one.
+
+    Returns
+    -------
+    (n_0, ..., n_{d-1}[, C]) float32 array in field units, equal to
+    ``finr3d.load(path).grid(resolution, rank=rank)`` to float32 tolerance.
+    """
+    ff = path if isinstance(path, FieldFile) else (
+        decode_field(path, max_tensor_bytes=max_tensor_bytes) if isinstance(path, (bytes, bytearray, memoryview))
+        else read_field(path, max_tensor_bytes=max_tensor_bytes))
+    ff = _complete(ff)
+    spec = ff.spec
+    res = [int(resolution)] * spec.ndim if isinstance(resolution, (int, np.integer)) else [int(r) for r in resolution]
+    if len(res) != spec.ndim or any(not 1 <= r <= 65536 for r in res):
+        raise ValueError(f"resolution must give 1..65536 points for each of the {spec.ndim} axes, got {resolution!r}")
+    if math.prod(res) * spec.channels > 1 << 31:
+        raise ValueError("the grid is too large for one array; decode it in pieces (bounds=)")
+    if bounds is None:
+        axes = [np.linspace(-1.0, 1.0, r) if r > 1 else np.zeros(1) for r in res]
+    elif spec.affine is not None:  # a turned field: a world box is no product of normalized axes
+        b = np.asarray(bounds, np.float64).reshape(spec.ndim, 2)
+        world = [np.linspace(b[a, 0], b[a, 1], r) if r > 1 else b[a, :1] for a, r in enumerate(res)]
+        slab = max(1, (1 << 20) // max(1, math.prod(res[1:])))
+        out = np.concatenate([
+            decode_points(ff, np.stack(np.meshgrid(world[0][i:i + slab], *world[1:], indexing="ij"), -1)
+                          .reshape(-1, spec.ndim), rank, detail=detail, squeeze=False)
+            .reshape(len(world[0][i:i + slab]), *res[1:], spec.channels)
+            for i in range(0, res[0], slab)], axis=0)
+        return out[..., 0] if squeeze and spec.channels == 1 else out
+    else:
+        b = np.asarray(bounds, np.float64).reshape(spec.ndim, 2)
+        axes = [_to_normalized_axis(spec, a, np.linspace(b[a, 0], b[a, 1], r) if r > 1 else b[a, :1])
+                for a, r in enumerate(res)]
+    ev = _Evaluator(ff, rank)
+    out = ev.grid(axes)
+    if detail and ff.detail is not None:
+        out += _load_detail(ff).grid(axes).astype(np.float32)[..., None]
+    if squeeze and spec.channels == 1:
+        out = out[..., 0]
+    return out
+
+
+def _to_normalized_axis(spec, a: int, world: np.ndarray) -> np.ndarray:
+    lo, hi = spec.bounds[a]
+    return (world - lo) * (2.0 / (hi - lo)) - 1.0
+
+
+def decode_points(path, points, rank=None, *, detail: bool = True, normalized: bool = False,
+                  squeeze: bool = True, max_tensor_bytes: int | None = None) -> np.ndarray:
+    """Evaluate a ``.finr`` file at world-space points with numpy alone (no torch).
+
+    ``points`` is (P, d) in world units (the fitted target's coordinates; pass
+    ``normalized=True`` for ``[-1, 1]`` coordinates). Returns (P,) float32 for a
+    one-channel field (``squeeze=False``: (P, C)), in field units, as
+    ``finr3d.load(path).points(normalized_points)``.
+    """
+    ff = path if isinstance(path, FieldFile) else (
+        decode_field(path, max_tensor_bytes=max_tensor_bytes) if isinstance(path, (bytes, bytearray, memoryview))
+        else read_field(path, max_tensor_bytes=max_tensor_bytes))
+    ff = _complete(ff)
+    x = np.asarray(points, dtype=np.float64)
+    if x.ndim != 2 or x.shape[1] != ff.spec.ndim:
+        raise ValueError(f"points must be a (P, {ff.spec.ndim}) array, got shape {x.shape}")
+    if not normalized:
+        x = _to_normalized(ff.spec, x)
+    ev = _Evaluator(ff, rank)
+    out = np.concatenate([ev.points(x[i:i + 65536]) for i in range(0, len(x), 65536)] or
+                         [np.zeros((0, ff.spec.channels))], axis=0)
+    if detail and ff.detail is not None and len(x):
+        out = out + _load_detail(ff).points(x).reshape(-1, 1)
+    out = out.astype(np.float32)
+    return out[:, 0] if squeeze and ff.spec.channels == 1 else out
+
+
+def _file_version(path) -> int:
+    with open(_check_readable(path), "rb") as handle:
+        head = handle.read(10)
+    if len(head) == 10 and head[:8] == MAGIC:
+        return struct.unpack_from("<H", head, 8)[0]
+    return 1
+
+
+def describe_field(ff: FieldFile) -> dict:
+    """A version-1-style metadata dict of a decoded file (kind, ndim, ranks, parameters, target, history, ...)."""
+    if ff.version == 1 or ff.compact is None:
+        meta = dict(ff.weights[0] if ff.weights is not None else ff.meta)
+        meta.update(format_version=ff.version, file_bytes=ff.file_bytes,
+                    storage="weights (editable)" if ff.version == 2 else "weights")
+        if ff.detail is not None:
+            meta["detail_bytes"] = len(ff.detail)
+        return meta
+    spec, cf = ff.spec, ff.compact
+    meta = dict(ff.meta or {})
+    target = dict(meta.get("target") or {})
+    target.setdefault("kind", spec.kind)
+    target.setdefault("bounds", spec.bounds.tolist())
+    target.setdefault("value_offset", spec.value_offset)
+    target.setdefault("value_scale", spec.value_scale)
+    if spec.kind == "sdf" or spec.affine is not None:
+        target["world_from_normalized"] = spec.world_from_normalized().tolist()  # the FIELD section's placement
+    params = cf.mixing.size + sum(c.size for c in cf.coefficients) + cf.bias.size
+    meta.update(
+        format="finr3d-field", format_version=2, storage="compact", file_bytes=ff.file_bytes, kind=spec.kind,
+        ndim=spec.ndim, channels=spec.channels, modes=[list(m) for m in spec.modes],
+        decomposition=spec.decomposition, ranks=list(cf.ranks), backbone="cosine", parameters=int(params),
+        cosine_terms=list(spec.terms), step=spec.step, target=target,
+        section_bytes={SECTION_NAMES[k]: len(v) for k, v in ff.sections.items() if k in SECTION_NAMES})
+    meta.setdefault("history", {})
+    return meta
+
+
+def describe_file(path) -> dict:
+    """Read and verify a ``.finr`` file of either version holding a whole field; :func:`describe_field`'s dict.
+
+    A weights header is checked in full (:func:`finr3d.header_schema.validate_field_meta`): a FormatError
+    names what is wrong or missing.
+    """
+    return describe_field(_complete(read_field(path)))

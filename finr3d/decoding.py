@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from finr3d.errors import InputError
+from finr3d.files import atomic_write
 
 __all__ = ["decode_array", "decode_field", "decode_shape", "decode_slabs", "stream_npy", "write_frame_folder",
            "check_decode_memory", "check_decode_disk", "atomic_write"]
@@ -257,12 +258,9 @@ def decode_field(field, out, *, rank=None, resolution=None, force: bool = False,
         return write_frame_folder(field, out, rank=rank, resolution=resolution, force=force, max_memory=max_memory)
     arr = decode_array(field, rank=rank, resolution=resolution, max_memory=max_memory)
     if suffix == ".png" and kind == "image":
-        from finr3d.targets import write_png
+        from finr3d.targets import to_pixels, write_png
 
-        bits = int((field.target_info or {}).get("bit_depth", 8))
-        np.clip(arr, 0, 1, out=arr)
-        arr *= 65535 if bits == 16 else 255
-        img = np.rint(arr, out=arr).astype(np.uint16 if bits == 16 else np.uint8)
+        img = to_pixels(arr, int((field.target_info or {}).get("bit_depth", 8)), inplace=True)
         atomic_write(out, lambda tmp: write_png(tmp, img))
         return out
     if kind == "video" and suffix in (".mp4", ".webm", ".avi", ".gif", ".png"):

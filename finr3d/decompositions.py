@@ -71,7 +71,8 @@ def cp_contract_points(factors: Sequence[torch.Tensor], weights: torch.Tensor) -
     return acc @ weights
 
 
-def _letters(n: int, offset: int = 0) -> str:
+def einsum_letters(n: int, offset: int = 0) -> str:
+    """``n`` distinct einsum subscripts, starting ``offset`` letters in."""
     return string.ascii_letters[offset:offset + n]
 
 
@@ -82,8 +83,8 @@ def tucker_contract_grid(factors: Sequence[torch.Tensor], core: torch.Tensor) ->
     Returns (N_0, ..., N_{M-1}, C). opt_einsum picks the contraction order.
     """
     m = len(factors)
-    ranks = _letters(m)
-    sizes = _letters(m, 26)
+    ranks = einsum_letters(m)
+    sizes = einsum_letters(m, 26)
     eq = ",".join(f"{sizes[i]}{ranks[i]}" for i in range(m)) + f",{ranks}z->{sizes}z"
     return torch.einsum(eq, *factors, core)
 

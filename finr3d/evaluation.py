@@ -44,7 +44,7 @@ def evaluate(field, reference, *, rank=None, resolution: int = 256, **kwargs) ->
         axes = (getattr(field, "target_info", None) or {}).get("source_axes")
         return VolumeTarget(reference, axes=axes).evaluate(field, rank=rank)
     if kind != "sdf":
-        from finr3d.targets import load_target
+        from finr3d.sources import load_target
 
         return load_target(reference, kind=kind or "auto").evaluate(field, rank=rank)
 

@@ -22,10 +22,11 @@ from torch import nn
 
 from finr3d import __version__
 from finr3d.backbones import MAX_BASIS, make_backbone
+from finr3d.codec import jsonable
 from finr3d.config import FieldConfig
 from finr3d.decompositions import DECOMPOSITIONS
 from finr3d.errors import FormatError, InputError
-from finr3d.targets import lattice
+from finr3d.coords import lattice
 
 __all__ = ["FactorizedField", "load", "default_omega0"]
 
@@ -119,6 +120,8 @@ class FactorizedField(nn.Module):
         self.bias = nn.Parameter(torch.zeros(channels))
         self.target_info = dict(target_info or {})
         self.history: dict = {}
+        #: optional sparse local residual (finr3d.local_detail.LocalDetail), added by grid() and points()
+        self.detail = None
 
     # ------------------------------------------------------------------ basics
     @property
@@ -156,7 +159,8 @@ class FactorizedField(nn.Module):
                 f"modes={self.modes}, channels={self.channels}, params={self.parameter_count():,})")
 
     # --------------------------------------------------------------- features
-    def _mode_coords(self, coords: Sequence[torch.Tensor], m: int) -> torch.Tensor:
+    def mode_coords(self, coords: Sequence[torch.Tensor], m: int) -> torch.Tensor:
+        """Mode ``m``'s input points on the outer-product grid of per-axis ``coords``: (N_m, len(modes[m]))."""
         axes = self.modes[m]
         if len(axes) == 1:
             return coords[axes[0]].reshape(-1, 1)
@@ -165,7 +169,7 @@ class FactorizedField(nn.Module):
 
     def mode_features(self, coords: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """Per-mode features on the outer-product grid: M tensors (N_m, D_m)."""
-        return [net(self._mode_coords(coords, m)) for m, net in enumerate(self.nets)]
+        return [net(self.mode_coords(coords, m)) for m, net in enumerate(self.nets)]
 
     def _contract(self, feats, prefix, points: bool):
         if not self.independent:
@@ -211,25 +215,35 @@ class FactorizedField(nn.Module):
         coords : d tensors (n_i,) of normalized coordinates.
         Returns (n_0, ..., n_{d-1}, C). Not chunked: used for training batches.
         """
-        prefix = self.prefix(rank)
-        feats = self.mode_features(coords)
-        out = self._contract(feats, prefix, points=False) + self.bias
-        return self._to_axis_order(out, [len(c) for c in coords])
+        return self.grid_from_features(self.mode_features(coords), [len(c) for c in coords], rank)
+
+    def grid_from_features(self, feats: Sequence[torch.Tensor], sizes: Sequence[int], rank=None) -> torch.Tensor:
+        """Differentiable values on a grid from its mode features (:meth:`mode_features`), in axis order.
+
+        feats : per mode (N_m, D_m); sizes : the grid's points per axis (n_0, ..., n_{d-1}).
+        Returns (n_0, ..., n_{d-1}, C). One set of features serves several rank prefixes (nested-rank training).
+        """
+        out = self._contract(feats, self.prefix(rank), points=False) + self.bias
+        return self._to_axis_order(out, sizes)
 
     forward = forward_grid
 
     @torch.no_grad()
-    def grid(self, coords=256, rank=None, *, squeeze: bool = True, chunk_elements: int = CHUNK_ELEMENTS) -> np.ndarray:
+    def grid(self, resolution=256, rank=None, *, squeeze: bool = True,
+             chunk_elements: int = CHUNK_ELEMENTS, detail: bool = True) -> np.ndarray:
         """Evaluate on a grid; chunked so memory stays bounded.
 
         Parameters
         ----------
-        coords : int, sequence of int, or d arrays of normalized coordinates
-            A resolution (a lattice on [-1, 1] per axis) or explicit coordinates.
+        resolution : int, sequence of int, or d arrays of normalized coordinates
+            Samples per axis (a lattice on [-1, 1], one int for every axis or one
+            per axis) or explicit per-axis coordinates.
         rank : int or tuple, optional
             Evaluate the rank-prefix model.
         squeeze : bool
             Drop the channel axis of single-channel fields.
+        detail : bool
+            Add the local detail (:attr:`detail`) when the field has one.
 
         Returns
         -------
@@ -238,7 +252,7 @@ class FactorizedField(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            axes = self._as_coords(coords, self.device)
+            axes = self._as_coords(resolution, self.device)
             sizes = [len(c) for c in axes]
             total = math.prod(sizes) * self.channels
             if total > MAX_GRID_ELEMENTS:
@@ -267,13 +281,15 @@ class FactorizedField(nn.Module):
                 index = [slice(None)] * self.ndim
                 index[first[0]] = slice(start, stop)
                 out[tuple(index)] = res.float().cpu().numpy()
+            if detail and self.detail is not None:
+                out += self.detail.grid([a.detach().cpu().numpy() for a in axes])[..., None].astype(np.float32)
             if squeeze and self.channels == 1:
                 out = out[..., 0]
             return out
         finally:
             self.train(was_training)
 
-    def points(self, coords, rank=None, *, chunk: int = 1 << 16) -> torch.Tensor:
+    def points(self, coords, rank=None, *, chunk: int = 1 << 16, detail: bool = True) -> torch.Tensor:
         """Values at arbitrary points.
 
         coords : (P, d) tensor or array of normalized coordinates.
@@ -291,7 +307,11 @@ class FactorizedField(nn.Module):
             outs.append(self._contract(feats, prefix, points=True) + self.bias)
         if not outs:
             return torch.zeros(0, self.channels, device=self.device)
-        return torch.cat(outs, dim=0)
+        out = torch.cat(outs, dim=0)
+        if detail and self.detail is not None:
+            res = self.detail.points(x.detach().cpu().numpy().astype(np.float64))
+            out = out + torch.as_tensor(np.asarray(res, np.float32), device=self.device).reshape(-1, 1)
+        return out
 
     # ---------------------------------------------------------- rank prefixes
     def truncate(self, rank) -> "FactorizedField":
@@ -325,6 +345,7 @@ class FactorizedField(nn.Module):
         new.config = config
         new.target_info = dict(self.target_info)
         new.history = dict(self.history)
+        new.detail = self.detail
         return new
 
     # ---------------------------------------------------------- introspection
@@ -355,12 +376,12 @@ class FactorizedField(nn.Module):
             "decomposition": self.config.decomposition,
             "ranks": list(self.ranks),
             "backbone": self.config.backbone,
-            "field_config": _jsonable(dataclasses.asdict(self.config)),
+            "field_config": jsonable(dataclasses.asdict(self.config)),
             "backbone_configs": [net.config() for net in self.nets],
             "parameters": self.parameter_count(),
             "parts": self.parts(),
-            "target": _jsonable(self.target_info),
-            "history": _jsonable({k: v for k, v in self.history.items() if k != "curve"}),
+            "target": jsonable(self.target_info),
+            "history": jsonable({k: v for k, v in self.history.items() if k != "curve"}),
         }
 
     # ---------------------------------------------------------------- outputs
@@ -377,29 +398,38 @@ class FactorizedField(nn.Module):
         tensors = {k: v.detach().float().cpu().numpy() for k, v in model.state_dict().items()}
         return header, tensors
 
-    def encode(self, rank=None, quantization: str = "fp16") -> bytes:
-        """The exact bytes :meth:`save` writes, without touching the disk (rate-quality sweeps)."""
-        from finr3d import codec
+    def encode(self, rank=None, quantization: str = "fp16", *, editable: bool = False, detail: bool = True,
+               step: float | None = None, metadata: bool = True) -> bytes:
+        """The exact bytes :meth:`save` writes, without touching the disk (sweeps size files with it)."""
+        from finr3d import compact_io
 
-        header, tensors = self.to_parts(rank)
-        return codec.encode(header, tensors, quantization=quantization, keep_fp32=self.precision_critical())
+        return compact_io.encode_field(self, rank=rank, quantization=quantization, editable=editable,
+                                       detail=detail, step=step, metadata=metadata)
 
-    def file_bytes(self, rank=None, quantization: str = "fp16") -> int:
-        """Bytes of the file ``save(path, rank=rank, quantization=quantization)`` would write."""
-        return len(self.encode(rank, quantization))
+    def file_bytes(self, rank=None, quantization: str = "fp16", **options) -> int:
+        """Bytes of the file ``save(path, rank=rank, quantization=quantization, **options)`` would write."""
+        return len(self.encode(rank, quantization, **options))
 
-    def save(self, path, rank=None, quantization: str = "fp16", *, overwrite: bool = True) -> int:
-        """Write a compressed ``.finr`` file holding the prefix model at ``rank``.
+    def save(self, path, rank=None, quantization: str = "fp16", *, overwrite: bool = True, editable: bool = False,
+             detail: bool = True, step: float | None = None, metadata: bool = True) -> int:
+        """Write a ``.finr`` file holding the prefix model at ``rank``; returns the bytes written.
 
-        Only the parameters the prefix needs are written, so a lower rank gives
-        a smaller file. Returns the number of bytes written. The write is
-        atomic: an interrupted save leaves any existing file intact.
+        By default the file is **compact** (format version 2): the per-axis
+        networks are baked into cosine coefficients of their factor curves on
+        the stored samples and quantized with one step (``quantization`` picks
+        it: fp32 stores the baked coefficients unquantized, fp16 / int8 / int6 /
+        int4 are ever coarser steps, ``step`` sets it in field units), so a
+        lower rank or a coarser step gives a much smaller file. Between the
+        stored samples the loaded field is the cosine interpolant of the
+        networks' curves. ``editable=True`` keeps the network weights instead
+        (a resumable, fine-tunable file, ``quantization`` as in version 1).
+        ``detail=False`` leaves out the local detail. ``metadata=False`` drops the
+        optional metadata (fit history, source). The write is atomic.
         """
         from finr3d import codec
 
-        header, tensors = self.to_parts(rank)
-        return codec.write(path, header, tensors, quantization=quantization, overwrite=overwrite,
-                           keep_fp32=self.precision_critical())
+        blob = self.encode(rank, quantization, editable=editable, detail=detail, step=step, metadata=metadata)
+        return codec.write_bytes(path, blob, overwrite=overwrite)
 
     def precision_critical(self) -> list[str]:
         """Tensors kept at fp32 under every quantization.
@@ -411,10 +441,19 @@ class FactorizedField(nn.Module):
 
     @classmethod
     def from_file(cls, path) -> "FactorizedField":
-        from finr3d import codec
+        """A field from a ``.finr`` file of version 1 or 2: a path, or the file's bytes."""
+        from finr3d import codec, compact_io
 
-        header, tensors = codec.read(path)
-        return cls.from_parts(header, tensors)
+        header, tensors, ff = compact_io.load_parts(path)
+        try:
+            field = cls.from_parts(header, tensors)
+        except FormatError:
+            raise
+        except (ValueError, TypeError, KeyError) as exc:
+            raise FormatError(f"the stored field does not rebuild ({exc}); re-export the file") from exc
+        if ff.detail is not None:
+            field.detail = codec._load_detail(ff)
+        return field
 
     @classmethod
     def from_parts(cls, header: dict, tensors: dict[str, np.ndarray]) -> "FactorizedField":
@@ -444,6 +483,11 @@ class FactorizedField(nn.Module):
                         nets.append(make_backbone(name, bc.pop("in_dim"), bc.pop("out_dim"), **bc))
                     if len(nets) != len(field.nets):
                         raise ValueError("backbone count does not match the modes")
+                    for m, (new, made) in enumerate(zip(nets, field.nets)):
+                        # the decomposition (from field_config) fixes each mode's inputs and outputs
+                        if (new.in_dim, new.out_dim) != (made.in_dim, made.out_dim):
+                            raise ValueError(f"backbone_configs.{m} maps {new.in_dim} -> {new.out_dim} features, "
+                                             f"the decomposition needs {made.in_dim} -> {made.out_dim}")
                     field.nets = nn.ModuleList(nets)
                 return field
 
@@ -482,16 +526,3 @@ def load(path) -> FactorizedField:
         raise FileNotFoundError(f"{path}: no such file; check the path")
     return FactorizedField.from_file(path)
 
-
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if math.isfinite(obj) else None  # JSON has no NaN/Inf
-    if isinstance(obj, torch.Tensor):
-        return _jsonable(obj.tolist())
-    return obj

@@ -23,9 +23,10 @@ from finr3d.config import FieldConfig, FitConfig
 from finr3d.errors import FitCancelled, InputError
 from finr3d.field import FactorizedField
 from finr3d.presets import field_settings, fit_settings
-from finr3d.targets import Target, lattice, load_target
+from finr3d.sources import load_target
+from finr3d.targets import Target
 
-__all__ = ["fit", "fit_field", "resolve_device", "build_field"]
+__all__ = ["fit", "fit_field", "Trainer", "resolve_device", "build_field"]
 
 #: Sub-grid size (values) of one training step when the target is larger.
 STEP_SAMPLES = 1 << 18
@@ -68,8 +69,8 @@ def _default_batch(target: Target) -> list[int]:
 class _Batcher:
     """Random sub-grids: per-axis index subsets or jittered continuous coordinates."""
 
-    def __init__(self, target: Target, batch, jitter: bool, gen: torch.Generator, device):
-        self.target, self.gen, self.device, self.jitter = target, gen, device, jitter
+    def __init__(self, target: Target, batch, jitter: bool, gen: torch.Generator):
+        self.target, self.gen, self.jitter = target, gen, jitter
         self.sizes = list(batch)
         self.full = [target.axis_coords(a) for a in range(target.ndim)]
 
@@ -96,69 +97,123 @@ def _main_metric(target: Target) -> str:
     return getattr(target, "main_metric", "psnr")
 
 
-def fit_field(field: FactorizedField, target: Target, config: FitConfig | None = None,
-              callback: Optional[Callable[[dict], Optional[bool]]] = None) -> FactorizedField:
-    """Optimise ``field`` on ``target`` in place and return it (at its best state).
+_WARM = False
 
-    ``callback(info)`` receives a dict (step, loss, elapsed, eta, metric, phase)
-    about every 0.25 s; returning ``False`` stops the fit, keeping the best state.
-    The history (curve of elapsed/step/metric, timings) is stored on
-    ``field.history``.
+
+def _warm_up() -> float:
+    """Import what the first optimiser step pulls in (torch.optim loads torch._dynamo: seconds, once per
+    process), before a fit's clock starts; returns the seconds it took."""
+    global _WARM
+    if _WARM:
+        return 0.0
+    t0 = time.perf_counter()
+    torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))])
+    _WARM = True
+    return time.perf_counter() - t0
+
+
+class Trainer:
+    """One fit as named phases over a field's public methods.
+
+    :meth:`run` calls, in order:
+
+    1. :meth:`closed_form_start` -- a discrete decomposition of the target read
+       into the networks (an anytime algorithm under a seconds budget), then
+       the *distillation* of its factors by gradient steps, or CP-ALS sweeps for
+       a field that reads out exactly; a calibrated random start otherwise;
+    2. :meth:`refine` -- Adam on random sub-grids, with a *validation*
+       (:meth:`validate`) every ``eval_every`` steps that keeps the best state,
+       and a *rollback* (:meth:`rollback`) to it when the loss diverges;
+    3. :meth:`finish` -- a last validation, never returning worse than the best
+       state, and the history.
+
+    Under a seconds budget every phase leaves time for the ones after it: the
+    refinement stops when one more step and the final validation would pass
+    the budget.
     """
-    config = dataclasses.replace(config or FitConfig()).validate()
-    if config.init == "auto":
-        config.init = str(target.preset.fit.get("init", "closed_form"))
-    steps_budget, seconds_budget = config.budget()
-    torch.manual_seed(config.seed)
-    gen = torch.Generator().manual_seed(config.seed)
-    device = field.device
-    metric_name = _main_metric(target)
-    history: dict = {"curve": [], "rollbacks": 0, "metric_name": metric_name}
-    t_start = time.perf_counter()
 
-    def elapsed() -> float:
-        return time.perf_counter() - t_start
+    def __init__(self, field: FactorizedField, target: Target, config: FitConfig,
+                 callback: Optional[Callable[[dict], Optional[bool]]] = None):
+        self.config = config = dataclasses.replace(config).validate()
+        if config.init == "auto":
+            config.init = str(target.preset.fit.get("init", "closed_form"))
+        self.field, self.target, self.callback = field, target, callback
+        self.steps_budget, self.seconds_budget = config.budget()
+        self.metric_name = _main_metric(target)
+        warmup_seconds = _warm_up()
+        torch.manual_seed(config.seed)
+        self.gen = torch.Generator().manual_seed(config.seed)
+        self.history: dict = {"curve": [], "rollbacks": 0, "metric_name": self.metric_name,
+                              "warmup_seconds": warmup_seconds}
+        self.t_start = time.perf_counter()
+        self.step = 0
+        self.stopped = "budget"
+        self.validation_seconds = 0.0
+        device = field.device
+        eval_coords, eval_truth = target.dense(max_samples=EVAL_SAMPLES)
+        self.eval_coords = [c.to(device) for c in eval_coords]
+        self.eval_truth = eval_truth.to(device)
+        self.best_score, self.best_metrics, self.best_state = -math.inf, {}, None
+        self.last_validation = None  # (score, metrics) while the field is unchanged since it was validated
 
-    def progress() -> float:
+    # ----------------------------------------------------------------- clock
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t_start
+
+    def progress(self) -> float:
         p = 0.0
-        if steps_budget:
-            p = max(p, step / steps_budget)
-        if seconds_budget:
-            p = max(p, elapsed() / seconds_budget)
+        if self.steps_budget:
+            p = max(p, self.step / self.steps_budget)
+        if self.seconds_budget:
+            p = max(p, self.elapsed() / self.seconds_budget)
         return min(1.0, p)
 
-    def out_of_budget() -> bool:
-        if steps_budget is not None and step >= steps_budget:
-            return True
-        return seconds_budget is not None and elapsed() >= seconds_budget
-
-    step = 0
-    # validation grid for best-state tracking and early stop
-    eval_coords, eval_truth = target.dense(max_samples=EVAL_SAMPLES)
-    eval_coords = [c.to(device) for c in eval_coords]
-    eval_truth = eval_truth.to(device)
-
-    def evaluate() -> tuple[float, dict]:
-        field.eval()
-        with torch.no_grad():
-            pred = field.forward_grid(eval_coords)
-            metrics = target.metric(pred, eval_truth)
-            metrics["loss"] = float(target.loss(pred, eval_truth))
-        field.train()
-        return metrics.get(metric_name, -metrics["loss"]), metrics
-
-    def _eta(t: float) -> Optional[float]:
-        p = progress()
+    def eta(self, t: float) -> Optional[float]:
+        p = self.progress()
         return None if p <= 0 else max(0.0, t / p - t)
 
-    def checkpoint() -> bool:
-        """Validate a closed-form readout: a curve point; True once the target metric is reached."""
-        score = evaluate()[0]
-        history["curve"].append({"elapsed": elapsed(), "step": 0, metric_name: score})
-        return config.target_metric is not None and score >= config.target_metric
+    def out_of_budget(self, reserve: float = 0.0) -> bool:
+        """The step budget is spent, or the clock plus ``reserve`` seconds passes the seconds budget."""
+        if self.steps_budget is not None and self.step >= self.steps_budget:
+            return True
+        return self.seconds_budget is not None and self.elapsed() + reserve >= self.seconds_budget
 
-    # --- closed-form start --------------------------------------------------
-    if config.init == "closed_form":
+    # ------------------------------------------------------------ validation
+    def validate(self) -> tuple[float, dict]:
+        """The main metric and all cheap metrics on the validation grid."""
+        t0 = time.perf_counter()
+        field = self.field
+        field.eval()
+        with torch.no_grad():
+            pred = field.forward_grid(self.eval_coords)
+            metrics = self.target.metric(pred, self.eval_truth)
+            metrics["loss"] = float(self.target.loss(pred, self.eval_truth))
+        field.train()
+        self.validation_seconds = time.perf_counter() - t0
+        self.last_validation = metrics.get(self.metric_name, -metrics["loss"]), metrics
+        return self.last_validation
+
+    def keep_if_best(self) -> float:
+        """Validate; a curve point; the state is kept when it is the best so far. Returns the score."""
+        score, metrics = self.validate()
+        self.history["curve"].append({"elapsed": self.elapsed(), "step": self.step, self.metric_name: score})
+        if score > self.best_score or self.best_state is None or not math.isfinite(self.best_score):
+            self.best_score, self.best_metrics = score, metrics
+            self.best_state = copy.deepcopy(self.field.state_dict())
+        return score
+
+    def rollback(self) -> None:
+        """Restore the best state seen."""
+        self.field.load_state_dict(self.best_state)
+        self.history["rollbacks"] += 1
+        self.last_validation = None
+
+    # ----------------------------------------------------- closed-form start
+    def closed_form_start(self) -> None:
+        config, target, field = self.config, self.target, self.field
+        if config.init != "closed_form":
+            _calibrate_random_init(field, target)
+            return
         from finr3d.closed_form import closed_form_start, reads_out_exactly
 
         frac = config.distill_fraction
@@ -167,140 +222,183 @@ def fit_field(field: FactorizedField, target: Target, config: FitConfig | None =
             # one that distils by gradient steps spends the preset's distill_fraction
             frac = float(target.sweep_fraction if reads_out_exactly(field, target) else target.preset.distill_fraction)
         config.distill_fraction = frac
+        seconds, deadline = None, None
+        if self.seconds_budget is not None:
+            seconds = self.seconds_budget * frac
+            # the phase ends with room for the refinement's validation and the final one
+            deadline = max(0.0, self.seconds_budget * CLOSED_FORM_SHARE - self.elapsed())
+        callback = self.callback
+
+        def checkpoint() -> bool:
+            """Validate a closed-form readout: True once the target metric is reached."""
+            score = self.keep_if_best()
+            return config.target_metric is not None and score >= config.target_metric
+
         info = closed_form_start(
-            field, target,
-            seconds=None if seconds_budget is None else seconds_budget * frac,
-            steps=None if steps_budget is None else int(steps_budget * frac),
+            field, target, seconds=seconds, deadline=deadline,
+            steps=None if self.steps_budget is None else int(self.steps_budget * frac),
             seed=config.seed,
-            callback=(lambda d: callback(dict(d, eta=_eta(d["elapsed"])))) if callback else None,
+            callback=(lambda d: callback(dict(d, eta=self.eta(d["elapsed"])))) if callback else None,
             checkpoint=checkpoint,
         )
-        history.update(info)
-    else:
-        _calibrate_random_init(field, target)
-    cancelled = bool(history.pop("cancelled", False))
-    reached = bool(history.pop("target_reached", False))
+        if info.pop("cancelled", False):
+            self.stopped = "cancelled"
+        if info.pop("target_reached", False):
+            self.stopped = "target_metric"
+        self.history.update(info)
+        if not info.get("als_sweeps"):
+            self.last_validation = None  # distilled since the last checkpoint, if any
+        # refinement starts from where the distillation ended; the step budget covers both phases
+        if self.steps_budget is not None:
+            self.step = int(self.steps_budget * frac)
 
-    lr_scale = 1.0
-    params = list(field.parameters())
-    # the hidden layers of the mode networks can learn at a fraction of the rate (hidden_lr): after a
-    # closed-form readout they carry the start, and full-rate Adam steps on them undo it in a few steps
-    hidden = [p for n, p in field.named_parameters() if n.startswith("nets.") and ".out." not in n]
-    hidden_ids = {id(p) for p in hidden}
-    rest = [p for p in params if id(p) not in hidden_ids]
-    if config.hidden_lr is not None:
-        hidden_scale = float(config.hidden_lr)
-    else:
-        hidden_scale = float(target.preset.hidden_lr) if config.init == "closed_form" else 1.0
-
-    def make_optimizer(lr0: float) -> torch.optim.Optimizer:
-        groups = [{"params": rest, "scale": 1.0}]
-        if hidden:
-            groups.append({"params": hidden, "scale": hidden_scale})
-        return torch.optim.Adam([g for g in groups if g["params"]], lr=lr0)
-
-    opt = make_optimizer(config.lr)
-    jitter = config.jitter if config.jitter is not None else bool(target.preset.fit.get("jitter", False))
-    batch = [config.batch] * target.ndim if config.batch else _default_batch(target)
-    if not jitter:
-        batch = [min(b, s) for b, s in zip(batch, target.shape)]
-    batcher = _Batcher(target, batch, jitter, gen, device)
-    full_coords = [target.axis_coords(a) for a in range(target.ndim)]
-    max_rank = max(field.ranks)
-
-    best_score, best_metrics = evaluate()
-    best_state = copy.deepcopy(field.state_dict())
-    history["curve"].append({"elapsed": elapsed(), "step": 0, metric_name: best_score})
-    loss_ema, loss_floor = None, float("inf")
-    last_report = -1.0
-    stopped = "cancelled" if cancelled else "target_metric" if reached else "budget"
-    amp = config.amp and device.type == "cuda"
-    if config.compile:
-        if device.type == "cuda":
-            for net in field.nets:
-                net.compile()  # compiles forward in place; the state dict keeps its names
+    # ------------------------------------------------------------ refinement
+    def _optimizer_groups(self):
+        field, config = self.field, self.config
+        # the hidden layers of the mode networks can learn at a fraction of the rate (hidden_lr): after a
+        # closed-form readout they carry the start, and full-rate Adam steps on them undo it in a few steps
+        hidden = [p for n, p in field.named_parameters() if n.startswith("nets.") and ".out." not in n]
+        hidden_ids = {id(p) for p in hidden}
+        rest = [p for p in field.parameters() if id(p) not in hidden_ids]
+        if config.hidden_lr is not None:
+            hidden_scale = float(config.hidden_lr)
         else:
-            import warnings
+            hidden_scale = float(self.target.preset.hidden_lr) if config.init == "closed_form" else 1.0
+        groups = [{"params": rest, "scale": 1.0}, {"params": hidden, "scale": hidden_scale}]
+        return [g for g in groups if g["params"]]
 
-            warnings.warn("compile=True is only used on CUDA; fitting uncompiled on the CPU", stacklevel=2)
-    # refinement starts from where the distillation ended; the step budget covers both phases
-    if config.init == "closed_form" and steps_budget is not None:
-        step = int(steps_budget * config.distill_fraction)
-    step0 = step
-    warmup = config.warmup if config.warmup is not None else (100 if config.init == "closed_form" else 20)
-    warmup = max(1, warmup)
+    def refine(self) -> None:
+        config, target, field, gen = self.config, self.target, self.field, self.gen
+        device = field.device
+        if self.last_validation is None:
+            self.keep_if_best()
+        if self.stopped != "budget":
+            return
+        params = list(field.parameters())
+        opt = torch.optim.Adam(self._optimizer_groups(), lr=config.lr)
+        jitter = config.jitter if config.jitter is not None else bool(target.preset.fit.get("jitter", False))
+        batch = [config.batch] * target.ndim if config.batch else _default_batch(target)
+        if not jitter:
+            batch = [min(b, s) for b, s in zip(batch, target.shape)]
+        batcher = _Batcher(target, batch, jitter, gen)
+        full_coords = [target.axis_coords(a) for a in range(target.ndim)]
+        max_rank = max(field.ranks)
+        amp = config.amp and device.type == "cuda"
+        if config.compile:
+            if device.type == "cuda":
+                for net in field.nets:
+                    net.compile()  # compiles forward in place; the state dict keeps its names
+            else:
+                import warnings
 
-    while not (cancelled or reached) and not out_of_budget():
-        p = progress()
-        warm = min(1.0, (step - step0 + 1) / warmup)
-        lr = config.lr * lr_scale * warm * (config.lr_final + (1 - config.lr_final) * 0.5 * (1 + math.cos(math.pi * p)))
-        for g in opt.param_groups:
-            g["lr"] = lr * g["scale"]
-        full_step = config.full_grid_every and step % config.full_grid_every == 0
-        coords = full_coords if full_step else batcher.coords()
-        coords = [c.to(device) for c in coords]
-        truth = target.sample(coords).to(device)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
-            feats = field.mode_features(coords)
-            pred = field._to_axis_order(field._contract(feats, None, points=False) + field.bias,
-                                        [len(c) for c in coords])
-            loss = target.loss(pred.float(), truth)
-            if config.nested_ranks and max_rank > 1:
-                r = int(torch.randint(1, max_rank, (1,), generator=gen))
-                pred_r = field._to_axis_order(field._contract(feats, field.prefix(r), points=False) + field.bias,
-                                              [len(c) for c in coords])
-                loss = loss + target.loss(pred_r.float(), truth)
-            if config.eikonal > 0:
-                loss = loss + config.eikonal * _eikonal(field, target, gen)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, config.clip_grad)
-        opt.step()
-        step += 1
-        lval = float(loss.detach())
-        # divergence guard: restore the best state and halve the learning rate
-        spiked = loss_ema is not None and step > 50 and lval > 20 * max(loss_floor, 1e-12)
-        if not math.isfinite(lval) or spiked:
-            field.load_state_dict(best_state)
-            opt = make_optimizer(lr)
-            lr_scale *= 0.5
-            history["rollbacks"] += 1
-            loss_ema = None
-            continue
-        loss_ema = lval if loss_ema is None else 0.9 * loss_ema + 0.1 * lval
-        loss_floor = min(loss_floor, loss_ema)
-        if step % config.eval_every == 0 or out_of_budget():
-            score, metrics = evaluate()
-            history["curve"].append({"elapsed": elapsed(), "step": step, metric_name: score})
-            if score > best_score or not math.isfinite(best_score):
-                best_score, best_metrics = score, metrics
-                best_state = copy.deepcopy(field.state_dict())
-            if config.target_metric is not None and score >= config.target_metric:
-                stopped = "target_metric"
-                break
-        t = elapsed()
-        if callback is not None and (t - last_report >= 0.25 or out_of_budget()):
-            last_report = t
-            info = {"phase": "fit", "step": step, "loss": lval, "elapsed": t, "eta": _eta(t),
-                    metric_name: best_score}
-            if callback(info) is False:
-                stopped = "cancelled"
-                break
-    # never return a worse model than the best seen
-    score, metrics = evaluate()
-    if not (score >= best_score):
-        field.load_state_dict(best_state)
-        score, metrics = best_score, best_metrics
-    history.update({
-        "steps": step, "seconds": elapsed(), "stopped": stopped, metric_name: score,
-        "metrics": {k: float(v) for k, v in metrics.items()},
-        "fit_config": {k: v for k, v in dataclasses.asdict(config).items()},
-        "device": str(device),
-    })
-    field.history = history
-    if stopped == "cancelled":
-        raise FitCancelled("fit cancelled; the best state so far is on this exception's .field", field=field)
-    return field
+                warnings.warn("compile=True is only used on CUDA; fitting uncompiled on the CPU", stacklevel=3)
+        warmup = config.warmup if config.warmup is not None else (100 if config.init == "closed_form" else 20)
+        warmup = max(1, warmup)
+        step0, lr_scale = self.step, 1.0
+        loss_ema, loss_floor, last_report, step_seconds = None, float("inf"), -1.0, 0.0
+        # one more step, a validation and the final one must still fit in the seconds budget
+        while not self.out_of_budget(reserve=step_seconds + 2 * self.validation_seconds):
+            t_step = time.perf_counter()
+            p = self.progress()
+            warm = min(1.0, (self.step - step0 + 1) / warmup)
+            lr = config.lr * lr_scale * warm * (config.lr_final + (1 - config.lr_final) * 0.5 * (1 + math.cos(math.pi * p)))
+            for g in opt.param_groups:
+                g["lr"] = lr * g["scale"]
+            full_step = config.full_grid_every and self.step % config.full_grid_every == 0
+            coords = [c.to(device) for c in (full_coords if full_step else batcher.coords())]
+            sizes = [len(c) for c in coords]
+            truth = target.sample(coords).to(device)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+                feats = field.mode_features(coords)
+                loss = target.loss(field.grid_from_features(feats, sizes).float(), truth)
+                if config.nested_ranks and max_rank > 1:
+                    r = int(torch.randint(1, max_rank, (1,), generator=gen))
+                    loss = loss + target.loss(field.grid_from_features(feats, sizes, r).float(), truth)
+                if config.eikonal > 0:
+                    loss = loss + config.eikonal * _eikonal(field, target, gen)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, config.clip_grad)
+            opt.step()
+            self.step += 1
+            self.last_validation = None
+            lval = float(loss.detach())
+            step_seconds = time.perf_counter() - t_step
+            # divergence guard: restore the best state and halve the learning rate
+            spiked = loss_ema is not None and self.step > 50 and lval > 20 * max(loss_floor, 1e-12)
+            if not math.isfinite(lval) or spiked:
+                self.rollback()
+                opt = torch.optim.Adam(self._optimizer_groups(), lr=lr)
+                lr_scale *= 0.5
+                loss_ema = None
+                continue
+            loss_ema = lval if loss_ema is None else 0.9 * loss_ema + 0.1 * lval
+            loss_floor = min(loss_floor, loss_ema)
+            last = self.out_of_budget(reserve=step_seconds + 2 * self.validation_seconds)
+            if self.step % config.eval_every == 0 or last:
+                score = self.keep_if_best()
+                if config.target_metric is not None and score >= config.target_metric:
+                    self.stopped = "target_metric"
+                    return
+            t = self.elapsed()
+            if self.callback is not None and (t - last_report >= 0.25 or last):
+                last_report = t
+                info = {"phase": "fit", "step": self.step, "loss": lval, "elapsed": t, "eta": self.eta(t),
+                        self.metric_name: self.best_score}
+                if self.callback(info) is False:
+                    self.stopped = "cancelled"
+                    return
+
+    # ---------------------------------------------------------------- finish
+    def finish(self) -> FactorizedField:
+        """The best state seen (a last validation decides), with the history on ``field.history``."""
+        field = self.field
+        score, metrics = self.last_validation or self.validate()
+        if not (score >= self.best_score) and self.best_state is not None:
+            field.load_state_dict(self.best_state)
+            score, metrics = self.best_score, self.best_metrics
+        self.history.update({
+            "steps": self.step, "seconds": self.elapsed(), "stopped": self.stopped, self.metric_name: score,
+            "metrics": {k: float(v) for k, v in metrics.items()},
+            "fit_config": dict(dataclasses.asdict(self.config)),
+            "device": str(field.device),
+        })
+        field.history = self.history
+        return field
+
+    def run(self) -> FactorizedField:
+        self.closed_form_start()
+        self.refine()
+        field = self.finish()
+        if self.stopped == "cancelled":
+            raise FitCancelled("fit cancelled; the best state so far is on this exception's .field", field=field)
+        return field
+
+
+#: Share of a seconds budget by which the closed-form phase ends (the refinement and validations get the rest).
+CLOSED_FORM_SHARE = 0.85
+
+
+def fit_field(field: FactorizedField, target: Target, config: FitConfig | None = None,
+              callback: Optional[Callable[[dict], Optional[bool]]] = None) -> FactorizedField:
+    """Optimise ``field`` on ``target`` in place and return it (at its best state): :class:`Trainer` ``.run()``.
+
+    ``callback(info)`` receives a dict (step, loss, elapsed, eta, metric, phase)
+    about every 0.25 s; returning ``False`` stops the fit, keeping the best state.
+    The history (curve of elapsed/step/metric, timings) is stored on
+    ``field.history``.
+    """
+    return Trainer(field, target, config or FitConfig(), callback).run()
+
+
+def _attach_detail(field: FactorizedField, target: Target) -> None:
+    """Post-fit step: a target with a finer ground truth near the surface (SDFs) codes the residual there as
+    ``field.detail`` (finr3d.local_detail), so ``global + detail`` reaches the fine lattice's accuracy."""
+    t0 = time.perf_counter()
+    detail = target.fit_detail(field) if hasattr(target, "fit_detail") else None
+    field.detail = detail
+    if detail is not None:
+        field.history["detail"] = {**detail.describe(), "seconds": time.perf_counter() - t0}
 
 
 def _calibrate_random_init(field: FactorizedField, target: Target) -> None:
@@ -358,7 +456,7 @@ def fit(source, *, kind: str = "auto", callback=None, target_options: Optional[d
     Parameters
     ----------
     source : path, array or Target
-        A mesh (SDF), volume, image or video; see :func:`finr3d.targets.load_target`.
+        A mesh (SDF), volume, image or video; see :func:`finr3d.sources.load_target`.
     kind : auto | sdf | volume | image | video
     callback : callable, optional
         Receives progress dicts; returning False stops the fit.
@@ -399,6 +497,7 @@ def fit(source, *, kind: str = "auto", callback=None, target_options: Optional[d
     torch.manual_seed(tcfg.seed)  # the networks' init is part of the seeded result
     field = build_field(target, fcfg).to(device)
     fit_field(field, target, tcfg, callback=callback)
+    _attach_detail(field, target)
     field.history["target_seconds"] = prep
-    field._target = target  # kept for evaluate()/sweep in the same process; not saved
+    # (a post-fit step on the returned best state, e.g. local detail near an SDF's surface, goes here)
     return field

@@ -92,7 +92,8 @@ _MODES = {
     "maxItems": MAX_AXES,
     "items": {"type": "array", "items": _AXIS, "minItems": 1, "maxItems": MAX_AXES},
 }
-_BACKBONES = ["relu", "siren", "wire", "finer"]
+# "cosine": the per-axis cosine series a compact (format v2) file loads into (finr3d/compact_io.py)
+_BACKBONES = ["relu", "siren", "wire", "finer", "cosine"]
 _DECOMPOSITIONS = ["cp", "tucker", "tt"]
 _BASIS = _int(0, MAX_BASIS)
 
@@ -102,6 +103,7 @@ _BACKBONE_OPTIONS = {
     "finer": {"omega0": _OMEGA, "omega_hidden": _OMEGA, "first_bias_scale": _num(0, 1e3)},
     "wire": {"omega0": _OMEGA, "scale": _num(0, 1e3, exclusive_lo=True)},
     "relu": {"frequencies": _int(0, 24)},
+    "cosine": {},
 }
 
 

@@ -10,7 +10,6 @@ well under 3 GB). Slabs without a sign change are skipped.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +27,8 @@ _BLOCK = 32  # cells per side of the marching-cubes sub-blocks along y and z
 _LIFT = 2.0**-12  # samples exactly at the level are moved this far above it (relative to max(1, |level|))
 
 
-def extract_mesh(field, resolution=256, *, rank=None, level: float = 0.0, bounds=None, slab: int | None = None):
+def extract_mesh(field, resolution=256, *, rank=None, level: float = 0.0, bounds=None, slab: int | None = None,
+                 callback=None):
     """Extract the ``level`` iso-surface of a 3-D scalar field as a mesh.
 
     Parameters
@@ -50,6 +50,8 @@ def extract_mesh(field, resolution=256, *, rank=None, level: float = 0.0, bounds
         Sub-box in normalized coordinates; default the whole ``[-1, 1]^3``.
     slab : int, optional
         Planes per slab (>= 2). Default keeps one slab near 16M samples.
+    callback : callable, optional
+        ``callback({"phase": "mesh", "planes": done, "total": resolution})`` after each slab is evaluated.
 
     Returns
     -------
@@ -85,6 +87,8 @@ def extract_mesh(field, resolution=256, *, rank=None, level: float = 0.0, bounds
     def planes(i0: int, i1: int) -> np.ndarray:
         out = field.grid([torch.from_numpy(axes[0][i0:i1]), *yz], rank=rank, squeeze=False)
         out = np.asarray(out)
+        if callback is not None:
+            callback({"phase": "mesh", "planes": int(i1), "total": int(shape[0])})
         return out.reshape(i1 - i0, shape[1], shape[2], -1)[..., 0]
 
     verts, faces, (vmin, vmax) = march_slabs(planes, shape, iso, slab=slab)
@@ -288,16 +292,9 @@ def save_mesh(mesh, path, *, overwrite: bool = False) -> Path:
     data = _export(mesh, file_type, path.name)
     if isinstance(data, str):
         data = data.encode()
-    from finr3d.atomic_files import create_temp
+    from finr3d.files import atomic_write_bytes
 
-    tmp = create_temp(path)
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write_bytes(path, data)
     return path
 
 

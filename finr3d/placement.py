@@ -17,7 +17,7 @@ import copy
 
 import numpy as np
 
-__all__ = ["move_info", "placement_delta"]
+__all__ = ["move_info", "placement_delta", "voxel_frame"]
 
 #: Entries of a 4x4 transform closer than this to the identity count as no move.
 IDENTITY_TOLERANCE = 1e-9
@@ -56,3 +56,17 @@ def move_info(info: dict, delta) -> dict:
     if "value_scale" in out:
         out["value_scale"] = float(out["value_scale"]) * scale
     return out
+
+
+def voxel_frame(shape) -> np.ndarray:
+    """4x4 map from a volume's normalized spatial coordinates ``(z, y, x)`` to voxel indices ``(x, y, z)``.
+
+    ``shape`` ends with ``(nz, ny, nx)`` (a leading time axis is ignored). Meshes extracted from a volume
+    field come out in voxel units, x first.
+    """
+    nz, ny, nx = (int(n) for n in list(shape)[-3:])
+    m = np.zeros((4, 4))
+    m[0, 2], m[1, 1], m[2, 0] = (nx - 1) / 2, (ny - 1) / 2, (nz - 1) / 2
+    m[:3, 3] = [(nx - 1) / 2, (ny - 1) / 2, (nz - 1) / 2]
+    m[3, 3] = 1.0
+    return m

@@ -38,7 +38,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -47,7 +46,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from finr3d.codec import jsonable
 from finr3d.errors import InputError
+from finr3d.files import atomic_write
 from finr3d.targets import MESH_SUFFIXES, GridTarget, _existing_file, interpolate_subgrid
 
 __all__ = [
@@ -65,7 +66,7 @@ __all__ = [
 SIGN_METHODS = ("auto", "raycast", "winding")
 
 #: Bumped whenever the ground truth algorithm changes, to invalidate disk caches.
-_GT_VERSION = 1
+_GT_VERSION = 2  # 2: sign islands flipped (flip_sign_islands)
 
 _MIN_RESOLUTION = 8
 _MAX_RESOLUTION = 1024
@@ -498,7 +499,8 @@ class _WindingTree:
 
 
 def sdf_grid(query: MeshQuery, resolution: int, *, truncation: float | None = 0.1,
-             coarse: int | None = None) -> tuple[np.ndarray, dict]:
+             coarse: int | None = None, band: float | None = None, keep: int | None = None,
+             islands: bool = True) -> tuple[np.ndarray, dict]:
     """Truncated signed distance on the lattice ``linspace(-1, 1, resolution)^3``.
 
     Parameters
@@ -513,6 +515,19 @@ def sdf_grid(query: MeshQuery, resolution: int, *, truncation: float | None = 0.
     coarse : int, optional
         Samples per axis of the coarsest pass; by default its spacing is about
         ``truncation / sqrt(3)``.
+    band : float, optional
+        Query exact distances on the finest level only within ``band`` (< the
+        truncation) of the surface: an adaptive fine ground truth. Nodes
+        farther out keep a lower bound of their distance (``>= band``), with
+        the right sign.
+    keep : int, optional
+        Also return the complete truncated grid of the level with this many
+        samples per axis (a coarser level, e.g. 128 under 255), as
+        ``info["kept"]``; it equals ``sdf_grid(query, keep)`` there.
+    islands : bool
+        Flip sign islands: connected inside regions, and enclosed outside
+        regions, that never come within a voxel diagonal of the mesh (see
+        :func:`flip_sign_islands`).
 
     Returns
     -------
@@ -520,7 +535,7 @@ def sdf_grid(query: MeshQuery, resolution: int, *, truncation: float | None = 0.
     info : dict
         ``band_fraction`` (fine voxels whose distance was queried),
         ``sign_fraction`` (fine voxels that needed their own inside test),
-        ``levels`` and ``seconds``.
+        ``levels``, ``seconds`` and ``islands`` (voxels whose sign was flipped).
 
     Notes
     -----
@@ -540,15 +555,15 @@ def sdf_grid(query: MeshQuery, resolution: int, *, truncation: float | None = 0.
     t0 = time.perf_counter()
     R = int(resolution)
     trunc = math.inf if truncation is None else float(truncation)
-    if truncation is None or trunc >= 2 * math.sqrt(3) or R <= 24:
+    if keep is not None:
+        if not (_MIN_RESOLUTION <= keep < R and 2 * keep - 1 >= R):
+            raise ValueError(f"keep must be a level below the resolution {R} (>= {(R + 1) // 2}), got {keep}")
+        sizes = (sdf_grid_levels(keep, trunc, coarse) if keep > 24 and truncation is not None else [keep]) + [R]
+    elif truncation is None or trunc >= 2 * math.sqrt(3) or R <= 24:
         sizes = [R]
     else:
-        r = int(coarse) if coarse else int(np.clip(math.ceil(2 * math.sqrt(3) / trunc) + 1, 8, R))
-        sizes = [r]
-        while 2 * sizes[-1] - 1 < R:
-            sizes.append(2 * sizes[-1] - 1)
-        if sizes[-1] != R:
-            sizes.append(R)
+        sizes = sdf_grid_levels(R, trunc, coarse)
+    fine_need = trunc if band is None else min(trunc, float(band))
     closed = query.sign_method == "raycast"
     parent = None  # (axis, distance lower bound, winding value) of the previous level
     n_dist = n_sign = 0
@@ -556,7 +571,7 @@ def sdf_grid(query: MeshQuery, resolution: int, *, truncation: float | None = 0.
         final = level == len(sizes) - 1
         axis = np.linspace(-1.0, 1.0, n)
         h = 2.0 / (n - 1)
-        need = trunc if final else trunc + h * math.sqrt(3) / 2
+        need = fine_need if final else trunc + h * math.sqrt(3) / 2
         lb = np.empty((n, n, n), np.float32)
         wind = np.empty((n, n, n), np.float16)
         if parent is not None:
@@ -591,16 +606,73 @@ def sdf_grid(query: MeshQuery, resolution: int, *, truncation: float | None = 0.
             lb[sl] = blb.reshape(-1, n, n)
             wind[sl] = bw.reshape(-1, n, n)
         parent = (axis, lb, wind)
+        if keep is not None and n == keep:
+            kept = np.minimum(lb, np.float32(trunc))
+            kept[np.abs(wind) > 0.5] *= -1
     grid = np.minimum(lb, np.float32(trunc))
     grid[np.abs(wind) > 0.5] *= -1
-    info = {"levels": sizes, "band_fraction": n_dist / R**3, "sign_fraction": n_sign / R**3,
-            "seconds": time.perf_counter() - t0}
+    info = {"levels": sizes, "band_fraction": n_dist / R**3, "sign_fraction": n_sign / R**3}
+    if islands:
+        info["islands"] = flip_sign_islands(grid, 2.0 / (R - 1))
+    if keep is not None:
+        if islands:
+            info["kept_islands"] = flip_sign_islands(kept, 2.0 / (keep - 1))
+        info["kept"] = kept
+    info["seconds"] = time.perf_counter() - t0
     return grid, info
 
 
-def _lattice_points(xs, ys, zs) -> np.ndarray:
-    X, Y, Z = np.meshgrid(xs, ys, zs, indexing="ij")
-    return np.stack([X.ravel(), Y.ravel(), Z.ravel()], axis=1)
+def sdf_grid_levels(resolution: int, truncation: float, coarse: int | None = None) -> list[int]:
+    """Samples per axis of :func:`sdf_grid`'s coarse-to-fine levels (each ``2n - 1``), ending at ``resolution``."""
+    R = int(resolution)
+    r = int(coarse) if coarse else int(np.clip(math.ceil(2 * math.sqrt(3) / truncation) + 1, 8, R))
+    sizes = [r]
+    while 2 * sizes[-1] - 1 < R:
+        sizes.append(2 * sizes[-1] - 1)
+    if sizes[-1] != R:
+        sizes.append(R)
+    return sizes
+
+
+def flip_sign_islands(grid: np.ndarray, spacing: float) -> int:
+    """Flip, in place, the sign of regions that no surface bounds: returns the voxels flipped.
+
+    The winding number is harmonic off the mesh, so by the maximum principle
+    every connected region of ``w > 1/2`` (inside) touches the mesh, and so does
+    every region of ``w < 1/2`` (outside) that does not reach the border of the
+    cube. A region whose voxels all lie farther than a voxel diagonal
+    (``spacing * sqrt(3)``) from the mesh is therefore an artefact of the
+    estimate (ray noise, or the ``1/2`` level set drifting off a hole of an
+    open mesh), and would mesh as a floating component; it takes the sign of
+    its surroundings. Regions are face-connected (6-connected): a voxel that
+    meets a genuine region only across an edge or corner meshes as a separate
+    blob, so it is judged on its own (a genuine thin part is near the mesh
+    anyway).
+
+    grid : (R, R, R) float32 truncated SDF, negative inside; ``|grid|`` is the
+    distance to the mesh (or the truncation).
+    """
+    from scipy import ndimage
+
+    near = np.float32(spacing * math.sqrt(3))
+    flipped = 0
+    structure = ndimage.generate_binary_structure(3, 1)
+    for inside in (True, False):
+        region = grid < 0 if inside else grid >= 0
+        labels, n = ndimage.label(region, structure=structure)
+        if n == 0 or (n == 1 and not inside):
+            continue
+        far = np.ones(n, bool)
+        far[np.unique(labels[region & (np.abs(grid) <= near)]) - 1] = False
+        if not inside:  # the exterior reaches the border of the cube
+            border = np.unique(np.concatenate([labels[[0, -1]].ravel(), labels[:, [0, -1]].ravel(),
+                                               labels[:, :, [0, -1]].ravel()]))
+            far[border[border > 0] - 1] = False
+        if far.any():
+            bad = far[np.maximum(labels, 1) - 1] & (labels > 0)
+            grid[bad] *= -1  # |grid| > 0 there, so the flip changes the sign
+            flipped += int(bad.sum())
+    return flipped
 
 
 # --------------------------------------------------------------------------- cache
@@ -621,35 +693,35 @@ def _cache_key(mesh, **params) -> str:
     return h.hexdigest()[:40]
 
 
-def _read_cache(path: Path, resolution: int, truncation: float | None):
+def _read_cache(path: Path, resolution: int, truncation: float | None, fine: int | None = None):
+    """``(grid, meta, fine_grid or None)`` from a cache file, or None when absent or damaged."""
     if not path.is_file():
         return None
     try:
         with np.load(path, allow_pickle=False) as z:
             grid = np.asarray(z["grid"])
             meta = json.loads(bytes(z["meta"]).decode())
+            fine_grid = np.asarray(z["fine"]) if fine else None
         bound = math.inf if truncation is None else truncation * (1 + 1e-5)
-        if (grid.shape != (resolution,) * 3 or grid.dtype != np.float32 or not np.isfinite(grid).all()
-                or np.abs(grid).max() > bound or not isinstance(meta, dict)):
+        for g, n in [(grid, resolution)] + ([(fine_grid, fine)] if fine else []):
+            if (g.shape != (n,) * 3 or g.dtype != np.float32 or not np.isfinite(g).all()
+                    or np.abs(g).max() > bound):
+                raise ValueError("unexpected contents")
+        if not isinstance(meta, dict):
             raise ValueError("unexpected contents")
-        return grid, meta
+        return grid, meta, fine_grid
     except Exception as exc:  # any damage means recompute, never a crash
         warnings.warn(f"ignoring unreadable SDF cache file {path.name} ({type(exc).__name__}); recomputing",
                       stacklevel=3)
         return None
 
 
-def _write_cache(path: Path, grid: np.ndarray, meta: dict) -> None:
+def _write_cache(path: Path, grid: np.ndarray, meta: dict, fine: np.ndarray | None = None) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez_compressed(f, grid=grid, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8))
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        meta_bytes = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+        extra = {} if fine is None else {"fine": fine}
+        atomic_write(path, lambda tmp: np.savez_compressed(tmp, grid=grid, meta=meta_bytes, **extra))
     except OSError as exc:  # a read-only cache must not stop a fit
         warnings.warn(f"could not write the SDF cache {path} ({exc})", stacklevel=3)
 
@@ -681,6 +753,18 @@ class SDFTarget(GridTarget):
     cache : bool
         Also cache the grid on disk in ``$FINR3D_CACHE`` (default
         ``~/.cache/finr3d``), keyed by the mesh content and these settings.
+    detail_resolution : int, "auto" or None
+        Lattice of the finer ground truth in the narrow band that the fit's
+        local detail is coded on (:meth:`fit_detail`). ``auto``: ``2 R - 1``
+        (255 for ``R = 128``; its even nodes are the ``R`` lattice) for
+        ``R <= 160``, else none; ``None``: no fine ground truth and no detail.
+    detail_band : float
+        Half-width, in normalized units, of the band where the fine ground
+        truth is exact and the detail is kept (default 2.5 fine voxels).
+    detail_step : float or None
+        Quantization step of the detail in normalized units (a node is off by
+        at most half of it). ``None``: 0.1 fine voxel, i.e. at the accuracy of
+        the fine lattice. Larger steps make a smaller file.
 
     Attributes
     ----------
@@ -693,6 +777,10 @@ class SDFTarget(GridTarget):
         ``world = normalized * scale + center``.
     sdf : (R, R, R) float32
         The truncated SDF in normalized units, indexed ``[x, y, z]``.
+    sdf_fine : (F, F, F) float32 or None
+        The finer ground truth on ``detail_resolution`` nodes: exact within
+        ``detail_band`` of the surface, a lower bound of the distance (with the
+        right sign) farther out.
 
     Notes
     -----
@@ -705,7 +793,8 @@ class SDFTarget(GridTarget):
     main_metric = "iou"
 
     def __init__(self, source, *, resolution: int = 128, sign: str = "auto", margin: float = 0.1,
-                 truncation: float | None = 0.1, cache: bool = True):
+                 truncation: float | None = 0.1, cache: bool = True, detail_resolution="auto",
+                 detail_band: float | None = None, detail_step: float | None = None):
         if isinstance(resolution, bool) or not isinstance(resolution, (int, np.integer)):
             raise ValueError(f"resolution must be an integer, got {resolution!r}")
         if not _MIN_RESOLUTION <= resolution <= _MAX_RESOLUTION:
@@ -716,6 +805,11 @@ class SDFTarget(GridTarget):
             raise ValueError(f"margin must be in [0, 0.5), got {margin}")
         if truncation is not None and not (truncation > 0 and math.isfinite(truncation)):
             raise ValueError(f"truncation must be a positive number or None, got {truncation}")
+        fine = _detail_resolution(detail_resolution, int(resolution))
+        if detail_band is not None and not (0 < detail_band and math.isfinite(detail_band)):
+            raise ValueError(f"detail_band must be a positive number (normalized units), got {detail_band}")
+        if detail_step is not None and not (0 < detail_step and math.isfinite(detail_step)):
+            raise ValueError(f"detail_step must be a positive number (normalized units), got {detail_step}")
         t0 = time.perf_counter()
         name = os.fspath(source) if isinstance(source, (str, os.PathLike)) else "<mesh>"
         mesh, removed = load_mesh(source)
@@ -731,24 +825,42 @@ class SDFTarget(GridTarget):
         self.resolution = int(resolution)
         self.sign = sign
 
+        if self.truncation is None:
+            fine = None  # the exact, untruncated grid has no band
+        self.detail_resolution = fine
+        fine_h = 2.0 / (fine - 1) if fine else 0.0
+        self.detail_band = float(detail_band) if detail_band is not None else 2.5 * fine_h
+        if fine and self.truncation is not None:
+            self.detail_band = min(self.detail_band, self.truncation)
+        self.detail_step = float(detail_step) if detail_step is not None else 0.1 * fine_h
         params = dict(resolution=self.resolution, sign=sign_method, margin=self.margin, truncation=self.truncation)
+        if fine:
+            params.update(fine=fine, band=self.detail_band)
         cache_path = _cache_dir() / f"sdf-{_cache_key(mesh, **params)}.npz" if cache else None
-        cached = _read_cache(cache_path, self.resolution, self.truncation) if cache_path else None
+        cached = _read_cache(cache_path, self.resolution, self.truncation, fine) if cache_path else None
         if cached is not None:
-            grid, info = cached
+            grid, info, fine_grid = cached
             cache_state = "hit"
         else:
             normalized = (np.asarray(mesh.vertices) - self.center) / self.scale
             query = MeshQuery(normalized, mesh.faces, sign=sign_method)
-            grid, info = sdf_grid(query, self.resolution, truncation=self.truncation)
+            if fine:
+                fine_grid, info = sdf_grid(query, fine, truncation=self.truncation, band=self.detail_band,
+                                           keep=self.resolution)
+                grid = info["kept"]
+            else:
+                fine_grid = None
+                grid, info = sdf_grid(query, self.resolution, truncation=self.truncation)
             info = {"band_fraction": float(info["band_fraction"]), "sign_fraction": float(info["sign_fraction"]),
                     "levels": [int(n) for n in info["levels"]], "winding_refined": int(query.stats["refined"]),
+                    "islands": int(info.get("kept_islands", info.get("islands", 0))),
                     "seconds": round(float(info["seconds"]), 3)}
             cache_state = "off"
             if cache_path:
-                _write_cache(cache_path, grid, info)
+                _write_cache(cache_path, grid, info, fine_grid)
                 cache_state = "miss"
         self.sdf = grid
+        self.sdf_fine = fine_grid
         self.report = {**report, "sign_method": sign_method, "removed_faces": removed,
                        "band_fraction": info.get("band_fraction", 1.0),
                        "sign_fraction": info.get("sign_fraction", 1.0),
@@ -781,8 +893,9 @@ class SDFTarget(GridTarget):
         out = super().describe()
         out.update(
             world_from_normalized=self.world_from_normalized.tolist(),
-            mesh_report=_jsonable(self.report),
+            mesh_report=jsonable(self.report),
             resolution=self.resolution,
+            detail_resolution=self.detail_resolution,
             truncation=self.truncation,
             margin=self.margin,
             sign=self.sign,
@@ -830,6 +943,38 @@ class SDFTarget(GridTarget):
         mse = float(torch.mean((pred.clamp(-1, 1) - truth) ** 2))
         return {"iou": iou, "sdf_mae": mae, "psnr": 10 * math.log10(4.0 / max(mse, 1e-20))}
 
+    def fit_detail(self, field, rank=None, *, step: float | None = None, band: float | None = None,
+                   brick: int = 8, **kwargs):
+        """The sparse local residual that brings ``field`` to the fine ground truth near the surface.
+
+        On the :attr:`sdf_fine` lattice, keeps ``truth - field`` on the nodes
+        within ``band`` of the surface or of the field's own zero level set
+        (where a spurious surface would be removed), quantized with ``step``
+        (both in normalized units; defaults :attr:`detail_step`,
+        :attr:`detail_band`), and codes it with
+        :func:`finr3d.local_detail.fit_local_detail` (``brick`` and ``kwargs``
+        go there). Returns a :class:`~finr3d.local_detail.LocalDetail` in field
+        units (``sdf / truncation``, the units of ``field.grid``), or None when
+        this target has no fine ground truth or the field needs no detail.
+        """
+        from finr3d.local_detail import fit_local_detail
+
+        if self.sdf_fine is None:
+            return None
+        step = self.detail_step if step is None else float(step)
+        band = self.detail_band if band is None else float(band)
+        if not (step > 0 and band > 0 and math.isfinite(step) and math.isfinite(band)):
+            raise ValueError(f"step and band must be positive numbers (normalized units), got {step}, {band}")
+        n = self.detail_resolution
+        axis = torch.linspace(-1.0, 1.0, n)
+        pred = np.asarray(field.grid([axis] * 3, rank=rank, squeeze=False), np.float32)[..., 0]
+        pred *= np.float32(self._norm_scale)  # normalized units
+        truth = self.sdf_fine
+        mask = (np.abs(truth) < band) | (np.abs(pred) < band)
+        residual = np.where(mask, truth - pred, 0.0) / np.float32(self._norm_scale)
+        detail = fit_local_detail(residual, mask=mask, step=step / self._norm_scale, brick=brick, **kwargs)
+        return detail if detail.bricks else None
+
     def evaluate(self, field, rank=None, resolution: int = 256, **kwargs) -> dict[str, float]:
         """Extract the field's mesh (world units) and score it against :attr:`mesh`.
 
@@ -854,15 +999,16 @@ class SDFTarget(GridTarget):
         return out
 
 
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (np.floating,)):
-        return float(obj)
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    return obj
+def _detail_resolution(value, resolution: int) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        if value != "auto":
+            raise ValueError(f"detail_resolution must be an integer, 'auto' or None, got {value!r}")
+        return 2 * resolution - 1 if resolution <= 160 else None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"detail_resolution must be an integer, 'auto' or None, got {value!r}")
+    if not resolution < value <= 2 * resolution - 1 or value > _MAX_RESOLUTION:
+        raise ValueError(f"detail_resolution must be in {resolution + 1}..{min(2 * resolution - 1, _MAX_RESOLUTION)} "
+                         f"(finer than resolution={resolution}, at most one level finer), got {value}")
+    return int(value)

@@ -26,7 +26,8 @@ def rank_sweep(field, reference, *, ranks=None, quantizations=("fp32", "fp16", "
     """Measure every rank prefix of ``field``.
 
     Returns one dict per rank: rank, params, bytes_<q> per quantization (the
-    bytes :meth:`~finr3d.field.FactorizedField.save` writes), the quality
+    bytes :meth:`~finr3d.field.FactorizedField.save` writes; with local detail also
+    bytes_<q>_without_detail), the quality
     metrics of :func:`finr3d.evaluate` (SDF fields: meshed at ``resolution`` per
     axis; a prefix with no surface scores IoU 0) and decode_seconds (grid
     evaluation at ``resolution`` per axis for 3-D fields, the stored shape
@@ -45,7 +46,9 @@ def rank_sweep(field, reference, *, ranks=None, quantizations=("fp32", "fp16", "
         model = field.truncate(r)
         row = {"rank": int(r), "ranks": list(model.ranks), "params": model.parameter_count()}
         for q in quantizations:
-            row[f"bytes_{q}"] = model.file_bytes(quantization=q)
+            row[f"bytes_{q}"] = model.file_bytes(quantization=q)  # exactly what save(rank=r) writes
+            if getattr(model, "detail", None) is not None:
+                row[f"bytes_{q}_without_detail"] = model.file_bytes(quantization=q, detail=False)
         t0 = time.perf_counter()
         shape = [resolution] * model.ndim if field.kind == "sdf" else (field.target_info.get("shape") or resolution)
         model.grid(shape)
@@ -132,46 +135,104 @@ def rank_path(field, max_points: int = 12) -> list:
     return path
 
 
-def choose_rank(field, reference, *, budget_bytes: int | None = None, target: float | None = None,
-                metric: str | None = None, quantizations=("fp16", "int8", "int6"), **eval_options) -> dict:
-    """Pick rank and quantization from the field's own rate-quality curve.
+#: Quantization steps (field units) that automatic selection tries for compact files.
+AUTO_STEPS = (1.25e-5, 3e-5, 1e-4, 3e-4, 1e-3)
+#: Rank prefixes automatic selection tries (the step carries most of the rate; prefixes trim the rest).
+AUTO_PREFIXES = 6
 
-    With ``budget_bytes``: the best quality whose file fits. With ``target``
-    (a PSNR in dB, higher is better, or a Chamfer-L1, lower is better): the
-    smallest file that meets it. Quality is measured on the *quantized* model,
-    decoded exactly as a reader would. Returns the chosen row (rank, quantization,
-    bytes, metric value) plus the table of every candidate.
+
+def _proxy_error(blob: bytes, reference) -> float:
+    """Cheap stand-in for the metric: mean |error| of the decoded file on the reference's stored grid.
+
+    SDF: over the band (|truth| < 1 field unit, where the surface lives); otherwise over every sample.
     """
     from finr3d import codec
-    from finr3d.evaluation import evaluate
+
+    truth = reference.data.detach().cpu().numpy() if hasattr(reference.data, "detach") else np.asarray(reference.data)
+    pred = codec.decode_grid(blob, resolution=list(truth.shape[:-1]), squeeze=False)
+    err = np.abs(pred - truth)
+    if getattr(reference, "kind", None) == "sdf":
+        band = np.abs(truth) < 0.999
+        return float(err[band].mean()) if band.any() else float(err.mean())
+    return float(err.mean())
+
+
+def choose_rank(field, reference, *, budget_bytes: int | None = None, target: float | None = None,
+                metric: str | None = None, steps=AUTO_STEPS, quantizations=None, **eval_options) -> dict:
+    """Pick rank prefix and quantization step from the field's own rate-quality curve, after one fit.
+
+    Candidates are every prefix on :func:`rank_path` at every step of ``steps``
+    (compact files; bytes are the exact ``len(field.encode(...))``). Each is
+    ranked by a cheap proxy (the decoded file's mean error on the stored grid,
+    near the surface for SDFs); the true metric (Chamfer-L1 or PSNR, on the
+    *decoded* file) is measured only on the proxy's Pareto front: once for a
+    budget, by bisection for a target (a handful of evaluations, not one per
+    candidate). Returns the chosen row (ranks, step, quantization, bytes,
+    params, the metric) plus the candidate table. Fields that cannot be stored
+    compactly fall back to the version-1 quantizations (``quantizations``).
+    """
+    from finr3d import codec, compact_io
     from finr3d.field import FactorizedField
+    from finr3d.evaluation import evaluate
 
     if (budget_bytes is None) == (target is None):
         raise ValueError("give exactly one of budget_bytes and target")
     metric = metric or ("chamfer_l1" if field.kind == "sdf" else "psnr")
     lower_better = metric.startswith("chamfer") or metric.startswith("hausdorff")
     rows = []
-    for prefix in rank_path(field):
+    for prefix in rank_path(field, max_points=AUTO_PREFIXES):
         model = field.truncate(prefix)
-        for q in quantizations:
-            data = model.encode(quantization=q)
-            if budget_bytes is not None and len(data) > budget_bytes:
+        if compact_io.can_compact(model) is None:
+            blobs = compact_io.encode_steps(model, steps)
+            labels = [(s, "step") for s in steps]
+        else:
+            qs = quantizations or ("fp16", "int8", "int6")
+            blobs = [model.encode(quantization=q) for q in qs]
+            labels = [(q, "quantization") for q in qs]
+        for blob, (value, how) in zip(blobs, labels):
+            if budget_bytes is not None and len(blob) > budget_bytes:
                 continue
-            decoded = FactorizedField.from_parts(*codec.decode(data))
-            if metric == "psnr" and getattr(reference, "kind", None) == "volume":
-                value = float(reference.evaluate(decoded, ssim=False)["psnr"])  # SSIM is not needed to choose
-            else:
-                value = float(evaluate(decoded, reference, **eval_options)[metric])
-            rows.append({"ranks": list(model.ranks), "quantization": q, "bytes": len(data), metric: value})
+            row = {"ranks": list(model.ranks), "bytes": len(blob), "proxy": _proxy_error(blob, reference),
+                   "_blob": blob}
+            row.update({"step": value, "quantization": "compact"} if how == "step" else {"quantization": value})
+            rows.append(row)
     if not rows:
         raise ValueError(f"no rank/quantization fits in {budget_bytes} bytes; the smallest model needs more — "
                          "raise --budget-kb")
+    # Pareto front of (bytes up, proxy down)
+    front = []
+    for r in sorted(rows, key=lambda r: (r["bytes"], r["proxy"])):
+        if not front or r["proxy"] < front[-1]["proxy"]:
+            front.append(r)
+
+    def measure(row):
+        if metric not in row:
+            decoded = FactorizedField.from_file(row["_blob"])
+            if metric == "psnr" and getattr(reference, "kind", None) == "volume":
+                row[metric] = float(reference.evaluate(decoded, ssim=False)["psnr"])  # SSIM is not needed to choose
+            else:
+                row[metric] = float(evaluate(decoded, reference, **eval_options)[metric])
+            row["params"] = decoded.parameter_count()
+        return row[metric]
+
+    def ok(row):
+        return measure(row) <= target if lower_better else measure(row) >= target
+
     if budget_bytes is not None:
-        pick = min(rows, key=lambda r: r[metric]) if lower_better else max(rows, key=lambda r: r[metric])
+        pick = front[-1]
+        measure(pick)
     else:
-        ok = [r for r in rows if (r[metric] <= target if lower_better else r[metric] >= target)]
-        if not ok:
-            best = min(r[metric] for r in rows) if lower_better else max(r[metric] for r in rows)
-            raise ValueError(f"no rank reaches {metric} {target} (best {best:.4g}); fit longer or at a higher rank")
-        pick = min(ok, key=lambda r: r["bytes"])
-    return {**pick, "metric": metric, "table": rows}
+        if not ok(front[-1]):
+            raise ValueError(f"no rank reaches {metric} {target} (best {front[-1][metric]:.4g}); "
+                             "fit longer or at a higher rank")
+        lo, hi = 0, len(front) - 1  # front[hi] meets the target; find the smallest that does
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if ok(front[mid]):
+                hi = mid
+            else:
+                lo = mid + 1
+        pick = front[hi]
+    table = [{k: v for k, v in r.items() if k != "_blob"} for r in rows]
+    chosen = {k: v for k, v in pick.items() if k != "_blob"}
+    return {**chosen, "metric": metric, "evaluations": sum(metric in r for r in rows), "table": table}

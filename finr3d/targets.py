@@ -24,6 +24,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from finr3d.coords import lattice
 from finr3d.errors import InputError
 from finr3d.presets import GENERIC_PRESET, PRESETS, Preset, preset_for
 
@@ -31,8 +32,6 @@ __all__ = [
     "Target",
     "GridTarget",
     "ImageTarget",
-    "VolumeTarget",  # defined in finr3d.volume
-    "load_target",
     "lattice",
     "interpolate_subgrid",
     "psnr",
@@ -48,13 +47,6 @@ VIDEO_SUFFIXES = {".mp4", ".webm", ".avi", ".mov", ".mkv", ".gif"}
 #: Largest number of samples a target accepts (a 2048^3 volume); beyond it the
 #: user is told to downsample rather than the machine being driven out of memory.
 MAX_SAMPLES = 2048**3
-
-
-def lattice(n: int, *, device=None, dtype=torch.float32) -> torch.Tensor:
-    """Normalized coordinates of ``n`` stored samples: ``linspace(-1, 1, n)``."""
-    if n == 1:
-        return torch.zeros(1, device=device, dtype=dtype)
-    return torch.linspace(-1.0, 1.0, n, device=device, dtype=dtype)
 
 
 def check_finite(array: np.ndarray, what: str) -> None:
@@ -319,10 +311,8 @@ class ImageTarget(GridTarget):
             raise InputError(f"{name}: expected an H x W [x 1|3|4] image, got shape {arr.shape}")
         if arr.shape[0] * arr.shape[1] > max_pixels:
             raise InputError(f"{name}: {arr.shape[0]}x{arr.shape[1]} pixels is more than {max_pixels}; resize it first")
-        if arr.dtype == np.uint8:
-            scale = 255.0
-        elif arr.dtype == np.uint16:
-            scale = 65535.0
+        if arr.dtype in PIXEL_LEVELS:
+            scale = PIXEL_LEVELS[arr.dtype]
         elif arr.dtype.kind == "f":
             check_finite(arr, name)
             scale = 1.0
@@ -338,10 +328,7 @@ class ImageTarget(GridTarget):
 
     def to_array(self, pred: np.ndarray) -> np.ndarray:
         """Field output (H, W, C) to an image array of the source's bit depth."""
-        pred = np.clip(self.to_values(pred), 0, 1)
-        if self.bit_depth == 16:
-            return np.round(pred * 65535).astype(np.uint16)
-        return np.round(pred * 255).astype(np.uint8)
+        return to_pixels(self.to_values(pred), self.bit_depth)
 
 
 def image_size(path) -> tuple[int, int]:
@@ -385,6 +372,24 @@ def read_image(path, *, max_pixels: int | None = None) -> np.ndarray:
     import imageio.v3 as iio
 
     return iio.imread(path)
+
+
+#: Stored integer pixel values per unit of the signal.
+PIXEL_LEVELS = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
+
+
+def to_pixels(values: np.ndarray, bit_depth: int, *, inplace: bool = False) -> np.ndarray:
+    """Signal values in [0, 1] (clipped) to ``bit_depth`` (8 or 16) integer pixels, rounded to nearest.
+
+    ``inplace``: clip, scale and round in ``values`` itself (a float array), so the only new array is the
+    integer result.
+    """
+    dtype = np.uint16 if int(bit_depth) == 16 else np.uint8
+    if not inplace:
+        return np.round(np.clip(values, 0, 1) * PIXEL_LEVELS[np.dtype(dtype)]).astype(dtype)
+    np.clip(values, 0, 1, out=values)
+    values *= PIXEL_LEVELS[np.dtype(dtype)]
+    return np.rint(values, out=values).astype(dtype)
 
 
 def write_png(path, img: np.ndarray) -> None:
@@ -436,13 +441,26 @@ def _check_npy_header(handle, size: int, name: str) -> None:
                          "downsample or crop it first")
 
 
+#: Files a folder of per-frame volumes holds (a time-varying volume, :func:`finr3d.volume.frame_files`).
+FRAME_SUFFIXES = (".npy", ".raw", ".nii", ".nii.gz")
+
+
+def _is_frame_file(p: Path) -> bool:
+    n = p.name.lower()
+    return p.is_file() and any(n.endswith(s) for s in FRAME_SUFFIXES) and not n.startswith(".")
+
+
+def is_volume_folder(path) -> bool:
+    """Whether ``path`` is a folder of per-frame volume files."""
+    p = Path(path)
+    return p.is_dir() and any(_is_frame_file(q) for q in p.iterdir())
+
+
 def detect_kind(path) -> str:
     """Guess the target kind from a file name: image, volume, sdf or video."""
     p = Path(path)
     name = p.name.lower()
     if p.is_dir():
-        from finr3d.volume import is_volume_folder
-
         return "volume" if is_volume_folder(p) else "video"
     suffix = p.suffix.lower()
     if suffix in IMAGE_SUFFIXES:
@@ -457,39 +475,3 @@ def detect_kind(path) -> str:
         f"{p.name}: cannot tell what {suffix or 'this'} is; pass --kind sdf|volume|image|video "
         "(meshes: obj ply stl off glb gltf; images: png jpg; volumes: npy npz raw nii; video: mp4 webm avi)"
     )
-
-
-def load_target(source, kind: str = "auto", **options) -> Target:
-    """Build the right target for ``source`` (a path, an array or a Target)."""
-    if isinstance(source, Target):
-        return source
-    if kind not in ("auto", "sdf", "volume", "image", "video"):
-        raise InputError(f"unknown kind {kind!r}; use auto, sdf, volume, image or video")
-    if kind == "auto":
-        if not isinstance(source, (str, os.PathLike)):
-            raise InputError("kind='auto' needs a file path; for arrays pass kind='image' or kind='volume'")
-        if not Path(source).exists():
-            raise FileNotFoundError(f"{source}: no such file; check the path")
-        kind = detect_kind(source)
-    if kind == "image":
-        return ImageTarget(source, **options)
-    if kind == "volume":
-        from finr3d.volume import VolumeTarget
-
-        return VolumeTarget(source, **options)
-    if kind == "sdf":
-        from finr3d.sdf import SDFTarget
-
-        return SDFTarget(source, **options)
-    from finr3d.video import VideoTarget
-
-    return VideoTarget(source, **options)
-
-
-def __getattr__(name):
-    # VolumeTarget lives in finr3d.volume (which imports this module); kept importable from here
-    if name == "VolumeTarget":
-        from finr3d.volume import VolumeTarget
-
-        return VolumeTarget
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -21,8 +21,6 @@ import importlib.util
 import math
 import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Iterator, Optional, Sequence, Union
 
@@ -30,9 +28,10 @@ import numpy as np
 import torch
 
 from finr3d.errors import InputError
+from finr3d.files import atomic_folder, atomic_write
 from finr3d.presets import VIDEO_MAX_RANK, VIDEO_MIN_RATIO, default_video_rank  # noqa: F401 (public here too)
-from finr3d.targets import (IMAGE_SUFFIXES, VIDEO_SUFFIXES, GridTarget, check_finite, lattice, psnr, read_image,
-                            ssim, write_png)
+from finr3d.targets import (IMAGE_SUFFIXES, PIXEL_LEVELS, VIDEO_SUFFIXES, GridTarget, check_finite, lattice, psnr,
+                            read_image, ssim, to_pixels, write_png)
 
 __all__ = [
     "VideoTarget",
@@ -48,8 +47,7 @@ __all__ = [
 #: network per axis. x+y+t is the default: its CP field reads a cosine basis as
 #: long as each axis (``basis='grid'``), so CP-ALS of the clip moves into the
 #: networks without loss and the fit is CP-ALS sweeps read out as they go
-#: (carphone, 120 frames, one core: 29.1 dB after 1.5 s, 35.6 dB after 60 s;
-#: benchmarks/RESULTS.md). xy+t has no such start, because a network over the
+#: (benchmarks/RESULTS.md, "Video"). xy+t has no such start, because a network over the
 #: image plane cannot take hundreds of factor images from a readout.
 MODE_LAYOUTS: dict[str, list[tuple[int, ...]]] = {
     "xy+t": [(1, 2), (0,)],
@@ -63,7 +61,6 @@ MAX_VIDEO_VALUES = 1 << 31
 #: Values per chunk when a field is decoded frame by frame for scoring.
 EVAL_CHUNK_VALUES = 1 << 24
 
-_LEVELS = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
 
 
 # ---------------------------------------------------------------------------
@@ -376,7 +373,7 @@ def _prepare_frame(frame: np.ndarray, name: str) -> np.ndarray:
         frame = frame[..., None]
     if frame.ndim != 3 or frame.shape[-1] not in (1, 2, 3, 4):
         raise InputError(f"{name}: expected an H x W [x 1|3|4] frame, got shape {frame.shape}")
-    if frame.dtype not in _LEVELS:
+    if frame.dtype not in PIXEL_LEVELS:
         raise InputError(f"{name}: unsupported pixel type {frame.dtype}; use 8- or 16-bit frames")
     return frame
 
@@ -411,7 +408,7 @@ class VideoTarget(GridTarget):
         Keep at most this many frames.
     resize : (H, W) or float, optional
         Frame size, or a scale factor of the source size.
-    modes : x+y+t | xy+t
+    layout : x+y+t | xy+t
         Axis grouping of a field fitted to this clip: one network per axis
         (default), or one over the image plane and one over time.
     fps : float, optional
@@ -422,10 +419,10 @@ class VideoTarget(GridTarget):
 
 
     def __init__(self, source, *, frames: Optional[tuple] = None, stride: int = 1, max_frames: Optional[int] = None,
-                 resize=None, modes: str = "x+y+t", fps: Optional[float] = None, backend: str = "auto",
+                 resize=None, layout: str = "x+y+t", fps: Optional[float] = None, backend: str = "auto",
                  max_values: int = MAX_VIDEO_VALUES):
-        if modes not in MODE_LAYOUTS:
-            raise InputError(f"unknown video modes {modes!r}; use one of {sorted(MODE_LAYOUTS)}")
+        if layout not in MODE_LAYOUTS:
+            raise InputError(f"unknown video layout {layout!r}; use one of {sorted(MODE_LAYOUTS)}")
         window = _FrameWindow(frames, stride, max_frames)
         if isinstance(source, (str, os.PathLike)):
             arr, rate = read_video(source, frames=frames, stride=stride, max_frames=max_frames, resize=resize,
@@ -449,12 +446,12 @@ class VideoTarget(GridTarget):
         self.bounds = np.asarray([[first, first + step * (t - 1)], [0, h - 1], [0, w - 1]], float)
         self.source = name
         self.fps = float(rate)
-        self.layout = modes
+        self.layout = layout
         # share of the budget a CP field with an exact readout spends sweeping CP-ALS: all of it, or half when
         # the sweeps see a sub-lattice of this clip, leaving half to refine on sub-grids of every stored sample
         self.sweep_fraction = 1.0 if math.prod(self.shape) <= self.preset.closed_form_samples else 0.5
         self.frame_start, self.frame_stride = first, step
-        self.levels = _LEVELS.get(arr.dtype, 1.0)
+        self.levels = PIXEL_LEVELS.get(arr.dtype, 1.0)
         self.bit_depth = 16 if arr.dtype == np.uint16 else 8
         self.frames = torch.from_numpy(np.ascontiguousarray(arr))
 
@@ -467,7 +464,7 @@ class VideoTarget(GridTarget):
             start, stride = int(info.get("frame_start", 0)), int(info.get("frame_stride", 1))
         except (KeyError, TypeError, ValueError):
             raise InputError("the field does not describe a video fit (target_info has no 3-axis shape)") from None
-        options.setdefault("modes", info.get("layout", "xy+t"))
+        options.setdefault("layout", info.get("layout", "xy+t"))
         return cls(source, frames=(start, start + stride * (t - 1) + 1), stride=stride, resize=(h, w), **options)
 
     # --- the Target interface ------------------------------------------------
@@ -549,10 +546,7 @@ class VideoTarget(GridTarget):
 
     def to_array(self, pred: np.ndarray) -> np.ndarray:
         """Field output (T, H, W, C) to frames of the source's bit depth."""
-        pred = np.clip(self.to_values(pred), 0, 1)
-        if self.bit_depth == 16:
-            return np.round(pred * 65535).astype(np.uint16)
-        return np.round(pred * 255).astype(np.uint8)
+        return to_pixels(self.to_values(pred), self.bit_depth)
 
 
 def _array_clip(arr: np.ndarray, window: _FrameWindow, resize) -> np.ndarray:
@@ -567,7 +561,7 @@ def _array_clip(arr: np.ndarray, window: _FrameWindow, resize) -> np.ndarray:
             raise InputError(f"float clip values must lie in [0, 1], got [{arr.min():.4g}, {arr.max():.4g}]; "
                              "rescale it or pass uint8")
         arr = arr.astype(np.float32, copy=False)
-    elif arr.dtype not in _LEVELS:
+    elif arr.dtype not in PIXEL_LEVELS:
         raise InputError(f"unsupported clip type {arr.dtype}; use uint8, uint16 or float in [0, 1]")
     stop = window.stop if window.stop is not None else arr.shape[0]
     arr = arr[window.start:stop:window.stride]
@@ -598,7 +592,7 @@ def _to_uint8(arr: np.ndarray) -> np.ndarray:
         return arr
     if arr.dtype == np.uint16:
         return (arr // 257).astype(np.uint8)
-    return np.round(np.clip(arr, 0, 1) * 255).astype(np.uint8)
+    return to_pixels(arr, 8)
 
 
 def _rgb_even(frames: np.ndarray) -> np.ndarray:
@@ -635,9 +629,7 @@ def _write_gif(frames: np.ndarray, path: str, fps: float) -> None:
     import imageio.v3 as iio
 
     c = frames.shape[-1]
-    if c == 2:
-        frames = frames[..., 0]
-    elif c == 1:
+    if c in (1, 2):  # gray, or gray + alpha, which a GIF cannot hold
         frames = frames[..., 0]
     iio.imwrite(path, frames, extension=".gif", duration=1000.0 / fps, loop=0)
 
@@ -664,8 +656,6 @@ def _write_png_frames(frames: np.ndarray, out: Path) -> Path:
     if "%" in out.name or folder.exists():
         # into an existing folder: one atomic write per frame
         folder.mkdir(exist_ok=True)
-        from finr3d.decoding import atomic_write
-
         for f, n in zip(frames, names):
             atomic_write(folder / n, lambda tmp, f=f: write_png(tmp, f))
         if "%" not in out.name:
@@ -676,15 +666,11 @@ def _write_png_frames(frames: np.ndarray, out: Path) -> Path:
                     p.unlink()
         return out if "%" in out.name else folder
     # a new folder appears whole or not at all
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+    def fill(tmp: Path) -> None:
         for f, n in zip(frames, names):
             write_png(tmp / n, f)
-        os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return folder
+
+    return atomic_folder(folder, fill)
 
 
 def write_video(arr: np.ndarray, out: Union[str, os.PathLike], fps: float = 25.0) -> Path:
@@ -710,7 +696,6 @@ def write_video(arr: np.ndarray, out: Union[str, os.PathLike], fps: float = 25.0
         The file or folder written. Files are written to a temporary name and
         moved into place, so an interrupted write leaves no partial output.
     """
-    from finr3d.decoding import atomic_write
 
     arr = np.asarray(arr)
     if arr.ndim == 3:
@@ -719,7 +704,7 @@ def write_video(arr: np.ndarray, out: Union[str, os.PathLike], fps: float = 25.0
         raise InputError(f"write_video expects a (T, H, W[, 1|3|4]) clip, got shape {arr.shape}")
     if arr.dtype.kind == "f":
         check_finite(arr, "the clip")
-    elif arr.dtype not in _LEVELS:
+    elif arr.dtype not in PIXEL_LEVELS:
         raise InputError(f"write_video expects float, uint8 or uint16 frames, got {arr.dtype}")
     try:
         fps = float(fps)

@@ -32,15 +32,14 @@ import numpy as np
 import torch
 
 from finr3d.errors import InputError
-from finr3d.targets import MAX_SAMPLES, Target, check_finite, lattice, psnr
+from finr3d.targets import (FRAME_SUFFIXES, MAX_SAMPLES, Target, _is_frame_file, check_finite, is_volume_folder,  # noqa: F401
+                            lattice, psnr)
 
 __all__ = ["VolumeTarget", "read_volume", "parse_axes", "parse_layout", "ssim_volume", "frame_field",
            "FRAME_SUFFIXES", "AXIS_LETTERS"]
 
 #: Letters ``axes`` may use: time, the three space axes (array order z, y, x) and channels.
 AXIS_LETTERS = "tzyxc"
-#: Per-frame volume files a folder may hold.
-FRAME_SUFFIXES = (".npy", ".raw", ".nii", ".nii.gz")
 #: Values per slab when a field is scored or decoded slab by slab (64 MiB of float32).
 SLAB_VALUES = 1 << 24
 #: Voxels per SSIM slab (scikit-image holds about a dozen float64 copies of a slab and its halo)
@@ -109,11 +108,6 @@ def parse_layout(layout: Optional[str], axis_names: Sequence[str]) -> list[tuple
 # Reading
 # ---------------------------------------------------------------------------
 
-def _is_frame_file(p: Path) -> bool:
-    n = p.name.lower()
-    return p.is_file() and any(n.endswith(s) for s in FRAME_SUFFIXES) and not n.startswith(".")
-
-
 def _natural_key(p: Path):
     return [int(s) if s.isdigit() else s for s in re.split(r"(\d+)", p.name.lower())]
 
@@ -128,12 +122,6 @@ def frame_files(folder: Path) -> list[Path]:
     if len(kinds) > 1:
         raise InputError(f"{folder}: the frames mix file types {sorted(kinds)}; keep one type per folder")
     return files
-
-
-def is_volume_folder(path) -> bool:
-    """Whether ``path`` is a folder of per-frame volume files."""
-    p = Path(path)
-    return p.is_dir() and any(_is_frame_file(q) for q in p.iterdir())
 
 
 def read_volume(path, *, dims=None, dtype=None, key=None) -> tuple[np.ndarray, Optional[str]]:
@@ -562,12 +550,9 @@ class VolumeTarget(Target):
 
         Meshes extracted from a volume field come out in voxel units, x first.
         """
-        nz, ny, nx = self.shape[-3:]
-        m = np.zeros((4, 4))
-        m[0, 2], m[1, 1], m[2, 0] = (nx - 1) / 2, (ny - 1) / 2, (nz - 1) / 2
-        m[:3, 3] = [(nx - 1) / 2, (ny - 1) / 2, (nz - 1) / 2]
-        m[3, 3] = 1.0
-        return m
+        from finr3d.placement import voxel_frame
+
+        return voxel_frame(self.shape)
 
 
 def _psnr_from_mse(mse: float, data_range: float) -> float:

@@ -23,7 +23,8 @@ from finr3d.cli import main
 from finr3d.errors import InputError
 from finr3d.meshing import check_precision, save_mesh
 from finr3d.sdf import load_mesh
-from finr3d.targets import ImageTarget, load_target
+from finr3d.sources import load_target
+from finr3d.targets import ImageTarget
 
 TINY_FIT = dict(steps=2, rank=4, width=8, depth=1, seed=0)
 
@@ -94,17 +95,25 @@ def _lying_npy(path, shape):
     return path
 
 
+def _peak_python_bytes(call, *args, limit: int = 16 << 20):
+    """Run ``call(*args)`` under tracemalloc and fail if its peak Python allocation reached ``limit``.
+
+    The call's exception propagates after the check, so a refusal must also come in bounded memory.
+    """
+    tracemalloc.start()
+    try:
+        call(*args)
+    finally:
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        assert peak < limit, f"peak Python allocation {peak:,} bytes before the refusal"
+
+
 @pytest.mark.parametrize("shape", [(3000, 3000, 3000), (200000, 200000, 200000)])
 def test_npy_claiming_more_than_the_file_is_refused_before_allocating(tmp_path, capsys, shape):
     path = _lying_npy(tmp_path / "lie.npy", shape)
-    tracemalloc.start()
-    try:
-        with pytest.raises(InputError, match="the file holds 64 bytes"):
-            load_target(path)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    assert peak < 16 << 20
+    with pytest.raises(InputError, match="the file holds 64 bytes"):
+        _peak_python_bytes(load_target, path)
     code, err = _cli(["fit", path, "-o", tmp_path / "x.finr", "--progress", "none"], capsys)
     assert code == 2 and "truncated or corrupt" in err
 
@@ -138,14 +147,8 @@ def test_png_bomb_is_refused_from_its_header(tmp_path, monkeypatch):
 
     bomb = _zero_png(tmp_path / "bomb.png", 9000, 9000)  # 81 M pixels in about 80 kB
     monkeypatch.setattr(png.Reader, "asDirect", lambda self: pytest.fail("decoded before the size check"))
-    tracemalloc.start()
-    try:
-        with pytest.raises(InputError, match="9000x9000 pixels is more than 64000000"):
-            ImageTarget(bomb)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    assert peak < 16 << 20
+    with pytest.raises(InputError, match="9000x9000 pixels is more than 64000000"):
+        _peak_python_bytes(ImageTarget, bomb)
 
 
 def test_jpeg_bomb_is_refused_from_its_header(tmp_path, monkeypatch):
@@ -225,7 +228,7 @@ def test_mesh_and_decode_temporaries_share_the_naming(tmp_path, monkeypatch):
     real = os.replace
     monkeypatch.setattr(os, "replace", lambda a, b: (seen.append(os.path.basename(a)), real(a, b)))
     save_mesh(trimesh.creation.box(), tmp_path / "box.ply")
-    from finr3d.decoding import atomic_write
+    from finr3d.files import atomic_write
 
     atomic_write(tmp_path / "a.npy", lambda tmp: np.save(tmp, np.zeros(3)))
     assert len(seen) == 2 and all(atomic_files.is_temp(n) for n in seen)

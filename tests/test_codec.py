@@ -494,7 +494,7 @@ def test_hostile_json_is_rejected_cheaply(text, match):
 
 @pytest.mark.parametrize(
     "version, flags, match",
-    [(2, 0, "unsupported .finr format version 2"), (0, 0, "version 0"), (65535, 0, "upgrade"), (1, 1, "flags")],
+    [(3, 0, "unsupported .finr format version 3"), (2, 0, "version 2 file"), (0, 0, "version 0"), (65535, 0, "upgrade"), (1, 1, "flags")],
 )
 def test_unknown_version_or_flags_rejected(version, flags, match):
     header, payload = _split(_small_file())

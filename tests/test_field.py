@@ -162,7 +162,9 @@ def test_lower_rank_saves_smaller_file(tmp_path):
     import finr3d
 
     back = finr3d.load(tmp_path / "small.finr")
-    assert back.ranks == (4,)
+    assert back.ranks[0] <= 4  # compact: components below the quantization step are dropped
+    field.save(tmp_path / "small_ed.finr", rank=4, quantization="fp16", editable=True)
+    assert finr3d.load(tmp_path / "small_ed.finr").ranks == (4,)
 
 
 def test_hostile_header_declaring_a_huge_model_is_refused_without_building_it(tmp_path):
@@ -174,8 +176,7 @@ def test_hostile_header_declaring_a_huge_model_is_refused_without_building_it(tm
     from finr3d.errors import FormatError
 
     field = make("cp", rank=4)
-    field.save(tmp_path / "small.finr")
-    header, tensors = codec.read(tmp_path / "small.finr")
+    header, tensors = codec.decode(codec.encode(*field.to_parts()))
     header["field_config"].update(width=4096, depth=16)
     for bc in header["backbone_configs"]:
         bc.update(width=4096, depth=16)
@@ -188,7 +189,7 @@ def test_hostile_header_declaring_a_huge_model_is_refused_without_building_it(tm
 
 
 # --------------------------------------------------------------------------- cosine-basis readout
-@pytest.mark.parametrize("backbone", sorted(BACKBONES))
+@pytest.mark.parametrize("backbone", sorted(set(BACKBONES) - {"cosine"}))  # cosine: no hidden features
 def test_grid_basis_reproduces_any_curve_on_the_stored_samples(backbone):
     """With one cosine term per stored sample, the readout holds arbitrary (rough) curves exactly on the
     grid, whatever the backbone; between samples the curve stays finite and bounded."""
@@ -223,7 +224,7 @@ def test_basis_validation_modes_and_round_trip(tmp_path):
         for net in field.nets:
             net.out.weight.normal_()  # the cosine terms start silent; make them matter
     coords = [torch.linspace(-1, 1, n) for n in (5, 6, 7)]
-    field.save(tmp_path / "f.finr", quantization="fp32")
+    field.save(tmp_path / "f.finr", quantization="fp32", editable=True)
     import finr3d
 
     back = finr3d.load(tmp_path / "f.finr")

@@ -71,8 +71,24 @@ def files(tmp_path_factory) -> dict[str, Path]:
     out = {}
     for kind in ("sdf", "image"):
         out[kind] = root / f"{kind}.finr"
-        _field(kind).save(out[kind], quantization="fp32")
+        _write_v1(_field(kind), out[kind])
     return out
+
+
+def _write_v1(field: FactorizedField, path: Path) -> None:
+    """A version-1 file (weights and JSON header): v1 files must keep loading, and the same blob is what an
+    editable version-2 file embeds (its WEIGHTS section)."""
+    header, tensors = field.to_parts()
+    codec.write(path, header, tensors, quantization="fp32", keep_fp32=field.precision_critical())
+
+
+def _as_editable_v2(v1_blob: bytes, kind: str) -> bytes:
+    """``v1_blob`` as the WEIGHTS section of a version-2 file, beside the FIELD section of the untouched field
+    (the layout ``save(editable=True)`` writes)."""
+    from finr3d import compact, compact_io
+
+    spec = compact.pack_field(compact_io.field_spec(_field(kind)))
+    return codec.encode_v2([(codec.SECTION_FIELD, spec, False), (codec.SECTION_WEIGHTS, v1_blob, False)])
 
 
 def _mutated(files, kind, edit, tmp_path) -> Path:
@@ -131,6 +147,9 @@ HOSTILE = {
     "modes out of range": ("sdf", ["field_config", "modes"], [[0], [1], [7]]),
     "rank zero": ("sdf", ["field_config", "rank"], 0),
     "rank float": ("sdf", ["field_config", "rank"], 4.0),
+    # the parameter count still matches, but the decomposition disagrees with the mode networks
+    "decomposition swapped (RuntimeError in decode)": ("image", ["field_config", "decomposition"], "tt"),
+    "rank disagrees with out_dim": ("sdf", ["field_config", "rank"], 5),
     "target shape negative": ("image", ["target", "shape"], [-12, 10]),
     "target shape huge": ("image", ["target", "shape"], [2**40, 10]),
     "target shape one axis": ("image", ["target", "shape"], [12]),
@@ -140,14 +159,25 @@ HOSTILE = {
 }
 
 
+#: cases that only building the field can see (the decomposition against the mode networks)
+BUILD_ONLY = {"decomposition swapped (RuntimeError in decode)", "rank disagrees with out_dim"}
+
+
 @pytest.mark.parametrize("case", sorted(HOSTILE))
 def test_hostile_field_header_is_a_format_error(case, files, tmp_path, capsys):
     kind, path, value = HOSTILE[case]
     hostile = _mutated(files, kind, lambda meta: _set(path)(meta, value), tmp_path)
     with pytest.raises(FormatError):
         finr3d.load(hostile)
+    embedded = tmp_path / "hostile-v2.finr"  # the same header inside an editable version-2 file
+    embedded.write_bytes(_as_editable_v2(hostile.read_bytes(), kind))
+    with pytest.raises(FormatError):
+        finr3d.load(embedded)
     code, err = _cli(["info", hostile], capsys)
-    assert code == 2 and err.count("\n") == 1, err
+    if case in BUILD_ONLY:  # every key is valid on its own: info may describe the header
+        assert code in (0, 2)
+    else:
+        assert code == 2 and err.count("\n") == 1, err
     out = tmp_path / ("o.ply" if kind == "sdf" else "o.npy")
     command = ["mesh", hostile, "-o", out, "--resolution", 8] if kind == "sdf" else ["decode", hostile, "-o", out]
     code, err = _cli(command, capsys)
@@ -207,8 +237,10 @@ def test_decode_memory_is_refused_from_the_header(files, tmp_path, capsys, monke
 
 
 def test_decode_resolution_is_refused_before_allocating(files, tmp_path, capsys):
-    code, err = _cli(["decode", files["sdf"], "-o", tmp_path / "o.npy", "--resolution", 1000], capsys)
-    assert code == 2 and "1000x1000x1000" in err, err
+    # a .npy decode streams slab by slab (bounded memory); one that cannot fit on the disk is refused up front
+    code, err = _cli(["decode", files["sdf"], "-o", tmp_path / "o.npy", "--resolution", 20000], capsys)
+    assert code == 2 and "20000x20000x20000" in err and "disk" in err, err
+    assert not (tmp_path / "o.npy").exists() and not list(tmp_path.glob(".o*"))  # nothing half-written
 
 
 def test_memory_sizes():

@@ -362,3 +362,43 @@ def test_bunny_ground_truth_time(resolution):
     print(f"bunny {resolution}^3: {target.report['gt_seconds']} s, band {target.report['band_fraction']:.3f}")
     assert target.report["sign_method"] == "raycast"
     assert (target.sdf < 0).any() and (target.sdf > 0).any()
+
+
+def _open_box():
+    box = trimesh.creation.box(extents=(1.6, 1.6, 1.6))
+    return trimesh.Trimesh(box.vertices, box.faces[~(box.face_normals[:, 2] > 0.9)], process=False)
+
+
+@pytest.mark.parametrize("islands", [False, True])
+def test_open_box_ground_truth_has_no_floating_components(islands):
+    """The winding estimate leaves sign islands above the hole of an open box (4 blobs at 40^3, up to 0.7
+    normalized units from the mesh); flip_sign_islands removes them: every component touches the mesh."""
+    from skimage.measure import marching_cubes
+
+    mesh = _open_box()
+    query = MeshQuery.from_mesh(mesh, sign="winding")
+    grid, info = sdf_grid(query, 40, truncation=0.1, islands=islands)
+    verts, faces, _, _ = marching_cubes(grid, 0.0, spacing=(2 / 39,) * 3)
+    parts = trimesh.Trimesh(verts - 1, faces).split(only_watertight=False)
+    gaps = [float(query.distance(p.vertices).min()) for p in parts]
+    voxel_diagonal = 2 / 39 * np.sqrt(3)
+    if islands:
+        assert info["islands"] > 0
+        assert max(gaps) <= voxel_diagonal
+    else:
+        assert max(gaps) > 5 * voxel_diagonal  # the failure the flip fixes is present without it
+
+
+def test_flip_sign_islands_keeps_genuine_parts_and_the_exterior():
+    from finr3d.sdf import flip_sign_islands
+
+    ax = np.linspace(-1, 1, 33)
+    X, Y, Z = np.meshgrid(ax, ax, ax, indexing="ij")
+    two = np.minimum(np.sqrt((X - 0.5) ** 2 + Y**2 + Z**2) - 0.3, np.sqrt((X + 0.5) ** 2 + Y**2 + Z**2) - 0.05)
+    grid = np.clip(two, -0.2, 0.2).astype(np.float32)
+    bogus = grid.copy()
+    bogus[16, 28, 16] = -0.2  # an inside voxel far from both spheres
+    bogus[24, 16, 16] = 0.2   # an outside voxel deep inside the large sphere
+    assert flip_sign_islands(bogus, 2 / 32) == 2
+    np.testing.assert_array_equal(bogus, grid)
+    assert flip_sign_islands(grid, 2 / 32) == 0  # the small sphere (a few voxels) stays

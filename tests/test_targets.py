@@ -5,7 +5,9 @@ import pytest
 import torch
 
 from finr3d.errors import InputError
-from finr3d.targets import ImageTarget, VolumeTarget, detect_kind, interpolate_subgrid, lattice, load_target
+from finr3d.sources import load_target
+from finr3d.targets import ImageTarget, detect_kind, interpolate_subgrid, lattice
+from finr3d.volume import VolumeTarget
 from tolerances import assert_float32_close
 
 

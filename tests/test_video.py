@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from finr3d.errors import InputError
-from finr3d.targets import interpolate_subgrid, lattice, load_target, write_png
+from finr3d.sources import load_target
+from finr3d.targets import interpolate_subgrid, lattice, write_png
 from finr3d.video import VideoTarget, read_video, sample_stored_grid, write_video
 from tolerances import assert_float32_close
 
@@ -102,7 +103,7 @@ def test_read_frame_folder_natural_order_and_options(tmp_path, clip_u8):
 
 
 def test_array_source_and_describe(clip_u8):
-    t = VideoTarget(clip_u8, fps=24, modes="xy+t")
+    t = VideoTarget(clip_u8, fps=24, layout="xy+t")
     assert (t.shape, t.channels, t.axis_names) == ((8, 24, 32), 3, ("t", "y", "x"))
     assert t.default_modes == [(1, 2), (0,)]
     assert VideoTarget(clip_u8).default_modes == [(0,), (1,), (2,)]
@@ -231,7 +232,7 @@ def test_folder_problems(tmp_path, frame_folder, clip_u8):
     ({"max_frames": 0}, "max_frames"),
     ({"resize": (1, 5)}, "resize"),
     ({"resize": -1.0}, "resize"),
-    ({"modes": "t+xy"}, "modes"),
+    ({"layout": "t+xy"}, "layout"),
     ({"max_frames": 1}, "at least 2 frames"),
 ])
 def test_bad_options(frame_folder, kwargs, match):
@@ -258,7 +259,7 @@ def test_missing_path_and_bad_suffix(tmp_path):
 def test_tiny_fit_reaches_psnr_bar_and_scores_per_frame(clip_u8, layout, decomposition, rank, modes):
     import finr3d
 
-    target = VideoTarget(clip_u8, modes=layout)
+    target = VideoTarget(clip_u8, layout=layout)
     field = finr3d.fit(target, decomposition=decomposition, rank=rank, width=32, steps=200, seed=0)
     assert field.modes == modes
     report = target.evaluate(field)
@@ -363,7 +364,7 @@ def test_default_fit_is_cp_als_read_out_without_loss(clip_u8):
     field = finr3d.fit(target, rank=24, steps=100, seed=0)
     h = field.history
     assert field.config.basis == "grid" and [net.basis for net in field.nets] == [8, 24, 32]
-    assert h["als_sweeps"] == ALS_SWEEPS and h["steps"] == 100 and h["distil_steps"] == 0
+    assert h["als_sweeps"] == ALS_SWEEPS and h["steps"] == 100 and h["distill_steps"] == 0
     assert len(h["curve"]) >= 5  # readouts after sweeps 1, 2, 4, 8 and 10, then the final validation
     assert h["curve"][0]["psnr"] < h["curve"][-1]["psnr"]
     data = target.data

@@ -14,12 +14,13 @@ import sys
 
 from finr3d import __version__
 
-COMMANDS = ("fit", "mesh", "decode", "info", "eval", "sweep", "demo")
+COMMANDS = ("fit", "batch", "mesh", "decode", "info", "eval", "sweep", "demo")
 
 EPILOG = """\
 examples:
   finr3d demo                                   fit a built-in shape, write a mesh, print metrics
   finr3d fit bunny.obj -o bunny.finr --seconds 60
+  finr3d batch assets/ -o out/ --seconds 60          every asset in a folder, one .finr each, and a manifest
   finr3d mesh bunny.finr -o bunny.ply --resolution 512 --rank 16
   finr3d fit photo.png -o photo.finr --decomposition cp --rank 256
   finr3d decode photo.finr -o photo_decoded.png
@@ -58,10 +59,6 @@ def build_parser() -> argparse.ArgumentParser:
         module.add_arguments(p)
         p.set_defaults(_module=module)
     return parser
-
-
-class _UsageError(Exception):
-    pass
 
 
 def _user_errors():

@@ -50,7 +50,8 @@ class Progress:
             print(json.dumps(line), flush=True)
         elif self.bar is not None:
             target = info["elapsed"] if self.by_time else info.get("step", 0)
-            if info.get("phase") == "fit" or self.by_time:
+            # distillation steps count against the step budget too: the bar moves through that phase
+            if info.get("phase") in ("fit", "distill") or self.by_time:
                 self.bar.n = min(self.bar.total or target, target)
             post = {"loss": f"{info.get('loss', float('nan')):.3g}"}
             for key in ("psnr", "iou"):
@@ -69,6 +70,14 @@ class Progress:
         self.close()
         if self.mode == "json":
             print(json.dumps({"done": True, **summary}), flush=True)
+
+
+def count_bar(total: int, unit: str, desc: str):
+    """A tqdm bar on stderr for ``total`` items of work (``mesh`` planes, ``sweep`` ranks); hidden off a terminal."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit=f" {unit}", desc=desc, file=sys.stderr, dynamic_ncols=True, leave=False,
+                disable=None)
 
 
 def print_json(obj) -> None:

@@ -51,7 +51,11 @@ def add_arguments(p) -> None:
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: all cores)")
     p.add_argument("--progress", default="bar", choices=["bar", "json", "none"],
                    help="progress display: a bar on stderr, JSON lines on stdout, or none (default bar)")
-    p.add_argument("--quantization", default="fp16", help="how weights are stored: fp32, fp16, int8, ... (default fp16)")
+    p.add_argument("--quantization", default="fp16",
+                   help="precision of the compact file (fp32 unquantized; fp16, int8, int6, int4 ever coarser "
+                        "steps), or of the weights with --editable (default fp16)")
+    p.add_argument("--editable", action="store_true",
+                   help="keep the per-axis network weights (a resumable, fine-tunable file; larger)")
     a = p.add_argument_group("automatic rank and quantization (trains nested ranks, then picks from the rate-quality curve)")
     a.add_argument("--budget-kb", type=float, help="the best model whose .finr file fits in this many KiB")
     a.add_argument("--target-psnr", type=float, help="the smallest model with at least this PSNR (images, volumes, video)")
@@ -181,37 +185,66 @@ def run(args) -> int:
     if args.progress == "json":
         print(__import__("json").dumps({"phase": "prepare", "input": str(args.input), "kind": kind}), flush=True)
     try:
-        field = finr3d.fit(args.input, kind=kind, callback=progress if args.progress != "none" else None,
-                           target_options=target_options, **options)
+        import time
+
+        from finr3d.sources import load_target
+
+        t0 = time.perf_counter()
+        target = load_target(args.input, kind=kind, **target_options)  # kept for the automatic rank choice
+        prepare = time.perf_counter() - t0
+        field = finr3d.fit(target, callback=progress if args.progress != "none" else None, **options)
+        field.history["target_seconds"] = prepare
     finally:
         progress.close()
     rank, quantization = None, args.quantization
     if auto:
         from finr3d.sweep import choose_rank
 
-        choice = choose_rank(field, field._target,
+        choice = choose_rank(field, target,
                              budget_bytes=None if args.budget_kb is None else int(args.budget_kb * 1024),
                              target=args.target_psnr if args.target_psnr is not None else args.target_chamfer)
-        rank, quantization = tuple(choice["ranks"]), choice["quantization"]
+        rank, quantization, step = tuple(choice["ranks"]), choice["quantization"], choice.get("step")
         field.history["auto_rank"] = {k: v for k, v in choice.items() if k != "table"}
         field.history["rank_table"] = choice["table"]
         if args.progress != "json":
-            print(f"chose ranks {list(rank)} at {quantization}: {choice['bytes']:,} bytes, "
-                  f"{choice['metric']} {choice[choice['metric']]:.4g}")
-    nbytes = field.save(out, rank=rank, quantization=quantization, overwrite=True)
-    if args.budget_kb is not None and nbytes > args.budget_kb * 1024:
-        # the per-rank table grew the header past the budget: keep the budget, drop the table
-        field.history.pop("rank_table", None)
-        nbytes = field.save(out, rank=rank, quantization=quantization, overwrite=True)
+            how = f"step {step:g}" if step is not None else quantization
+            print(f"chose ranks {list(rank)} at {how}: {choice['bytes']:,} bytes, {choice.get('params', 0):,} "
+                  f"parameters, {choice['metric']} {choice[choice['metric']]:.4g} (the chosen model's own; "
+                  f"{choice['evaluations']} metric evaluations)")
+        if step is not None:
+            quantization = "fp16"  # a compact file: the step decides
+    else:
+        step = None
+    options = dict(rank=rank, quantization=quantization, step=step, editable=bool(args.editable))
+    blob = field.encode(**options)
+    if args.budget_kb is not None:
+        # the budget counts the whole file: shed the optional metadata, largest first, until it fits
+        budget = args.budget_kb * 1024
+        chosen = field.history.get("auto_rank")
+        for shed in ("rank_table", "auto_rank"):
+            if len(blob) > budget and shed in field.history:
+                field.history.pop(shed)
+                blob = field.encode(**options)
+        if len(blob) > budget and not args.editable:
+            blob = field.encode(**options, metadata=False)
+        if chosen is not None:
+            field.history["auto_rank"] = chosen  # reported below even when the file could not hold it
+    from finr3d import codec
+
+    nbytes = codec.write_bytes(out, blob, overwrite=True)
     h = field.history
-    summary = {"output": str(out), "bytes": nbytes, "parameters": field.parameter_count(),
+    if auto and "auto_rank" in h:  # report the saved model, not the full one
+        h = {**h, "metrics": {**h.get("metrics", {}), h["auto_rank"]["metric"]: h["auto_rank"][h["auto_rank"]["metric"]]}}
+    params = h["auto_rank"].get("params", field.parameter_count()) if auto and "auto_rank" in h else \
+        field.parameter_count()
+    summary = {"output": str(out), "bytes": nbytes, "parameters": params,
                "steps": h.get("steps"), "seconds": round(h.get("seconds", 0.0), 3),
                "target_seconds": round(h.get("target_seconds", 0.0), 3),
                **{k: v for k, v in h.get("metrics", {}).items()}}
     progress.done(**summary)
     if args.progress != "json":
         metric = h.get("metric_name", "psnr")
-        print(f"wrote {out} ({nbytes:,} bytes, {field.parameter_count():,} parameters, "
+        print(f"wrote {out} ({nbytes:,} bytes, {params:,} parameters, "
               f"{h.get('steps')} steps in {h.get('seconds', 0):.1f} s; {metric} {h.get(metric, float('nan')):.4g})",
               file=sys.stdout)
     return 0

@@ -23,17 +23,24 @@ def run(args) -> int:
 
     if not os.path.exists(args.model):
         raise FileNotFoundError(f"{args.model}: no such file; check the path")
-    header, tensors = codec.read(args.model)  # full read: verifies the checksum too
-    meta = header
-    header_schema.validate_field_meta(meta, partial=True)  # what is there must be usable
-    missing = [p[len("missing "):] for p in header_schema.field_problems(meta) if p.startswith("missing ")]
+    ff = codec.read_field(args.model)  # full read of either version: verifies the checksum too
+    meta = codec.describe_field(ff)
+    if ff.weights is not None:  # network weights (version 1, or an editable version-2 file)
+        header, tensors = ff.weights
+        header_schema.validate_field_meta(header, partial=True)  # what is there must be usable
+        missing = [p[len("missing "):] for p in header_schema.field_problems(header) if p.startswith("missing ")]
+        n_tensors, n_values = len(tensors), sum(int(t.size) for t in tensors.values())
+    else:  # a compact file: the FIELD section was validated by the reader
+        missing, n_tensors, n_values = [], 1 + len(ff.compact.coefficients), int(meta["parameters"])
     if args.json:
-        print_json({"file_bytes": os.path.getsize(args.model), **meta})
+        print_json({**meta, "file_bytes": os.path.getsize(args.model)})
         return 0
     target = meta.get("target") or {}
     hist = meta.get("history") or {}
-    n_values = sum(int(t.size) for t in tensors.values())
-    print(f"{args.model}: {os.path.getsize(args.model):,} bytes, {len(tensors)} tensors, {n_values:,} values")
+    print(f"{args.model}: {os.path.getsize(args.model):,} bytes, {n_tensors} tensors, {n_values:,} values "
+          f"(format v{meta.get('format_version')}, {meta.get('storage')})")
+    if meta.get("section_bytes"):
+        print("  sections        " + "  ".join(f"{k} {v:,}" for k, v in meta["section_bytes"].items()))
     if missing:
         print(f"  not a complete finr3d field: the header lacks {', '.join(missing)}")
     if meta.get("kind") is not None or target.get("shape") is not None or meta.get("channels") is not None:

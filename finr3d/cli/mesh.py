@@ -55,7 +55,7 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     import finr3d
-    from finr3d.cli._common import check_output
+    from finr3d.cli._common import check_output, count_bar
     from finr3d.errors import InputError
     from finr3d.meshing import MESH_EXPORTS, extract_mesh, save_mesh
 
@@ -78,7 +78,9 @@ def run(args) -> int:
             matrix, np.float64).T
         check_precision(corners[:, :3].min(axis=0), corners[:, :3].max(axis=0), out.suffix, out.name)
     t0 = time.perf_counter()
-    mesh = extract_mesh(field, args.resolution, rank=args.rank, level=args.level)
+    with count_bar(args.resolution, "planes", "meshing") as bar:
+        mesh = extract_mesh(field, args.resolution, rank=args.rank, level=args.level,
+                            callback=lambda info: bar.update(info["planes"] - bar.n))
     save_mesh(mesh, out, overwrite=args.force)
     lo, hi = mesh.bounds
     rank = "full" if args.rank is None else args.rank

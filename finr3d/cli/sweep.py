@@ -24,8 +24,8 @@ def run(args) -> int:
     import os
 
     import finr3d
-    from finr3d.cli._common import check_output, print_json
-    from finr3d.sweep import plot_sweep, rank_sweep
+    from finr3d.cli._common import check_output, count_bar, print_json
+    from finr3d.sweep import default_ranks, plot_sweep, rank_sweep
 
     plot = check_output(args.plot, {".png", ".svg", ".pdf"}, force=args.force) if args.plot else None
     if not os.path.exists(args.reference):
@@ -40,7 +40,10 @@ def run(args) -> int:
         if not ranks or min(ranks) < 1:
             raise ValueError(f"--ranks must be positive integers, got {args.ranks!r}")
     opts = {"resolution": args.resolution} if field.kind == "sdf" else {}
-    rows = rank_sweep(field, args.reference, ranks=ranks, **opts)
+    with count_bar(len(ranks) if ranks else len(default_ranks(field)), "ranks", "sweep") as bar:
+        rows = rank_sweep(field, args.reference, ranks=ranks, callback=lambda info: bar.update(info["index"] - bar.n),
+                          **opts)
+        bar.update(bar.total - bar.n)
     metric = "chamfer_l1" if field.kind == "sdf" else "psnr"
     if plot is not None:
         plot_sweep(rows, plot, metric=metric)

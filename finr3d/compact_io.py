@@ -1,0 +1,252 @@
+"""Between a FactorizedField (torch) and the ``.finr`` bytes of format version 2.
+
+:func:`encode_field` bakes a field's per-axis networks into factor curves on its
+stored samples, re-expresses them for rate allocation (:func:`finr3d.compact.prepare`),
+quantizes with one step and entropy-codes the result (the CODES section), or,
+for an editable file, embeds the version-1 weight blob (the WEIGHTS section).
+:func:`load_parts` turns either back into the parts of a FactorizedField
+(:meth:`finr3d.field.FactorizedField.from_file` builds it); a compact file
+loads as per-axis ``cosine`` backbones holding the coefficients.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import torch
+
+from finr3d import codec, compact
+from finr3d.errors import FormatError
+
+__all__ = ["PRECISION_STEPS", "encode_field", "load_parts", "can_compact", "field_spec"]
+
+#: Quantization step (field units) of a compact file for each ``quantization`` name; fp32 is unquantized.
+#: Measured on bunny (benchmarks/compact_candidates.py): 2.5e-5 keeps the fitted Chamfer within ~10 %.
+PRECISION_STEPS = {"fp32": 0.0, "fp16": 2.5e-5, "int8": 1e-4, "int6": 2e-4, "int4": 5e-4}
+#: target keys kept in the optional metadata by default (the rest, e.g. the mesh report, with metadata="full")
+_LEAN_TARGET_DROP = ("mesh_report", "bounds", "value_offset", "value_scale", "world_from_normalized", "channels",
+                     "kind", "axis_names")
+_LEAN_HISTORY = ("steps", "seconds", "stopped", "metrics", "metric_name", "device", "auto_rank", "target_seconds")
+
+
+def can_compact(field) -> str | None:
+    """None when ``field`` can be stored compactly, else the reason it keeps its network weights."""
+    if any(len(m) != 1 for m in field.modes):
+        return "a mode covers several axes (its curves are not 1-D)"
+    if field.independent:
+        return "independent per-channel blocks"
+    return None
+
+
+def _samples_per_axis(field) -> list[int]:
+    shape = field.target_info.get("shape")
+    out = []
+    for a in range(field.ndim):
+        n = None
+        if isinstance(shape, (list, tuple)) and len(shape) == field.ndim:
+            try:
+                n = int(shape[a])
+            except (TypeError, ValueError):
+                n = None
+        if n is None:
+            n = int(getattr(field.nets[a], "basis", 0) or 256)
+        out.append(max(2, min(n, compact.MAX_TERMS)))
+    return out
+
+
+def field_spec(field, *, flags: int = 0, step: float = 0.0, terms=None, columns=None) -> compact.FieldSpec:
+    info = field.target_info or {}
+    bounds = info.get("bounds")
+    bounds = np.asarray(bounds, np.float64).reshape(field.ndim, 2) if bounds is not None else \
+        np.tile([-1.0, 1.0], (field.ndim, 1))
+    dec = field.config.decomposition
+    cols = columns or [int(n.out_dim) for n in field.nets]
+    affine = compact.placement_affine(info.get("world_from_normalized"), bounds, field.ndim)
+    if affine is not None:
+        flags |= compact.FLAG_AFFINE
+    return compact.FieldSpec(
+        kind=info.get("kind", "signal") if info.get("kind") in compact.KIND_CODES else "signal",
+        decomposition=dec, ndim=field.ndim, channels=field.channels, modes=[tuple(m) for m in field.modes],
+        terms=list(terms) if terms is not None else [0] * len(field.modes), columns=cols, bounds=bounds,
+        value_offset=float(info.get("value_offset", 0.0)), value_scale=float(info.get("value_scale", 1.0)),
+        bias=field.bias.detach().float().cpu().numpy().reshape(-1), step=float(step), flags=flags,
+        bonds=tuple(field.ranks) if dec == "tt" else (), affine=affine)
+
+
+
+def _meta(field, metadata) -> dict | None:
+    from finr3d import __version__
+
+    if not metadata:
+        return None
+    target = dict(field.target_info or {})
+    history = {k: v for k, v in (field.history or {}).items() if k not in ("curve", "trained")}
+    # what was trained: kept through a load and re-save of a compact file (a move in Blender, a placement edit)
+    trained = (field.history or {}).get("trained")
+    if not (isinstance(trained, dict) and set(trained) <= {"backbone", "ranks"}):
+        trained = {"backbone": field.config.backbone, "ranks": list(field.ranks)}
+    if metadata != "full":
+        # an SDF's placement is rebuilt from the FIELD section (bounds, or its affine map); another kind's
+        # world_from_normalized (a volume's voxel frame, x first) is not, so it stays
+        drop = _LEAN_TARGET_DROP if target.get("kind") == "sdf" else tuple(
+            k for k in _LEAN_TARGET_DROP if k != "world_from_normalized")
+        target = {k: v for k, v in target.items() if k not in drop}
+        history = {k: v for k, v in history.items() if k in _LEAN_HISTORY}
+    from finr3d.codec import jsonable as _jsonable
+
+    return _jsonable({"format": "finr3d-field", "library_version": __version__, "target": target,
+                      "history": history, "trained": trained})
+
+
+def _meta_section(meta) -> tuple:
+    text = json.dumps(meta, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    return (codec.SECTION_META, text.encode("utf-8"), True)
+
+
+def encode_field(field, *, rank=None, quantization="fp16", editable=False, detail=True, step=None,
+                 metadata=True) -> bytes:
+    """The bytes of the ``.finr`` file ``field.save(rank=..., ...)`` writes."""
+    model = field if rank is None else field.truncate(rank)
+    reason = None if editable else can_compact(model)
+    sections = []
+    if editable or reason:
+        if quantization not in codec.QUANTIZATIONS:
+            raise ValueError(f"unknown quantization {quantization!r}; use one of {codec.QUANTIZATIONS}")
+        header, tensors = model.to_parts()
+        weights = codec.encode(header, tensors, quantization=quantization, keep_fp32=model.precision_critical())
+        sections.append((codec.SECTION_FIELD, compact.pack_field(field_spec(model)), False))
+        sections.append((codec.SECTION_WEIGHTS, weights, False))
+    else:
+        if step is None:
+            if quantization not in PRECISION_STEPS:
+                raise ValueError(f"unknown quantization {quantization!r}; use one of {tuple(PRECISION_STEPS)}")
+            step = PRECISION_STEPS[quantization]
+        if not (isinstance(step, (int, float)) and math.isfinite(step) and step >= 0):
+            raise ValueError(f"step must be a finite number >= 0, got {step!r}")
+        sections += _compact_sections(model, float(step))
+        meta = _meta(model, metadata)
+        if meta is not None:
+            sections.append(_meta_section(meta))
+    if detail and getattr(model, "detail", None) is not None:
+        sections.append((codec.SECTION_DETAIL, model.detail.to_bytes(), False))
+    return codec.encode_v2(sections)
+
+
+@torch.no_grad()
+def bake_samples(model) -> list[np.ndarray]:
+    """Each mode's features on its stored samples ``linspace(-1, 1, N_m)``: (N_m, D_m) float64."""
+    from finr3d.targets import lattice
+
+    out = []
+    was = model.training
+    model.eval()
+    try:
+        for n, net in zip(_samples_per_axis(model), model.nets):
+            x = lattice(n, device=model.device).reshape(-1, 1)
+            out.append(net(x).double().cpu().numpy())
+    finally:
+        model.train(was)
+    return out
+
+
+def prepared(model):
+    """Baked, rate-allocation-ready (factor samples, mixing) of ``model`` (:func:`finr3d.compact.prepare`)."""
+    dec = model.config.decomposition
+    samples = bake_samples(model)
+    mixing = model.blocks[0].mixing_parameter().detach().double().cpu().numpy()
+    return compact.prepare(dec, samples, mixing, tuple(model.ranks) if dec == "tt" else ())
+
+
+def encode_steps(model, steps, *, metadata=True, detail=True) -> list[bytes]:
+    """The compact files of ``model`` at each quantization step, baking and preparing it once."""
+    if can_compact(model):
+        raise ValueError(f"this field cannot be stored compactly: {can_compact(model)}")
+    prep = prepared(model)
+    meta = _meta(model, metadata)
+    out = []
+    for step in steps:
+        sections = _compact_sections(model, float(step), prep)
+        if meta is not None:
+            sections.append(_meta_section(meta))
+        if detail and getattr(model, "detail", None) is not None:
+            sections.append((codec.SECTION_DETAIL, model.detail.to_bytes(), False))
+        out.append(codec.encode_v2(sections))
+    return out
+
+
+def _compact_sections(model, step: float, prep=None) -> list:
+    factors, mixing = prep if prep is not None else prepared(model)
+    if step == 0.0:
+        coefs = [compact.bake(f) for f in factors]
+        spec = field_spec(model, flags=compact.FLAG_COMPACT | compact.FLAG_RAW, step=0.0,
+                          terms=[c.shape[0] for c in coefs], columns=[c.shape[1] for c in coefs])
+        body = bytes([compact.CODER_RAW]) + compact.encode_raw_section(mixing, coefs)
+    else:
+        spec = field_spec(model, flags=compact.FLAG_COMPACT, step=step, terms=[f.shape[0] for f in factors],
+                          columns=[f.shape[1] for f in factors])
+        spec, q, codes = compact.quantize(spec, factors, mixing)
+        coder = compact.CODER_ANS if compact.have_ans() else compact.CODER_ZSTD
+        body = bytes([coder]) + compact.encode_codes_section(spec, q, codes, coder)
+    return [(codec.SECTION_FIELD, compact.pack_field(spec), False), (codec.SECTION_CODES, body, False)]
+
+
+def load_parts(path_or_bytes):
+    """``(header, tensors, ff)`` of a ``.finr`` file of version 1 or 2 (path or bytes).
+
+    ``header`` and ``tensors`` are what :meth:`finr3d.field.FactorizedField.from_parts` builds a field from
+    (a compact file's coefficients become per-axis ``cosine`` backbones); ``ff`` is the decoded
+    :class:`finr3d.codec.FieldFile` (its ``detail`` section is attached by the caller).
+    """
+    if isinstance(path_or_bytes, (bytes, bytearray, memoryview)):
+        ff = codec.decode_field(path_or_bytes)
+    else:
+        ff = codec.read_field(path_or_bytes)
+    if ff.weights is not None:
+        return ff.weights[0], ff.weights[1], ff
+    return (*_compact_parts(ff), ff)
+
+
+def _compact_parts(ff):
+    spec, cf = ff.spec, ff.compact
+    meta = ff.meta or {}
+    target = meta.get("target") if isinstance(meta.get("target"), dict) else {}
+    target = dict(target)
+    target.setdefault("kind", spec.kind)
+    target.setdefault("channels", spec.channels)
+    if spec.kind == "sdf":
+        target.setdefault("axis_names", ["x", "y", "z"])
+    target.setdefault("bounds", spec.bounds.tolist())
+    if "shape" not in target and all(k > 0 for k in spec.terms) and len(spec.terms) == spec.ndim:
+        target["shape"] = [int(k) for k in spec.terms]  # one cosine term per stored sample (files without metadata)
+    if spec.kind == "volume" and spec.ndim in (3, 4) and "world_from_normalized" not in target and "shape" in target:
+        from finr3d.placement import voxel_frame
+
+        target["world_from_normalized"] = voxel_frame(target["shape"]).tolist()  # voxel units, x first
+    target.setdefault("value_offset", spec.value_offset)
+    target.setdefault("value_scale", spec.value_scale)
+    if spec.kind == "sdf" or spec.affine is not None:
+        target["world_from_normalized"] = spec.world_from_normalized().tolist()  # the FIELD section's placement
+    ranks = list(cf.ranks)
+    rank = ranks if spec.decomposition != "cp" else ranks[0]
+    header = {
+        "format": "finr3d-field", "ndim": spec.ndim, "channels": spec.channels,
+        "field_config": {"decomposition": spec.decomposition, "rank": rank, "backbone": "cosine", "width": 1,
+                         "depth": 0, "modes": [list(m) for m in spec.modes], "channel_factor": True,
+                         "basis": int(max(spec.terms))},
+        "backbone_configs": [{"name": "cosine", "in_dim": 1, "out_dim": int(c.shape[1]), "width": 1, "depth": 0,
+                              "basis": int(c.shape[0])} for c in cf.coefficients],
+        "target": target,
+        "history": dict(meta.get("history")) if isinstance(meta.get("history"), dict) else {},
+    }
+    if isinstance(meta.get("trained"), dict):
+        header["history"]["trained"] = meta["trained"]
+    tensors = {}
+    for m, c in enumerate(cf.coefficients):
+        tensors[f"nets.{m}.out.weight"] = np.ascontiguousarray(c.T, np.float32)
+        tensors[f"nets.{m}.out.bias"] = np.zeros(c.shape[1], np.float32)
+    key = "blocks.0.core" if spec.decomposition == "tucker" else "blocks.0.weights"
+    tensors[key] = np.asarray(cf.mixing, np.float32)
+    tensors["bias"] = np.asarray(cf.bias, np.float32)
+    return header, tensors
