@@ -82,16 +82,17 @@ def test_the_graph_is_read():
     assert "finr3d.closed_form" in graph["finr3d.fitting"]  # a function-level one
 
 
-#: The one cycle left until the layout move (docs/DESIGN.md, "Package layout"): SDFTarget.evaluate scores with
-#: geometry_metrics, which queries meshes through sdf.MeshQuery; MeshQuery moves down to the geometry layer.
-KNOWN_CYCLES = [["finr3d.geometry_metrics", "finr3d.sdf"]]
-
-
 def test_no_import_cycles():
     found = cycles(import_graph())
-    new = [c for c in found if c not in KNOWN_CYCLES]
-    assert new == [], "import cycles: " + "; ".join(" <-> ".join(c) for c in new)
-    assert found == KNOWN_CYCLES, "a known cycle is gone: remove it from KNOWN_CYCLES"
+    assert found == [], "import cycles: " + "; ".join(" <-> ".join(c) for c in found)
+
+
+def test_meshes_sit_below_the_ground_truth_and_the_metrics():
+    """MeshQuery has one home that both the SDF ground truth and the geometry metrics import."""
+    graph = import_graph()
+    assert "finr3d.mesh_query" in graph["finr3d.sdf"] and "finr3d.mesh_query" in graph["finr3d.geometry_metrics"]
+    assert "finr3d.sdf" not in graph["finr3d.geometry_metrics"]
+    assert not {"finr3d.sdf", "finr3d.geometry_metrics", "finr3d.field"} & graph["finr3d.mesh_query"]
 
 
 def test_low_layers_import_no_torch_backed_module():
