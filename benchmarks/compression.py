@@ -187,7 +187,7 @@ def finr_rows(field, target, steps, prefixes, default_step, resolution, samples,
     points = [(None, s) for s in steps] + [(max(1, top * p // 4), default_step) for p in prefixes]
     for rank, step in points:
         t0 = time.perf_counter()
-        blob = field.encode(rank=rank, step=step)
+        blob = field.encode(rank=rank, step=step, detail=False)  # the global field; detail rows follow
         enc = time.perf_counter() - t0
         t0 = time.perf_counter()
         grid = codec.decode_grid(blob, resolution=resolution)
@@ -199,11 +199,13 @@ def finr_rows(field, target, steps, prefixes, default_step, resolution, samples,
                      "encode_s": round(enc, 3), "decode_s": round(dec, 3),
                      "chamfer_l1": grid_error(grid, target, samples, seed)})
     if getattr(field, "detail", None) is not None:  # the fit's own local detail, kept in the file
-        blob = field.encode(step=default_step)
-        grid = codec.decode_grid(blob, resolution=resolution)
-        rows.append({"method": "finr+detail", "setting": f"r{top} step {default_step:g} + detail", "rank": top,
-                     "step": default_step, "bytes": len(blob), "detail_bytes": len(field.detail.to_bytes()),
-                     "chamfer_l1": grid_error(grid, target, samples, seed)})
+        for step in steps:
+            blob = field.encode(step=step)
+            grid = codec.decode_grid(blob, resolution=resolution)
+            rows.append({"method": "finr+detail", "setting": f"r{top} step {step:g} + detail", "rank": top,
+                         "ranks": list(codec.decode_field(blob).compact.ranks), "step": step, "bytes": len(blob),
+                         "detail_bytes": len(field.detail.to_bytes()),
+                         "chamfer_l1": grid_error(grid, target, samples, seed)})
     return rows
 
 

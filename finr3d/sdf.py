@@ -311,7 +311,10 @@ class SDFTarget(GridTarget):
         Lattice of the finer ground truth in the narrow band that the fit's
         local detail is coded on (:meth:`fit_detail`). ``auto``: ``2 R - 1``
         (255 for ``R = 128``; its even nodes are the ``R`` lattice) for
-        ``R <= 160``, else none; ``None``: no fine ground truth and no detail.
+        ``R <= 160``, else none; ``None`` (the default): no fine ground truth
+        and no detail. Detail buys accuracy, not bytes: on bunny it takes the
+        Chamfer-L1 from ~2e-4 to 7.5e-5 for ~240 KB more (benchmarks/RESULTS.md,
+        "Compression"), so it is opt-in (``finr3d fit --detail``).
     detail_band : float
         Half-width, in normalized units, of the band where the fine ground
         truth is exact and the detail is kept (default 2.5 fine voxels).
@@ -347,7 +350,7 @@ class SDFTarget(GridTarget):
     main_metric = "iou"
 
     def __init__(self, source, *, resolution: int = 128, sign: str = "auto", margin: float = 0.1,
-                 truncation: float | None = 0.1, cache: bool = True, detail_resolution="auto",
+                 truncation: float | None = 0.1, cache: bool = True, detail_resolution=None,
                  detail_band: float | None = None, detail_step: float | None = None):
         if isinstance(resolution, bool) or not isinstance(resolution, (int, np.integer)):
             raise ValueError(f"resolution must be an integer, got {resolution!r}")
