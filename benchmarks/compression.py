@@ -4,7 +4,7 @@ For every mesh (the six watertight shared meshes by default):
 
 - ``.finr``: ONE fit with the current default (``finr3d.fit(SDFTarget(mesh), seconds=--seconds)``;
   or the saved ``--fields DIR/<mesh>.finr``), then the compact file (format v2) at every
-  ``--steps`` quantization step, and the rank prefixes ``--prefixes`` at the default step.
+  ``--steps`` quantization step, for the full rank and for each rank prefix ``--prefixes`` (eighths of the rank).
   Bytes are ``len(field.encode(...))``, exactly what ``save`` writes; the error is measured on
   the *decoded file*, evaluated by the numpy decoder on a ``--extract-resolution`` lattice and
   meshed by the same marching cubes as the grids.
