@@ -36,7 +36,7 @@ import warnings
 import numpy as np
 
 from finr3d.errors import InputError
-from finr3d.targets import MESH_SUFFIXES, _existing_file
+from finr3d.files import MESH_SUFFIXES, existing_file
 
 __all__ = ["MeshQuery", "load_mesh", "mesh_report", "winding_number", "SIGN_METHODS"]
 
@@ -80,7 +80,7 @@ def load_mesh(source, *, name: str | None = None):
     import trimesh
 
     if isinstance(source, (str, os.PathLike)):
-        path = _existing_file(source)
+        path = existing_file(source)
         name = name or path.name
         suffix = path.suffix.lower()
         if suffix not in MESH_SUFFIXES:
