@@ -867,6 +867,8 @@ def main(argv=None) -> int:
     parser.add_argument("--limit", type=int, default=None, help="run only N random hostile cases (a smoke run)")
     parser.add_argument("--shard", default="1/1", help="K/N: run the K-th of N interleaved parts of the hostile "
                         "cases (several locked runs of under 10 minutes); --merge prints their table")
+    parser.add_argument("--seeds", default=None, help="comma-separated seed names to damage (default: all), "
+                        "e.g. 'v2 sdf,v2 image'")
     parser.add_argument("--skip-hostile", action="store_true")
     parser.add_argument("--skip-bad-inputs", action="store_true")
     parser.add_argument("--merge", type=Path, nargs="+", help="print the combined tables of these JSON outputs")
@@ -897,7 +899,8 @@ def main(argv=None) -> int:
     rows, hostile_seconds, total = [], 0.0, Counter()
     if not args.skip_hostile:
         rng = random.Random(0)
-        cases = list(hostile_cases(seeds, rng, truncations=args.truncations, flips=args.flips))
+        chosen = seeds if not args.seeds else {n: seeds[n] for n in args.seeds.split(",")}
+        cases = list(hostile_cases(chosen, rng, truncations=args.truncations, flips=args.flips))
         if args.limit:
             rng.shuffle(cases)
             cases = cases[: args.limit]

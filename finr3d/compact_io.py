@@ -242,6 +242,9 @@ def _compact_parts(ff):
     }
     if isinstance(meta.get("trained"), dict):
         header["history"]["trained"] = meta["trained"]
+    from finr3d.header_schema import validate_field_meta
+
+    validate_field_meta(header)  # the META section's target against the FIELD section (e.g. shape per axis)
     tensors = {}
     for m, c in enumerate(cf.coefficients):
         tensors[f"nets.{m}.out.weight"] = np.ascontiguousarray(c.T, np.float32)
