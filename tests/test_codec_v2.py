@@ -387,3 +387,15 @@ def test_meta_values_are_validated_before_use(meta, tmp_path):
         finr3d.load(path)
     (tmp_path / "ok.finr").write_bytes(_with_meta({"format": "finr3d-field", "history": {}}))
     assert finr3d.load(tmp_path / "ok.finr").ndim == 3
+
+
+@pytest.mark.parametrize("step", [3e38, 1e35])
+def test_a_hostile_step_cannot_overflow_float32(step):
+    # robustness.py found it: a re-signed FIELD step of 3e38 decoded to 1.8e41 (finite in float64), inf on load
+    sections = codec.decode_v2(small_file())
+    field = bytearray(sections[codec.SECTION_FIELD])
+    struct.pack_into("<f", field, 8, step)
+    blob = codec.encode_v2([(codec.SECTION_FIELD, bytes(field), False),
+                            (codec.SECTION_CODES, sections[codec.SECTION_CODES], False)])
+    with pytest.raises(FormatError, match="re-export"):
+        codec.decode_field(blob)
