@@ -2,16 +2,23 @@
 
 Two parts (issues 14 and 17):
 
-1. **Hostile files.** Real fields (an SDF, an image, a volume; built without
-   fitting) are damaged in families: truncations, bit flips (not re-signed),
-   re-signed header byte flips, re-signed header mutations at every nesting
-   level (``header value``: hostile values of the same type and missing keys;
-   ``type swap``: a value of every other JSON type; ``huge size``: sizes and
-   counts set to 1e7..2^63), and re-signed tensor-table mutations. Each case
-   runs ``finr3d.load``, ``finr3d info`` and ``finr3d mesh`` (SDF) or
-   ``finr3d decode`` (others) in a forked child of a process that has already
-   imported everything, so that the child's peak RSS growth and wall time are
-   the case's own.
+1. **Hostile files.** Real fields, built without fitting, in both format versions: an SDF (Tucker), an
+   image (CP) and a volume (TT) as version-1 files (``codec.write``) and as compact version-2 files, a
+   compact SDF with a DETAIL section and an editable version-2 SDF (a WEIGHTS section). Version 1 is damaged
+   in families: truncations, bit flips (not re-signed), re-signed header byte flips, re-signed header
+   mutations at every nesting level (``header value``: hostile values of the same type and missing keys;
+   ``type swap``: a value of every other JSON type; ``huge size``: sizes and counts set to 1e7..2^63), and
+   re-signed tensor-table mutations. Version 2: truncations and bit flips of the whole file, and re-signed
+   (trailing digest recomputed) mutations of the container table (version, flags, section count, every
+   entry's kind/compression/reserved/stored/decoded, dropped, doubled, reordered and extra sections, zstd
+   frames declaring more than the table, an 8 MiB bomb), of the FIELD section (byte flips, truncations, and
+   hostile values of every field: kind, ndim, modes, channels, flags, step, bounds, value offset/scale, axis
+   masks, cosine terms, columns, TT bonds, bias, affine), of CODES (coder byte, every block length, byte
+   flips), of META (the version-1 header families on its document, strict-JSON violations, oversize), of
+   DETAIL (byte flips and every header field) and of the embedded WEIGHTS file (the version-1 families
+   inside it, then re-wrapped and re-signed). Each case runs ``finr3d.load``, ``finr3d info`` and
+   ``finr3d mesh`` (SDF) or ``finr3d decode`` (others) in a forked child of a process that has already
+   imported everything, so that the child's peak RSS growth and wall time are the case's own.
 2. **Bad inputs.** The table of the issues (degenerate and far-off meshes,
    lying .npy headers, PNG bombs, constant volumes, bad levels, outputs that
    cannot be written, decodes that need too much memory), run through the CLI.

@@ -495,7 +495,10 @@ def unpack_field(raw) -> FieldSpec:
     if flags & FLAG_AFFINE:
         affine = np.frombuffer(raw, "<f8", ndim * (ndim + 1), at).reshape(ndim, ndim + 1).astype(np.float64)
         lin = affine[:, :ndim]
-        if not np.isfinite(affine).all() or abs(np.linalg.det(lin)) < 1e-300 or np.linalg.cond(lin) > 1e12:
+        finite = np.isfinite(affine).all()
+        with np.errstate(over="ignore", invalid="ignore"):  # a hostile 1e308 entry: det overflows, cond refuses
+            singular = finite and (abs(np.linalg.det(lin)) < 1e-300 or not np.linalg.cond(lin) <= 1e12)
+        if not finite or singular:
             raise _bad("the affine placement must be finite and invertible")
     return FieldSpec(KIND_NAMES[kind], decomposition, ndim, channels, modes, terms, columns, bounds,
                      float(value_offset), float(value_scale), bias, float(step), int(flags), bonds, affine)
