@@ -220,6 +220,10 @@ def _compact_parts(ff):
     target.setdefault("bounds", spec.bounds.tolist())
     if "shape" not in target and all(k > 0 for k in spec.terms) and len(spec.terms) == spec.ndim:
         target["shape"] = [int(k) for k in spec.terms]  # one cosine term per stored sample (files without metadata)
+    shape = target.get("shape")
+    if shape is not None and (not isinstance(shape, list) or len(shape) != spec.ndim):
+        raise FormatError(f"the META target.shape {str(shape)[:60]} does not match the FIELD section's {spec.ndim} "
+                          "axes; the file is damaged or hostile: re-export it")
     if spec.kind == "volume" and spec.ndim in (3, 4) and "world_from_normalized" not in target and "shape" in target:
         from finr3d.placement import voxel_frame
 

@@ -399,3 +399,18 @@ def test_a_hostile_step_cannot_overflow_float32(step):
                             (codec.SECTION_CODES, sections[codec.SECTION_CODES], False)])
     with pytest.raises(FormatError, match="re-export"):
         codec.decode_field(blob)
+
+
+@pytest.mark.parametrize("shape", [[5, 6], [20000, 20000], [5, 6, 7, 8]])
+def test_a_volume_meta_shape_of_the_wrong_length_is_a_format_error(shape, tmp_path):
+    # robustness.py found it: a volume's META target.shape [8, 7] reached voxel_frame (ValueError) on load
+    blob = make("tt", rank=2, kind="volume", shape=(5, 6, 7)).encode(quantization="int8")
+    sections = codec.decode_v2(blob)
+    meta = json.loads(sections[codec.SECTION_META])
+    meta["target"]["shape"] = shape
+    meta["target"].pop("world_from_normalized", None)
+    path = tmp_path / "v.finr"
+    path.write_bytes(codec.encode_v2([(k, json.dumps(meta).encode() if k == codec.SECTION_META else v, True)
+                                      for k, v in sections.items()]))
+    with pytest.raises(FormatError, match="re-export"):
+        finr3d.load(path)
