@@ -4,7 +4,7 @@ For every mesh (the six watertight shared meshes by default):
 
 - ``.finr``: ONE fit with the current default (``finr3d.fit(SDFTarget(mesh), seconds=--seconds)``;
   or the saved ``--fields DIR/<mesh>.finr``), then the compact file (format v2) at every
-  ``--steps`` quantization step, and the rank prefixes ``--prefixes`` at the default step.
+  ``--steps`` quantization step, for the full rank and for each rank prefix ``--prefixes`` (eighths of the rank).
   Bytes are ``len(field.encode(...))``, exactly what ``save`` writes; the error is measured on
   the *decoded file*, evaluated by the numpy decoder on a ``--extract-resolution`` lattice and
   meshed by the same marching cubes as the grids.
@@ -184,10 +184,13 @@ def grid_rows(path, base: SDFTarget, resolutions, codecs, samples, seed):
 def finr_rows(field, target, steps, prefixes, default_step, resolution, samples, seed):
     rows = []
     top = max(field.ranks)
-    points = [(None, s) for s in steps] + [(max(1, top * p // 4), default_step) for p in prefixes]
+    # every rank prefix (in eighths of the rank) at every step: the candidates --budget-kb/--target-chamfer
+    # choose from, so the frontier is what a user of those flags gets
+    ranks = sorted({max(1, top * p // 8) for p in prefixes if p < 8})
+    points = [(None, s) for s in steps] + [(r, s) for r in ranks for s in steps]
     for rank, step in points:
         t0 = time.perf_counter()
-        blob = field.encode(rank=rank, step=step)
+        blob = field.encode(rank=rank, step=step, detail=False)  # the global field; detail rows follow
         enc = time.perf_counter() - t0
         t0 = time.perf_counter()
         grid = codec.decode_grid(blob, resolution=resolution)
@@ -199,11 +202,13 @@ def finr_rows(field, target, steps, prefixes, default_step, resolution, samples,
                      "encode_s": round(enc, 3), "decode_s": round(dec, 3),
                      "chamfer_l1": grid_error(grid, target, samples, seed)})
     if getattr(field, "detail", None) is not None:  # the fit's own local detail, kept in the file
-        blob = field.encode(step=default_step)
-        grid = codec.decode_grid(blob, resolution=resolution)
-        rows.append({"method": "finr+detail", "setting": f"r{top} step {default_step:g} + detail", "rank": top,
-                     "step": default_step, "bytes": len(blob), "detail_bytes": len(field.detail.to_bytes()),
-                     "chamfer_l1": grid_error(grid, target, samples, seed)})
+        for step in steps:
+            blob = field.encode(step=step)
+            grid = codec.decode_grid(blob, resolution=resolution)
+            rows.append({"method": "finr+detail", "setting": f"r{top} step {step:g} + detail", "rank": top,
+                         "ranks": list(codec.decode_field(blob).compact.ranks), "step": step, "bytes": len(blob),
+                         "detail_bytes": len(field.detail.to_bytes()),
+                         "chamfer_l1": grid_error(grid, target, samples, seed)})
     return rows
 
 
@@ -369,7 +374,7 @@ def main(argv=None) -> int:
     p.add_argument("--baselines-only", action="store_true", help="Draco and grid codecs only (no .finr rows)")
     p.add_argument("--baselines", default=None, help="reuse the Draco/grid rows of an earlier run's JSON")
     p.add_argument("--steps", default="1.25e-5,2.5e-5,5e-5,1e-4,2e-4,4e-4")
-    p.add_argument("--prefixes", default="1,2", help="rank prefixes at the default step, in quarters of the rank")
+    p.add_argument("--prefixes", default="2,4,5,6,7", help="rank prefixes, in eighths of the rank, each at every step")
     p.add_argument("--extract-resolution", type=int, default=256)
     p.add_argument("--grid-resolutions", default="128,256")
     p.add_argument("--codecs", default="sperr,sz3,zfp,hosvd+zstd,int8+zstd")

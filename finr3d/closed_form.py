@@ -466,6 +466,33 @@ def _decomposition_levels(target, max_samples: int) -> list[int]:
     return levels[::-1] or [total]
 
 
+#: A sweep-time probe runs CP-ALS on this fraction of the samples the sweeps may see.
+ALS_PROBE_FRACTION = 1 / 16
+
+
+def _als_samples_for(field, target, max_samples: int, seconds: float, seed: int) -> int:
+    """Samples the first CP-ALS sweep may see so that it ends within ``seconds``.
+
+    One sweep costs about linearly in the samples (its MTTKRPs are rank x samples), so one sweep on a
+    :data:`ALS_PROBE_FRACTION` sub-lattice, timed, predicts the full one; a budget too short for every sample
+    gets an evenly spaced sub-lattice (read out onto every stored sample by spline interpolation, as for
+    any sub-lattice). A budget with room keeps ``max_samples``.
+    """
+    total = min(math.prod(target.shape), int(max_samples))
+    floor = 4 ** target.ndim
+    probe = int(total * ALS_PROBE_FRACTION)
+    if probe < floor:
+        return max_samples
+    t0 = time.perf_counter()
+    coords, values = target.dense(max_samples=probe)
+    x = _mode_tensor(values.float().cpu() - values.float().mean(), field.modes)
+    next(iter(cp_als_sweeps(x, field.ranks[0], seed=seed)))
+    per_sample = (time.perf_counter() - t0) / max(1, math.prod(len(c) for c in coords))
+    remaining = seconds - (time.perf_counter() - t0)
+    fits = int(remaining / per_sample) if per_sample > 0 else total
+    return max_samples if fits >= total else max(floor, min(total, fits))
+
+
 def closed_form_start(field, target, *, seconds: Optional[float], steps: Optional[int], seed: int = 0,
                       max_samples: Optional[int] = None, callback: Optional[Callable] = None,
                       checkpoint: Optional[Callable[[], bool]] = None, deadline: Optional[float] = None) -> dict:
@@ -491,6 +518,8 @@ def closed_form_start(field, target, *, seconds: Optional[float], steps: Optiona
     if deadline is not None:
         seconds = deadline if seconds is None else min(seconds, deadline)
     if reads_out_exactly(field, target):
+        if deadline is not None:
+            max_samples = _als_samples_for(field, target, max_samples, DECOMPOSITION_SHARE * deadline, seed)
         coords, values = target.dense(max_samples=max_samples)
         with torch.no_grad():
             field.bias.copy_(values.reshape(-1, values.shape[-1]).mean(0).to(field.device))

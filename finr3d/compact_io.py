@@ -137,7 +137,7 @@ def encode_field(field, *, rank=None, quantization="fp16", editable=False, detai
 @torch.no_grad()
 def bake_samples(model) -> list[np.ndarray]:
     """Each mode's features on its stored samples ``linspace(-1, 1, N_m)``: (N_m, D_m) float64."""
-    from finr3d.targets import lattice
+    from finr3d.coords import lattice
 
     out = []
     was = model.training

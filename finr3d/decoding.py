@@ -74,7 +74,7 @@ def decode_slabs(field, shape, *, rank=None):
     ``values`` is ``(stop - start, n_1, ..., n_{d-1}, C)`` float32; each slab
     holds at most :data:`SLAB_VALUES` values (one plane when a plane is larger).
     """
-    from finr3d.targets import lattice
+    from finr3d.coords import lattice
 
     info = field.target_info or {}
     scale, offset = np.float32(info.get("value_scale", 1.0)), np.float32(info.get("value_offset", 0.0))

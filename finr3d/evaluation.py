@@ -50,7 +50,7 @@ def evaluate(field, reference, *, rank=None, resolution: int = 256, **kwargs) ->
 
     from finr3d.geometry_metrics import mesh_metrics
     from finr3d.meshing import extract_mesh
-    from finr3d.sdf import load_mesh
+    from finr3d.mesh_query import load_mesh
     from finr3d.targets import Target
 
     if isinstance(reference, Target):

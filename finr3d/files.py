@@ -22,8 +22,29 @@ from pathlib import Path
 from typing import Callable, Union
 
 from finr3d.atomic_files import TEMP_MARK, create_temp
+from finr3d.errors import InputError
 
-__all__ = ["atomic_write", "atomic_write_bytes", "atomic_folder", "TEMP_MARK"]
+__all__ = ["atomic_write", "atomic_write_bytes", "atomic_folder", "TEMP_MARK", "existing_file",
+           "IMAGE_SUFFIXES", "VOLUME_SUFFIXES", "MESH_SUFFIXES", "VIDEO_SUFFIXES"]
+
+#: File suffixes finr3d reads, by kind (:func:`finr3d.targets.detect_kind` dispatches on them).
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+VOLUME_SUFFIXES = {".npy", ".npz", ".raw", ".nii", ".gz"}
+MESH_SUFFIXES = {".obj", ".ply", ".stl", ".off", ".glb", ".gltf"}
+VIDEO_SUFFIXES = {".mp4", ".webm", ".avi", ".mov", ".mkv", ".gif"}
+
+
+def existing_file(source) -> Path:
+    """``source`` as a Path to a readable, non-empty file; a FileNotFoundError or InputError that says which
+    it is not."""
+    path = Path(source)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file; check the path")
+    if path.is_dir():
+        raise InputError(f"{path} is a directory; give a file")
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: the file is empty (0 bytes)")
+    return path
 
 PathLike = Union[str, os.PathLike]
 

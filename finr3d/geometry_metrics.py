@@ -27,7 +27,7 @@ def _frame(ref_mesh):
 
 
 def _query(mesh, center, diag, sign="auto"):
-    from finr3d.sdf import MeshQuery
+    from finr3d.mesh_query import MeshQuery
 
     return MeshQuery((np.asarray(mesh.vertices, np.float64) - center) / diag, mesh.faces, sign=sign)
 
@@ -116,7 +116,7 @@ def volumetric_iou(pred_mesh, ref_mesh, n: int = 100_000, *, near_surface: bool 
         Gaussian noise of ``sigma = 1%`` of ``D``, which scores the surface
         placement rather than the bulk.
     sign : {"auto", "raycast", "winding"}
-        Inside test (see :class:`finr3d.sdf.MeshQuery`); ``auto`` uses the
+        Inside test (see :class:`finr3d.mesh_query.MeshQuery`); ``auto`` uses the
         generalized winding number for open or multi-part meshes.
 
     Returns

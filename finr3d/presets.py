@@ -70,9 +70,10 @@ PRESETS: dict[str, Preset] = {
         {"init": "closed_form", "lr": 1e-3},
         evidence="benchmarks/image_fit.py: Tucker r128 with the channel mode in its core; lr 1e-3"),
     "volume": Preset(
-        "volume", {"decomposition": "cp", "rank": 64, "width": 128, "backbone": "siren"},
+        "volume", {"decomposition": "tucker", "rank": 48, "width": 128, "backbone": "siren"},
         {"init": "closed_form"},
-        evidence="the generic CP r64 default"),
+        evidence="benchmarks/volume_preset.py: Tucker r48 w128 from a HOSVD start beats CP r64 by 1-12 dB on "
+                 "every shared volume at 15 s (RESULTS.md, 'Volumes')"),
     # x+y+t: CP whose per-axis networks read out a cosine basis as long as each axis, fitted by CP-ALS sweeps
     # read out as they go (benchmarks/video_readout.py, RESULTS.md 'Video readout')
     "video": Preset(

@@ -26,6 +26,7 @@ import torch
 
 from finr3d.coords import lattice
 from finr3d.errors import InputError
+from finr3d.files import IMAGE_SUFFIXES, MESH_SUFFIXES, VIDEO_SUFFIXES, VOLUME_SUFFIXES, existing_file  # noqa: F401
 from finr3d.presets import GENERIC_PRESET, PRESETS, Preset, preset_for
 
 __all__ = [
@@ -39,14 +40,21 @@ __all__ = [
     "check_finite",
 ]
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
-VOLUME_SUFFIXES = {".npy", ".npz", ".raw", ".nii", ".gz"}
-MESH_SUFFIXES = {".obj", ".ply", ".stl", ".off", ".glb", ".gltf"}
-VIDEO_SUFFIXES = {".mp4", ".webm", ".avi", ".mov", ".mkv", ".gif"}
 
 #: Largest number of samples a target accepts (a 2048^3 volume); beyond it the
 #: user is told to downsample rather than the machine being driven out of memory.
 MAX_SAMPLES = 2048**3
+
+
+def even_indices(shape, max_samples: int) -> list[torch.Tensor]:
+    """Per-axis integer indices of an evenly spaced sub-lattice of ``shape`` with at most ``max_samples`` points
+    (every index when the whole lattice fits): exact stored samples, no interpolation."""
+    total = math.prod(shape)
+    if total <= max_samples:
+        return [torch.arange(n) for n in shape]
+    f = (max_samples / total) ** (1.0 / len(shape))
+    return [torch.from_numpy(np.unique(np.round(np.linspace(0, n - 1, max(2, int(n * f)))).astype(np.int64)))
+            for n in shape]
 
 
 def check_finite(array: np.ndarray, what: str) -> None:
@@ -291,7 +299,7 @@ class ImageTarget(GridTarget):
 
     def __init__(self, source, *, max_pixels: int = 64_000_000):
         if isinstance(source, (str, os.PathLike)):
-            path = _existing_file(source)
+            path = existing_file(source)
             if path.suffix.lower() not in IMAGE_SUFFIXES:
                 raise InputError(
                     f"{path.name}: unsupported image type {path.suffix!r}; use one of {sorted(IMAGE_SUFFIXES)}"
@@ -403,17 +411,6 @@ def write_png(path, img: np.ndarray) -> None:
     writer = png.Writer(w, h, greyscale=c in (1, 2), alpha=c in (2, 4), bitdepth=16 if img.dtype == np.uint16 else 8)
     with open(path, "wb") as fh:
         writer.write(fh, img.reshape(h, w * c))
-
-
-def _existing_file(source) -> Path:
-    path = Path(source)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file; check the path")
-    if path.is_dir():
-        raise InputError(f"{path} is a directory; give a file")
-    if path.stat().st_size == 0:
-        raise InputError(f"{path}: the file is empty (0 bytes)")
-    return path
 
 
 def _check_npy_header(handle, size: int, name: str) -> None:

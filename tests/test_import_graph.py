@@ -82,16 +82,17 @@ def test_the_graph_is_read():
     assert "finr3d.closed_form" in graph["finr3d.fitting"]  # a function-level one
 
 
-#: The one cycle left until the layout move (docs/DESIGN.md, "Package layout"): SDFTarget.evaluate scores with
-#: geometry_metrics, which queries meshes through sdf.MeshQuery; MeshQuery moves down to the geometry layer.
-KNOWN_CYCLES = [["finr3d.geometry_metrics", "finr3d.sdf"]]
-
-
 def test_no_import_cycles():
     found = cycles(import_graph())
-    new = [c for c in found if c not in KNOWN_CYCLES]
-    assert new == [], "import cycles: " + "; ".join(" <-> ".join(c) for c in new)
-    assert found == KNOWN_CYCLES, "a known cycle is gone: remove it from KNOWN_CYCLES"
+    assert found == [], "import cycles: " + "; ".join(" <-> ".join(c) for c in found)
+
+
+def test_meshes_sit_below_the_ground_truth_and_the_metrics():
+    """MeshQuery has one home that both the SDF ground truth and the geometry metrics import."""
+    graph = import_graph()
+    assert "finr3d.mesh_query" in graph["finr3d.sdf"] and "finr3d.mesh_query" in graph["finr3d.geometry_metrics"]
+    assert "finr3d.sdf" not in graph["finr3d.geometry_metrics"]
+    assert not {"finr3d.sdf", "finr3d.geometry_metrics", "finr3d.field"} & graph["finr3d.mesh_query"]
 
 
 def test_low_layers_import_no_torch_backed_module():
@@ -102,3 +103,34 @@ def test_low_layers_import_no_torch_backed_module():
            "finr3d.codec", "finr3d.compact", "finr3d.local_detail", "finr3d.header_schema"}
     for name in low:
         assert graph[name] <= low, (name, graph[name] - low)
+
+
+#: The package's layers, lowest first (docs/DESIGN.md, "Import graph"): a module imports only from its own
+#: layer or below. A new module must be placed here, so the layering is a decision, not an accident.
+LAYERS = {
+    "base": ["finr3d", "finr3d.errors", "finr3d.atomic_files", "finr3d.files", "finr3d.presets", "finr3d.ranks",
+             "finr3d.placement", "finr3d.header_schema", "finr3d._o3d", "finr3d.shapes", "finr3d.simulation"],
+    "codec": ["finr3d.compact", "finr3d.local_detail", "finr3d.codec"],
+    "geometry": ["finr3d.mesh_query", "finr3d.meshing", "finr3d.geometry_metrics"],
+    "model": ["finr3d.coords", "finr3d.backbones", "finr3d.decompositions", "finr3d.config", "finr3d.compact_io",
+              "finr3d.field", "finr3d.closed_form"],
+    "targets": ["finr3d.targets", "finr3d.volume", "finr3d.video", "finr3d.sdf", "finr3d.sources"],
+    "training": ["finr3d.fitting"],
+    "analysis": ["finr3d.evaluation", "finr3d.sweep", "finr3d.decoding"],
+    "front ends": ["finr3d.batch", "finr3d.cli", "finr3d.__main__"],
+}
+
+
+def _layer_of(module: str) -> int:
+    names = list(LAYERS)
+    for rank, layer in enumerate(names):
+        if module in LAYERS[layer] or (layer == "front ends" and module.startswith("finr3d.cli.")):
+            return rank
+    raise AssertionError(f"{module} is in no layer: add it to LAYERS (and docs/DESIGN.md)")
+
+
+def test_every_import_runs_down_the_layers():
+    graph = import_graph()
+    upward = [f"{src} ({list(LAYERS)[_layer_of(src)]}) imports {dst} ({list(LAYERS)[_layer_of(dst)]})"
+              for src, targets in graph.items() for dst in targets if _layer_of(dst) > _layer_of(src)]
+    assert upward == [], "\n".join(upward)

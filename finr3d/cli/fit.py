@@ -66,6 +66,9 @@ def add_arguments(p) -> None:
     g.add_argument("--sign", choices=["auto", "raycast", "winding"],
                    help="inside/outside test: raycast for watertight meshes, winding numbers for open or "
                         "multi-part ones; auto picks (default auto)")
+    g.add_argument("--detail", action="store_true",
+                   help="also fit a sparse local residual on a 2x finer ground truth in the band around the "
+                        "surface: a more accurate mesh for a much larger file (off by default)")
     vol = p.add_argument_group("volumes (.npy .npz .raw .nii, or a folder of per-frame volumes)")
     vol.add_argument("--axes", help="the array's axes, slowest first, in the letters t z y x c, e.g. tzyx (time "
                                     "first) or zyxc (channels last); needed for any array that is not 3-D "
@@ -146,12 +149,14 @@ def run(args) -> int:
         target_options["resolution"] = args.resolution
     if args.sign is not None:
         target_options["sign"] = args.sign
+    if args.detail:
+        target_options["detail_resolution"] = "auto"
     import finr3d
     from finr3d.targets import detect_kind
 
     kind = args.kind if args.kind != "auto" else detect_kind(args.input)
     if target_options and kind != "sdf":
-        raise ValueError("--resolution and --sign apply to meshes only")
+        raise ValueError("--resolution, --sign and --detail apply to meshes only")
     video_options = _video_options(args)
     if video_options and kind != "video":
         raise ValueError("--frames, --stride and --resize apply to video only")

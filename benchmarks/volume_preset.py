@@ -1,0 +1,70 @@
+"""Which preset for 3-D volumes: candidate configs at one budget on every shared volume, in one run.
+
+    OMP_NUM_THREADS=1 taskset -c 1 python benchmarks/volume_preset.py --seconds 15
+
+Each candidate fits each volume (``$FINR3D_SHARED/assets/volumes``) for ``--seconds``; the table gives the
+fit's PSNR on the value range, the compact file's bytes (format v2, lean metadata) and the decoded file's PSNR.
+Writes ``benchmarks/volume_preset.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+CANDIDATES = {
+    "cp r64 w128 (old preset)": {"decomposition": "cp", "rank": 64, "width": 128},
+    "tucker r48 w64": {"decomposition": "tucker", "rank": 48, "width": 64},
+    "tucker r48 w128": {"decomposition": "tucker", "rank": 48, "width": 128},
+}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seconds", type=float, default=15.0)
+    p.add_argument("--out", default=str(HERE / "volume_preset.json"))
+    args = p.parse_args()
+    import torch
+
+    import finr3d
+    from finr3d.field import FactorizedField
+    from finr3d.volume import VolumeTarget
+
+    torch.set_num_threads(1)
+    folder = Path(os.environ.get("FINR3D_SHARED", HERE.parent.parent / "shared")) / "assets" / "volumes"
+    volumes = sorted(folder.glob("*.raw"))
+    rows = []
+    warm = VolumeTarget(str(volumes[0]))
+    finr3d.fit(warm, steps=2, rank=4, width=8)  # imports and lazy initialisation before any clock
+    for path in volumes:
+        target = VolumeTarget(str(path))
+        for name, options in CANDIDATES.items():
+            t0 = time.perf_counter()
+            field = finr3d.fit(target, seconds=args.seconds, **options)
+            elapsed = time.perf_counter() - t0
+            blob = field.encode()
+            decoded = target.evaluate(FactorizedField.from_file(blob), ssim=False)["psnr"]
+            row = {"volume": path.name.split("_")[0], "candidate": name, "seconds": round(elapsed, 2),
+                   "steps": field.history.get("steps"), "psnr": field.history.get("metrics", {}).get("psnr"),
+                   "bytes": len(blob), "decoded_psnr": decoded, "parameters": field.parameter_count()}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    out = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "seconds": args.seconds,
+           "load_average_end": os.getloadavg(), "rows": rows}
+    Path(args.out).write_text(json.dumps(out, indent=1))
+    print("\n| volume | candidate | PSNR (dB) | file KiB | decoded PSNR (dB) | steps |\n|---|---|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['volume']} | {r['candidate']} | {r['psnr']:.2f} | {r['bytes'] / 1024:.1f} | "
+              f"{r['decoded_psnr']:.2f} | {r['steps']} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
