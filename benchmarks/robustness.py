@@ -876,6 +876,8 @@ def main(argv=None) -> int:
                         "cases (several locked runs of under 10 minutes); --merge prints their table")
     parser.add_argument("--seeds", default=None, help="comma-separated seed names to damage (default: all), "
                         "e.g. 'v2 sdf,v2 image'")
+    parser.add_argument("--cases", default=None, help="only the hostile cases whose description contains this "
+                        "text (e.g. 'target.shape'): a quick rerun of one kind of case")
     parser.add_argument("--skip-hostile", action="store_true")
     parser.add_argument("--skip-bad-inputs", action="store_true")
     parser.add_argument("--merge", type=Path, nargs="+", help="print the combined tables of these JSON outputs")
@@ -908,6 +910,8 @@ def main(argv=None) -> int:
         rng = random.Random(0)
         chosen = seeds if not args.seeds else {n: seeds[n] for n in args.seeds.split(",")}
         cases = list(hostile_cases(chosen, rng, truncations=args.truncations, flips=args.flips))
+        if args.cases:
+            cases = [c for c in cases if args.cases in c[2]]
         if args.limit:
             rng.shuffle(cases)
             cases = cases[: args.limit]

@@ -58,13 +58,19 @@ def check_decode_memory(field, shape, *, max_memory=None, copies: int = 2, what:
                  limit=max_memory)
 
 
-def check_decode_output(nbytes: int, what: str, *, max_memory=None) -> None:
-    """Refuse up front a streamed decode whose output exceeds the decode limit (the memory limit's value:
-    ``max_memory``, else ``$FINR3D_MAX_MEMORY``, else 2 GiB): a header cannot make a small file write
-    gigabytes unasked, and a user who wants a larger output says so with the same flag."""
-    from finr3d.header_schema import check_memory
+#: Largest output a streamed decode writes unless asked for more (``--max-memory`` / ``$FINR3D_MAX_MEMORY``):
+#: a 512^3 float32 volume (512 MiB) passes; a header that makes a 3-KB file ask for 1.2 GB does not.
+DEFAULT_OUTPUT_LIMIT = "1G"
 
-    check_memory(nbytes, f"{what} (the output)", limit=max_memory, resource="disk and time for it")
+
+def check_decode_output(nbytes: int, what: str, *, max_memory=None) -> None:
+    """Refuse up front a streamed decode whose output exceeds the output limit (``max_memory``, else
+    ``$FINR3D_MAX_MEMORY``, else :data:`DEFAULT_OUTPUT_LIMIT`): a header cannot make a small file write
+    gigabytes unasked, and a user who wants a larger output says so with the same flag."""
+    from finr3d.header_schema import MEMORY_ENV, check_memory
+
+    limit = max_memory if max_memory is not None else (os.environ.get(MEMORY_ENV) or DEFAULT_OUTPUT_LIMIT)
+    check_memory(nbytes, f"{what} (the output)", limit=limit, resource="disk and time for it")
 
 
 def check_decode_disk(nbytes: int, folder, what: str) -> None:
