@@ -20,7 +20,6 @@ import os
 import time
 import warnings
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -29,7 +28,7 @@ from finr3d.codec import jsonable
 from finr3d.errors import InputError
 from finr3d.files import atomic_write
 from finr3d.mesh_query import _CHUNK, SIGN_METHODS, MeshQuery, _auto_sign, load_mesh, mesh_report, winding_number
-from finr3d.targets import GridTarget, check_finite, interpolate_subgrid
+from finr3d.targets import GridTarget, check_finite
 
 __all__ = [
     "SDFTarget",
@@ -506,9 +505,8 @@ class SDFTarget(GridTarget):
 
     # -- training signal
 
-    def sample(self, coords: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Ground truth ``(n_x, n_y, n_z, 1)`` in field units (``sdf / truncation``), trilinear."""
-        return interpolate_subgrid(self.data, coords)
+    # sample: GridTarget's (trilinear, ``(n_x, n_y, n_z, 1)`` in field units ``sdf / truncation``), so that
+    # GridTarget.sampler interpolates on the fitting device
 
     def loss(self, pred: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
         """Near-surface weighted, truncation-aware L1.
@@ -559,10 +557,10 @@ class SDFTarget(GridTarget):
         units (``sdf / truncation``, the units of ``field.grid``), or None when
         this target has no fine ground truth or the field needs no detail.
         """
-        from finr3d.local_detail import fit_local_detail
-
         if self.sdf_fine is None:
             return None
+        from finr3d.local_detail import fit_local_detail  # needs zstandard: only when there is detail to code
+
         step = self.detail_step if step is None else float(step)
         band = self.detail_band if band is None else float(band)
         if not (step > 0 and band > 0 and math.isfinite(step) and math.isfinite(band)):
