@@ -2,16 +2,23 @@
 
 Two parts (issues 14 and 17):
 
-1. **Hostile files.** Real fields (an SDF, an image, a volume; built without
-   fitting) are damaged in families: truncations, bit flips (not re-signed),
-   re-signed header byte flips, re-signed header mutations at every nesting
-   level (``header value``: hostile values of the same type and missing keys;
-   ``type swap``: a value of every other JSON type; ``huge size``: sizes and
-   counts set to 1e7..2^63), and re-signed tensor-table mutations. Each case
-   runs ``finr3d.load``, ``finr3d info`` and ``finr3d mesh`` (SDF) or
-   ``finr3d decode`` (others) in a forked child of a process that has already
-   imported everything, so that the child's peak RSS growth and wall time are
-   the case's own.
+1. **Hostile files.** Real fields, built without fitting, in both format versions: an SDF (Tucker), an
+   image (CP) and a volume (TT) as version-1 files (``codec.write``) and as compact version-2 files, a
+   compact SDF with a DETAIL section and an editable version-2 SDF (a WEIGHTS section). Version 1 is damaged
+   in families: truncations, bit flips (not re-signed), re-signed header byte flips, re-signed header
+   mutations at every nesting level (``header value``: hostile values of the same type and missing keys;
+   ``type swap``: a value of every other JSON type; ``huge size``: sizes and counts set to 1e7..2^63), and
+   re-signed tensor-table mutations. Version 2: truncations and bit flips of the whole file, and re-signed
+   (trailing digest recomputed) mutations of the container table (version, flags, section count, every
+   entry's kind/compression/reserved/stored/decoded, dropped, doubled, reordered and extra sections, zstd
+   frames declaring more than the table, an 8 MiB bomb), of the FIELD section (byte flips, truncations, and
+   hostile values of every field: kind, ndim, modes, channels, flags, step, bounds, value offset/scale, axis
+   masks, cosine terms, columns, TT bonds, bias, affine), of CODES (coder byte, every block length, byte
+   flips), of META (the version-1 header families on its document, strict-JSON violations, oversize), of
+   DETAIL (byte flips and every header field) and of the embedded WEIGHTS file (the version-1 families
+   inside it, then re-wrapped and re-signed). Each case runs ``finr3d.load``, ``finr3d info`` and
+   ``finr3d mesh`` (SDF) or ``finr3d decode`` (others) in a forked child of a process that has already
+   imported everything, so that the child's peak RSS growth and wall time are the case's own.
 2. **Bad inputs.** The table of the issues (degenerate and far-off meshes,
    lying .npy headers, PNG bombs, constant volumes, bad levels, outputs that
    cannot be written, decodes that need too much memory), run through the CLI.
@@ -32,6 +39,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import dataclasses
 import hashlib
 import io
 import json
@@ -61,7 +69,7 @@ def _split(blob: bytes) -> tuple[bytes, dict, bytes]:
 
 
 def _sign(text: bytes, payload: bytes) -> bytes:
-    """A file around raw header JSON ``text`` and ``payload`` with both digests valid (docs/format.md)."""
+    """A version-1 file around raw header JSON ``text`` and ``payload`` with both digests valid (docs/format.md)."""
     from finr3d import codec
 
     head = PREFIX.pack(codec.MAGIC, 1, 0, len(text), len(payload)) + text
@@ -73,15 +81,76 @@ def _resign(document: dict, payload: bytes) -> bytes:
     return _sign(json.dumps(document, separators=(",", ":")).encode(), payload)
 
 
-def make_seeds(folder: Path) -> dict[str, Path]:
-    """Three small real fields: an SDF (Tucker), an RGB image (CP) and a volume (TT)."""
+# version 2 (docs/format.md part 2): a 16-byte head, 12 bytes a section, the bodies, a 16-byte BLAKE2b digest
+V2_HEAD = struct.Struct("<8sHHB3s")
+V2_SECTION = struct.Struct("<BBHII")
+
+
+def _v2_resign(body: bytes) -> bytes:
+    """``body`` (every byte before the digest) with a valid trailing digest (``resign`` in tests/test_codec_v2.py)."""
+    return body + hashlib.blake2b(body, digest_size=16).digest()
+
+
+def _v2_sections(blob: bytes) -> list[dict]:
+    """The section table of a valid version-2 file: kind, comp, reserved, stored, decoded, content (decoded)."""
+    import zstandard
+
+    count = blob[12]
+    at = V2_HEAD.size + V2_SECTION.size * count
+    out = []
+    for i in range(count):
+        kind, comp, reserved, stored, decoded = V2_SECTION.unpack_from(blob, V2_HEAD.size + i * V2_SECTION.size)
+        body = blob[at: at + stored]
+        at += stored
+        content = zstandard.ZstdDecompressor().decompress(body) if comp == 1 else body
+        out.append({"kind": kind, "comp": comp, "reserved": reserved, "stored": stored, "decoded": decoded,
+                    "body": body, "content": content})
+    return out
+
+
+def _v2_build(sections: list[dict], *, version=2, flags=0, count=None, reserved=b"\0\0\0") -> bytes:
+    """A re-signed version-2 file from ``sections`` exactly as declared (stored/decoded may lie)."""
+    from finr3d import codec
+
+    head = V2_HEAD.pack(codec.MAGIC, version, flags, len(sections) if count is None else count, reserved)
+    table = b"".join(V2_SECTION.pack(s["kind"], s["comp"], s["reserved"], s["stored"], s["decoded"])
+                     for s in sections)
+    return _v2_resign(head + table + b"".join(s["body"] for s in sections))
+
+
+def _v2_section(kind: int, content: bytes, comp: int) -> dict:
+    """A consistent section holding ``content`` (zstd-coded with its content size when comp is 1)."""
+    import zstandard
+
+    body = zstandard.ZstdCompressor(level=3, write_content_size=True).compress(content) if comp == 1 else content
+    return {"kind": kind, "comp": comp, "reserved": 0, "stored": len(body), "decoded": len(content),
+            "body": body, "content": content}
+
+
+def _v2_replace(sections: list[dict], kind: int, content: bytes) -> bytes:
+    """The file with section ``kind`` holding ``content`` instead (same compression), lengths and digest right."""
+    return _v2_build([_v2_section(kind, content, s["comp"]) if s["kind"] == kind else s for s in sections])
+
+
+@dataclasses.dataclass
+class Seed:
+    path: Path
+    version: int
+    kind: str  # the signal kind: "sdf" meshes, the others decode
+
+
+def make_seeds(folder: Path) -> dict[str, Seed]:
+    """Small real fields, built without fitting: an SDF (Tucker), an RGB image (CP) and a volume (TT), each as a
+    version-1 file (``codec.write`` of ``to_parts``) and as a compact version-2 file, plus a compact SDF with a
+    DETAIL section and an editable version-2 SDF (a WEIGHTS section holding a version-1 file)."""
     import numpy as np
     import torch
 
+    from finr3d import codec
     from finr3d.config import FieldConfig
     from finr3d.field import FactorizedField
+    from finr3d.local_detail import fit_local_detail
 
-    torch.manual_seed(0)
     specs = {
         "sdf": (3, 1, FieldConfig(decomposition="tucker", rank=4, width=8, depth=1),
                 {"kind": "sdf", "shape": [16, 16, 16], "channels": 1, "value_offset": 0.0, "value_scale": 0.1,
@@ -97,13 +166,31 @@ def make_seeds(folder: Path) -> dict[str, Path]:
     }
     out = {}
     for name, (ndim, channels, config, info) in specs.items():
+        torch.manual_seed(0)
         field = FactorizedField(ndim, channels, config, target_info=info)
         with torch.no_grad():
             field.bias.fill_(-0.3)  # the SDF then crosses zero somewhere
         field.history = {"steps": 10, "seconds": 1.5, "device": "cpu", "metrics": {"psnr": 30.0, "iou": 0.9}}
-        path = folder / f"{name}.finr"
-        field.save(path, quantization="int8" if name == "image" else "fp16")
-        out[name] = path
+        quantization = "int8" if name == "image" else "fp16"
+        path = folder / f"v1_{name}.finr"
+        codec.write(path, *field.to_parts(), quantization=quantization, keep_fp32=field.precision_critical())
+        out[f"v1 {name}"] = Seed(path, 1, name)
+        path = folder / f"v2_{name}.finr"
+        field.save(path, quantization=quantization)
+        out[f"v2 {name}"] = Seed(path, 2, name)
+        if name == "sdf":
+            path = folder / "v2_sdf_editable.finr"
+            field.save(path, quantization=quantization, editable=True)
+            out["v2 sdf editable"] = Seed(path, 2, name)
+            rng = np.random.default_rng(0)
+            residual = np.zeros((9, 9, 9))
+            residual[2:6, 3:7, 2:5] = rng.normal(0, 0.05, (4, 4, 3))
+            field.detail = fit_local_detail(residual, step=1e-3, brick=2, chunk_bricks=2)
+            path = folder / "v2_sdf_detail.finr"
+            field.save(path, quantization=quantization)
+            out["v2 sdf+detail"] = Seed(path, 2, name)
+    for name, seed in out.items():
+        assert seed.path.read_bytes()[8] == seed.version, name
     return out
 
 
@@ -149,73 +236,310 @@ def _hostile_values(value):
     return []
 
 
-def hostile_cases(seeds: dict[str, Path], rng: random.Random, *, truncations: int, flips: int):
-    """Yield (family, seed kind, description, bytes)."""
-    for kind, path in seeds.items():
-        blob = path.read_bytes()
-        text, document, payload = _split(blob)
-        # truncations: the first 64 lengths, then evenly spaced ones
-        lengths = sorted(set(list(range(64)) + [round(i * len(blob) / truncations) for i in range(truncations)]))
-        for n in lengths:
-            yield "truncation", kind, f"first {n} bytes", blob[:n]
-        for i in range(flips):
-            data = bytearray(blob)
-            for _ in range(rng.choice([1, 1, 2, 8])):
-                at = rng.randrange(len(data))
-                data[at] ^= 1 << rng.randrange(8)
-            yield "bit flip", kind, f"flip #{i}", bytes(data)
-        for i in range(flips // 2):  # flips inside the header JSON, then re-signed: the JSON itself is hostile
-            data = bytearray(text)
-            at = rng.randrange(len(data))
-            data[at] ^= 1 << rng.randrange(8)
-            yield "re-signed header bytes", kind, f"header byte {at}", _sign(bytes(data), payload)
+def _document_cases(document: dict, root: tuple, rebuild, prefix: str = ""):
+    """Header-value, type-swap and huge-size mutations of every value under ``document[root...]``.
 
-        meta_paths = [(("meta",) + p, v) for p, v in _paths(document["meta"]) if p]
-        for path_, value in meta_paths:
-            where = ".".join(map(str, path_[1:]))
-            for new in _hostile_values(value):
+    ``rebuild(mutated_document)`` returns the file bytes; yields (family, description, bytes)."""
+    node = document
+    for key in root:
+        node = node[key]
+    for path_, value in _paths(node):
+        if not path_:
+            continue
+        path_ = root + path_
+        where = ".".join(map(str, path_[len(root):]))
+        for new in _hostile_values(value):
+            mutated = copy.deepcopy(document)
+            _set(mutated, path_, new)
+            yield prefix + "header value", f"{where} = {json.dumps(new)[:40]}", rebuild(mutated)
+        if isinstance(path_[-1], str):
+            mutated = copy.deepcopy(document)
+            _set(mutated, path_, None, delete=True)
+            yield prefix + "header value", f"{where} removed", rebuild(mutated)
+        for new in TYPE_SWAPS:
+            if type(new) is type(value):
+                continue
+            mutated = copy.deepcopy(document)
+            _set(mutated, path_, new)
+            yield prefix + "type swap", f"{where} = {json.dumps(new)}", rebuild(mutated)
+        if path_[-1] in SIZE_KEYS or (len(path_) > 1 and path_[-2] in SIZE_KEYS):
+            for new in HUGE:
                 mutated = copy.deepcopy(document)
                 _set(mutated, path_, new)
-                yield "header value", kind, f"{where} = {json.dumps(new)[:40]}", _resign(mutated, payload)
-            if isinstance(path_[-1], str):
+                yield prefix + "huge size", f"{where} = {json.dumps(new)[:40]}", rebuild(mutated)
+
+
+def _truncations(blob: bytes, count: int):
+    """The first 64 lengths, then ``count`` evenly spaced ones."""
+    return sorted(set(list(range(min(64, len(blob)))) + [round(i * len(blob) / count) for i in range(count)]))
+
+
+def _flipped(blob: bytes, rng: random.Random) -> bytes:
+    data = bytearray(blob)
+    for _ in range(rng.choice([1, 1, 2, 8])):
+        at = rng.randrange(len(data))
+        data[at] ^= 1 << rng.randrange(8)
+    return bytes(data)
+
+
+def v1_cases(blob: bytes, rng: random.Random, *, truncations: int, flips: int, prefix: str = ""):
+    """Yield (family, description, bytes): the version-1 families on the file ``blob``."""
+    text, document, payload = _split(blob)
+    for n in _truncations(blob, truncations):
+        yield prefix + "truncation", f"first {n} bytes", blob[:n]
+    for i in range(flips):
+        yield prefix + "bit flip", f"flip #{i}", _flipped(blob, rng)
+    for i in range(flips // 2):  # flips inside the header JSON, then re-signed: the JSON itself is hostile
+        data = bytearray(text)
+        at = rng.randrange(len(data))
+        data[at] ^= 1 << rng.randrange(8)
+        yield prefix + "re-signed header bytes", f"header byte {at}", _sign(bytes(data), payload)
+    yield from _document_cases(document, ("meta",), lambda d: _resign(d, payload), prefix)
+    for top in ("meta", "tensors", "minor"):
+        for new in TYPE_SWAPS:
+            mutated = copy.deepcopy(document)
+            mutated[top] = new
+            yield prefix + "type swap", f"{top} = {json.dumps(new)}", _resign(mutated, payload)
+    table = document["tensors"]
+    for index in range(len(table)):
+        for key, value in list(table[index].items()):
+            for new in _hostile_values(value) + [v for v in TYPE_SWAPS if type(v) is not type(value)]:
                 mutated = copy.deepcopy(document)
-                _set(mutated, path_, None, delete=True)
-                yield "header value", kind, f"{where} removed", _resign(mutated, payload)
+                mutated["tensors"][index][key] = new
+                yield prefix + "tensor table", f"tensors.{index}.{key} = {json.dumps(new)[:40]}", \
+                    _resign(mutated, payload)
+        for new in ([2**40, 2**40], [2**20] * 4, [10**7]):
+            mutated = copy.deepcopy(document)
+            mutated["tensors"][index]["shape"] = new
+            yield prefix + "huge size", f"tensors.{index}.shape = {new}", _resign(mutated, payload)
+    mutated = copy.deepcopy(document)
+    mutated["tensors"].append(dict(table[-1], offset=table[-1]["offset"] + table[-1]["length"]))
+    yield prefix + "tensor table", "duplicate entry", _resign(mutated, payload)
+    raw = json.dumps(document, separators=(",", ":"))
+    entry = json.dumps(table[0], separators=(",", ":"))
+    yield prefix + "tensor table", "duplicate key in an entry", _sign(
+        raw.replace(entry, entry[:-1] + ',"name":"x"}', 1).encode(), payload)
+
+
+U32 = [0, 1, 2**16, 2**31, 2**32 - 1]
+
+
+def _byte_cases(content: bytes, rng: random.Random, flips: int, rebuild, family: str):
+    """Re-signed byte-level damage of one section's content: flips, bytes set to 0/255, truncations, one extra."""
+    for i in range(flips):
+        yield family, f"flip #{i}", rebuild(_flipped(content, rng))
+    for at in sorted(rng.sample(range(len(content)), min(len(content), max(flips // 2, 1)))):
+        for value in (0, 255):
+            data = bytearray(content)
+            data[at] = value
+            yield family, f"byte {at} = {value}", rebuild(bytes(data))
+    for n in sorted(set(_truncations(content, 16)[:24] + [len(content) - 1])):
+        yield family, f"first {n} bytes", rebuild(content[:n])
+    yield family, "one byte appended", rebuild(content + b"\0")
+
+
+def _packed(content: bytes, fmt: str, at: int, value) -> bytes:
+    data = bytearray(content)
+    struct.pack_into(fmt, data, at, value)
+    return bytes(data)
+
+
+def _field_layout(content: bytes):
+    """(name, struct format, offset, value) of every FIELD value (docs/format.md 2.2)."""
+    kind, dec, ndim, n_modes, channels, flags, reserved, step = struct.unpack_from("<BBBBBBHf", content)
+    out = [("kind", "<B", 0), ("decomposition", "<B", 1), ("ndim", "<B", 2), ("modes", "<B", 3),
+           ("channels", "<B", 4), ("flags", "<B", 5), ("reserved", "<H", 6), ("step", "<f", 8)]
+    at = 12
+    for a in range(ndim):
+        out += [(f"bounds[{a}].lo", "<d", at), (f"bounds[{a}].hi", "<d", at + 8)]
+        at += 16
+    out += [("value_offset", "<d", at), ("value_scale", "<d", at + 8)]
+    at += 16
+    for m in range(n_modes):
+        out += [(f"mode{m}.mask", "<B", at), (f"mode{m}.terms", "<H", at + 1), (f"mode{m}.columns", "<H", at + 3)]
+        at += 5
+    if dec == 2:
+        for m in range(n_modes):
+            out.append((f"bond{m}", "<H", at))
+            at += 2
+    for c in range(channels):
+        out.append((f"bias[{c}]", "<f", at))
+        at += 4
+    if flags & 4:
+        for i in range(ndim * (ndim + 1)):
+            out.append((f"affine[{i}]", "<d", at))
+            at += 8
+    return [(name, fmt, off, struct.unpack_from(fmt, content, off)[0]) for name, fmt, off in out]
+
+
+def _field_values(name: str, fmt: str, value):
+    if fmt == "<B":
+        return sorted({0, 1, 2, 3, 4, 5, 7, 8, 9, 64, 65, 128, 255} - {value})
+    if fmt == "<H":
+        return sorted({0, 1, 2, 8192, 8193, 65535, max(value - 1, 0), min(value + 1, 65535), min(2 * value, 65535)}
+                      - {value})
+    nan, inf = float("nan"), float("inf")
+    return [nan, inf, -inf, 0.0, -value, 1e-45 if fmt == "<f" else 1e-300, 3e38 if fmt == "<f" else 1e308,
+            -(3e38 if fmt == "<f" else 1e308), value + 1e-7]
+
+
+def _codes_blocks(content: bytes) -> list[int]:
+    """Offsets of the u32 block lengths of an ANS/zstd CODES section."""
+    at, out = 1, []
+    while at + 4 <= len(content):
+        out.append(at)
+        at += 4 + struct.unpack_from("<I", content, at)[0]
+    return out
+
+
+def _detail_layout(content: bytes):
+    ndim = content[5]
+    out = [("magic", "<4s", 0), ("version", "<B", 4), ("ndim", "<B", 5), ("brick", "<B", 6),
+           ("predictor", "<B", 7), ("int_bytes", "<B", 8), ("occupancy_kind", "<B", 9), ("reserved", "<H", 10)]
+    at = 12
+    for a in range(ndim):
+        out.append((f"resolution[{a}]", "<I", at))
+        at += 4
+    out += [("step", "<d", at), ("bricks", "<I", at + 8), ("chunk_bricks", "<I", at + 12),
+            ("occupancy_bytes", "<I", at + 16)]
+    step, n_bricks, chunk_bricks, occ = struct.unpack_from("<dIII", content, at)
+    at += 20
+    for c in range(-(-n_bricks // max(chunk_bricks, 1))):
+        out.append((f"chunk{c}.length", "<I", at))
+        at += 4
+    return [(name, fmt, off, struct.unpack_from(fmt, content, off)[0]) for name, fmt, off in out]
+
+
+def v2_cases(blob: bytes, rng: random.Random, *, truncations: int, flips: int):
+    """Yield (family, description, bytes): the version-2 families on the file ``blob``."""
+    from finr3d import codec
+
+    for n in _truncations(blob, truncations):
+        yield "truncation", f"first {n} bytes", blob[:n]
+    for i in range(flips):
+        yield "bit flip", f"flip #{i}", _flipped(blob, rng)
+    sections = _v2_sections(blob)
+    kinds = [s["kind"] for s in sections]
+    names = {k: codec.SECTION_NAMES.get(k, str(k)) for k in kinds}
+
+    # the container: head, table entries, structure
+    fam = "container table"
+    for version in (1, 3, 65535):
+        yield fam, f"version {version}", _v2_build(sections, version=version)
+    for flags in (1, 0x8000):
+        yield fam, f"flags 0x{flags:x}", _v2_build(sections, flags=flags)
+    yield fam, "reserved head bytes", _v2_build(sections, reserved=b"\0\1\0")
+    for count in sorted({0, len(sections) - 1, len(sections) + 1, 16, 17, 255}):
+        yield fam, f"section count {count}", _v2_build(sections, count=count)
+    for i, s in enumerate(sections):
+        name = names[s["kind"]]
+        hostile = {"kind": [0, 6, 127, 128, 255] + [k for k in codec.SECTION_NAMES if k != s["kind"]],
+                   "comp": [1 - s["comp"], 2, 255], "reserved": [1, 0xFFFF],
+                   "stored": [0, s["stored"] - 1, s["stored"] + 1, 2**32 - 1],
+                   "decoded": [0, s["decoded"] - 1, s["decoded"] + 1, 2**24, 2**31, 2**32 - 1]}
+        for key, values in hostile.items():
+            for value in values:
+                mutated = [dict(t) for t in sections]
+                mutated[i][key] = max(value, 0)
+                family = "huge size" if key in ("stored", "decoded") and value >= 2**24 else fam
+                yield family, f"{name}.{key} = {value}", _v2_build(mutated)
+        yield fam, f"{name} dropped", _v2_build(sections[:i] + sections[i + 1:])
+        yield fam, f"{name} twice", _v2_build(sections[: i + 1] + sections[i:])
+        if s["comp"] == 1:  # the zstd frame declares a different (huge) size than the table
+            import zstandard
+
+            for declared in (s["decoded"] + 1, 2**31, 2**40):
+                frame = bytearray(s["body"])
+                params = zstandard.get_frame_parameters(bytes(frame[:18]))
+                if params.content_size == s["decoded"]:
+                    fhd = frame[4]
+                    fcs_flag = fhd >> 6
+                    single = (fhd >> 5) & 1
+                    did = [0, 1, 2, 4][fhd & 3]
+                    at = 5 + (0 if single else 1) + did
+                    width = [1 if single else 0, 2, 4, 8][fcs_flag]
+                    if width == 8 or (width == 4 and declared < 2**32):
+                        frame[at: at + width] = declared.to_bytes(width, "little")
+                        mutated = [dict(t) for t in sections]
+                        mutated[i]["body"] = bytes(frame)
+                        yield "huge size", f"{name} zstd frame declares {declared}", _v2_build(mutated)
+        else:
+            mutated = [dict(t) for t in sections]
+            mutated[i] = _v2_section(s["kind"], s["content"], 1)
+            yield fam, f"{name} zstd-coded", _v2_build(mutated)
+    if len(sections) > 1:
+        yield fam, "sections reversed", _v2_build(sections[::-1])
+    for kind in (200, 50):
+        yield fam, f"extra section kind {kind}", _v2_build(sections + [_v2_section(kind, b"hello", 0)])
+    yield fam, "17 sections", _v2_build(sections + [_v2_section(200 + i, b"", 0) for i in range(17 - len(sections))])
+    bomb = _v2_section(200, b"\0" * (8 << 20), 1)
+    yield "huge size", "optional section decoding to 8 MiB", _v2_build(sections + [bomb])
+
+    for s in sections:
+        content, kind = s["content"], s["kind"]
+
+        def rebuild(new, kind=kind):
+            return _v2_replace(sections, kind, new)
+
+        if kind == codec.SECTION_FIELD:
+            yield from _byte_cases(content, rng, flips // 4, rebuild, "FIELD bytes")
+            for name, fmt, off, value in _field_layout(content):
+                for new in _field_values(name, fmt, value):
+                    yield "FIELD values", f"{name} = {new}", rebuild(_packed(content, fmt, off, new))
+        elif kind == codec.SECTION_CODES:
+            yield from _byte_cases(content, rng, flips // 4, rebuild, "CODES bytes")
+            for coder in (0, 1, 2, 3, 255):
+                if coder != content[0]:
+                    yield "CODES values", f"coder {coder}", rebuild(bytes([coder]) + content[1:])
+            for b, off in enumerate(_codes_blocks(content)[:12]):
+                length = struct.unpack_from("<I", content, off)[0]
+                for new in sorted(set(U32 + [max(length - 1, 0), length + 1])):
+                    yield "CODES values", f"block {b} length = {new}", rebuild(_packed(content, "<I", off, new))
+                if length:
+                    yield "CODES values", f"block {b} empty", rebuild(
+                        content[:off] + struct.pack("<I", 0) + content[off + 4 + length:])
+        elif kind == codec.SECTION_META:
+            document = json.loads(content)
+            meta_bytes = lambda d: rebuild(json.dumps(d, separators=(",", ":")).encode())  # noqa: E731
+            for family, what, data in _document_cases(document, (), meta_bytes, "META "):
+                yield family, what, data
             for new in TYPE_SWAPS:
-                if type(new) is type(value):
-                    continue
-                mutated = copy.deepcopy(document)
-                _set(mutated, path_, new)
-                yield "type swap", kind, f"{where} = {json.dumps(new)}", _resign(mutated, payload)
-            if path_[-1] in SIZE_KEYS or (len(path_) > 1 and path_[-2] in SIZE_KEYS):
-                for new in HUGE:
-                    mutated = copy.deepcopy(document)
-                    _set(mutated, path_, new)
-                    yield "huge size", kind, f"{where} = {json.dumps(new)[:40]}", _resign(mutated, payload)
-        for top in ("meta", "tensors", "minor"):
-            for new in TYPE_SWAPS:
-                mutated = copy.deepcopy(document)
-                mutated[top] = new
-                yield "type swap", kind, f"{top} = {json.dumps(new)}", _resign(mutated, payload)
-        table = document["tensors"]
-        for index in range(len(table)):
-            for key, value in list(table[index].items()):
-                for new in _hostile_values(value) + [v for v in TYPE_SWAPS if type(v) is not type(value)]:
-                    mutated = copy.deepcopy(document)
-                    mutated["tensors"][index][key] = new
-                    yield "tensor table", kind, f"tensors.{index}.{key} = {json.dumps(new)[:40]}", \
-                        _resign(mutated, payload)
-            for new in ([2**40, 2**40], [2**20] * 4, [10**7]):
-                mutated = copy.deepcopy(document)
-                mutated["tensors"][index]["shape"] = new
-                yield "huge size", kind, f"tensors.{index}.shape = {new}", _resign(mutated, payload)
-        mutated = copy.deepcopy(document)
-        mutated["tensors"].append(dict(table[-1], offset=table[-1]["offset"] + table[-1]["length"]))
-        yield "tensor table", kind, "duplicate entry", _resign(mutated, payload)
-        raw = json.dumps(document, separators=(",", ":"))
-        entry = json.dumps(table[0], separators=(",", ":"))
-        yield "tensor table", kind, "duplicate key in an entry", _sign(
-            raw.replace(entry, entry[:-1] + ',"name":"x"}', 1).encode(), payload)
+                yield "META type swap", f"META = {json.dumps(new)}", meta_bytes(new)
+            yield from _byte_cases(content, rng, flips // 4, rebuild, "META bytes")
+            for what, text in [("NaN", b'{"a":NaN}'), ("1e999", b'{"a":1e999}'), ("duplicate key", b'{"a":1,"a":2}'),
+                               ("depth 100000", b"[" * 100000 + b"]" * 100000), ("not UTF-8", b'{"a":"\xff"}'),
+                               ("not JSON", b"\x00\x01garbage"), ("empty", b""),
+                               ("1 MiB + 1 string", b'{"a":"' + b"x" * (1 << 20) + b'"}'),
+                               ("800 kB of spaces", b" " * 800_000 + content)]:
+                yield "META bytes", what, rebuild(text)
+        elif kind == codec.SECTION_DETAIL:
+            yield from _byte_cases(content, rng, flips // 4, rebuild, "DETAIL bytes")
+            for name, fmt, off, value in _detail_layout(content):
+                if fmt == "<4s":
+                    news = [b"FLDU", b"\0\0\0\0"]
+                elif fmt == "<B":
+                    news = sorted({0, 1, 2, 3, 4, 5, 8, 32, 33, 255} - {value})
+                elif fmt == "<H":
+                    news = [1, 65535]
+                elif fmt == "<I":
+                    news = sorted(set(U32 + [max(value - 1, 0), value + 1, 2 * value]) - {value})
+                else:
+                    news = _field_values(name, "<d", value)
+                for new in news:
+                    yield "DETAIL values", f"{name} = {new!r}"[:60], rebuild(_packed(content, fmt, off, new))
+        elif kind == codec.SECTION_WEIGHTS:
+            for family, what, data in v1_cases(content, rng, truncations=truncations // 4, flips=flips // 4,
+                                               prefix="WEIGHTS "):
+                yield family, what, rebuild(data)
+
+
+def hostile_cases(seeds: dict[str, Seed], rng: random.Random, *, truncations: int, flips: int):
+    """Yield (family, seed name, description, bytes)."""
+    for name, seed in seeds.items():
+        blob = seed.path.read_bytes()
+        cases = v1_cases if seed.version == 1 else v2_cases
+        for family, what, data in cases(blob, rng, truncations=truncations, flips=flips):
+            yield family, name, what, data
 
 
 # --------------------------------------------------------------------------- running one case in a child
@@ -311,8 +635,8 @@ def _warm_up(seeds: dict[str, Path], work: Path) -> None:
     torch.set_num_threads(1)  # one thread per child, and no OpenMP pool to inherit across fork
     # argparse parsers are reusable: build the CLI's once (its help text parses config.py, 0.1 s a call)
     finr3d.cli.build_parser = functools.lru_cache(maxsize=1)(finr3d.cli.build_parser)
-    for kind, path in seeds.items():
-        _hostile_ops(path, kind, work)
+    for seed in seeds.values():
+        _hostile_ops(seed.path, seed.kind, work)
 
 
 def _worker(args) -> list[dict]:
@@ -320,9 +644,10 @@ def _worker(args) -> list[dict]:
     work = Path(tempfile.mkdtemp(prefix="finr3d-robust-"))
     _warm_up(seeds, work)
     rows = []
-    for family, kind, what, data in cases:
+    for family, name, what, data in cases:
         path = work / "case.finr"
         path.write_bytes(data)
+        kind = seeds[name].kind
         res = run_in_child(lambda: _hostile_ops(path, kind, work), timeout)
         bound = 2 * len(data) / MB + base_mb
         ops = res.get("result") or []
@@ -338,7 +663,7 @@ def _worker(args) -> list[dict]:
         else:
             outcome = "refused"
         detail = res.get("crash") or "; ".join(f"{op}: {msg}" for op, o, msg in ops if o == "other")
-        rows.append({"family": family, "kind": kind, "case": what, "bytes": len(data), "outcome": outcome,
+        rows.append({"family": family, "seed": name, "version": seeds[name].version, "case": what, "bytes": len(data), "outcome": outcome,
                      "seconds": res["seconds"], "growth_mb": res["growth_mb"], "detail": detail})
     return rows
 
@@ -432,14 +757,14 @@ def bad_input_table(folder: Path, seeds: dict[str, Path]):
                                              "tucker"], fitted("zt")),
         ("constant volume 1, tt", "ok", [*fit, folder / "ones.npy", "-o", folder / "ot.finr", "--decomposition", "tt"],
          fitted("ot")),
-        ("mesh --level nan", "exit 2", ["mesh", seeds["sdf"], "-o", folder / "l.ply", "--level", "nan"], None),
-        ("mesh --level 1e9", "exit 2", ["mesh", seeds["sdf"], "-o", folder / "l.ply", "--level", "1e9",
+        ("mesh --level nan", "exit 2", ["mesh", seeds["v2 sdf"].path, "-o", folder / "l.ply", "--level", "nan"], None),
+        ("mesh --level 1e9", "exit 2", ["mesh", seeds["v2 sdf"].path, "-o", folder / "l.ply", "--level", "1e9",
                                         "--resolution", 16], None),
         ("fit --quantization int3", "exit 2", [*fit, folder / "ones.npy", "-o", folder / "q.finr", "--quantization",
                                                "int3"], None),
         ("fit -o /proc/x.finr", "exit 2", [*fit, folder / "ones.npy", "-o", "/proc/x.finr"], None),
         ("fit -o existing_dir.finr --force", "exit 2", [*fit, folder / "ones.npy", "-o", folder / "dir.finr"], None),
-        ("decode --resolution 1000 (SDF)", "exit 2", ["decode", seeds["sdf"], "-o", folder / "d.npy", "--resolution",
+        ("decode --resolution 1000 (SDF)", "exit 2", ["decode", seeds["v2 sdf"].path, "-o", folder / "d.npy", "--resolution",
                                                       1000, "--force"], None),
         ("info on an empty header", "ok", ["info", folder / "empty.finr"], None),
         ("mesh an empty header", "exit 2", ["mesh", folder / "empty.finr", "-o", folder / "e.ply", "--force"], None),
@@ -485,29 +810,44 @@ def run_bad_inputs(folder: Path, seeds, timeout: float, base_mb: float) -> list[
 COLUMNS = ["ok", "refused", "other", "hang", "over memory", "slow"]
 
 
+def _family_key(row) -> str:
+    return f"v{row.get('version', 1)} {row['family']}"
+
+
+def hostile_summary(rows) -> dict:
+    """{"v1 truncation": {"ok": n, ..., "cases": n, "max_s": s, "max_mb": mb}, ...} in print order."""
+    table = {}
+    for row in sorted(rows, key=_family_key):
+        counts = table.setdefault(_family_key(row), dict.fromkeys(COLUMNS, 0) | {"cases": 0, "max_s": 0.0,
+                                                                              "max_mb": 0.0})
+        counts[row["outcome"]] += 1
+        counts["cases"] += 1
+        counts["slow"] += row["seconds"] > 1.0
+        counts["max_s"] = max(counts["max_s"], row["seconds"])
+        counts["max_mb"] = max(counts["max_mb"], row["growth_mb"])
+    return table
+
+
 def print_hostile(rows, seconds, workers) -> Counter:
-    table = defaultdict(Counter)
-    worst = defaultdict(lambda: [0.0, 0.0])
-    for row in rows:
-        table[row["family"]][row["outcome"]] += 1
-        table[row["family"]]["slow"] += row["seconds"] > 1.0
-        worst[row["family"]][0] = max(worst[row["family"]][0], row["seconds"])
-        worst[row["family"]][1] = max(worst[row["family"]][1], row["growth_mb"])
+    seeds = sorted({(r.get("version", 1), r.get("seed", r.get("kind"))) for r in rows})
     print(f"hostile .finr files: {len(rows)} cases in {seconds:.0f} s ({workers} workers); "
           "each runs load, info and mesh|decode in a forked child")
-    print(f"{'family':<24}{'cases':>7}" + "".join(f"{c:>13}" for c in COLUMNS) + f"{'max s':>8}{'max MB':>8}")
+    print("seeds: " + ", ".join(name for _, name in seeds))
+    print(f"{'family':<30}{'cases':>7}" + "".join(f"{c:>12}" for c in COLUMNS) + f"{'max s':>8}{'max MB':>8}")
     total = Counter()
-    for family in sorted(table):
-        counts = table[family]
-        n = sum(counts[c] for c in COLUMNS[:-1])
-        total.update(counts)
-        print(f"{family:<24}{n:>7}" + "".join(f"{counts[c]:>13}" for c in COLUMNS)
-              + f"{worst[family][0]:>8.2f}{worst[family][1]:>8.1f}")
+    for family, counts in hostile_summary(rows).items():
+        total.update({c: counts[c] for c in COLUMNS})
+        print(f"{family:<30}{counts['cases']:>7}" + "".join(f"{counts[c]:>12}" for c in COLUMNS)
+              + f"{counts['max_s']:>8.2f}{counts['max_mb']:>8.1f}")
     n = sum(total[c] for c in COLUMNS[:-1])
-    print(f"{'total':<24}{n:>7}" + "".join(f"{total[c]:>13}" for c in COLUMNS)
+    print(f"{'total':<30}{n:>7}" + "".join(f"{total[c]:>12}" for c in COLUMNS)
           + f"{max(r['seconds'] for r in rows):>8.2f}{max(r['growth_mb'] for r in rows):>8.1f}")
-    for row in [r for r in rows if r["outcome"] in ("other", "hang", "over memory")][:30]:
-        print(f"  {row['outcome']}: {row['family']} {row['kind']} {row['case']}: {row['detail']}")
+    print("slowest cases:")
+    for row in sorted(rows, key=lambda r: -r["seconds"])[:8]:
+        print(f"  {row['seconds']:6.2f} s {row['growth_mb']:6.1f} MB  {row.get('seed')}: {row['family']}: "
+              f"{row['case']} ({row['outcome']})")
+    for row in [r for r in rows if r["outcome"] in ("other", "hang", "over memory")][:40]:
+        print(f"  {row['outcome']}: {row.get('seed')} {row['family']} {row['case']}: {row['detail']}")
     return total
 
 
@@ -534,6 +874,8 @@ def main(argv=None) -> int:
     parser.add_argument("--limit", type=int, default=None, help="run only N random hostile cases (a smoke run)")
     parser.add_argument("--shard", default="1/1", help="K/N: run the K-th of N interleaved parts of the hostile "
                         "cases (several locked runs of under 10 minutes); --merge prints their table")
+    parser.add_argument("--seeds", default=None, help="comma-separated seed names to damage (default: all), "
+                        "e.g. 'v2 sdf,v2 image'")
     parser.add_argument("--skip-hostile", action="store_true")
     parser.add_argument("--skip-bad-inputs", action="store_true")
     parser.add_argument("--merge", type=Path, nargs="+", help="print the combined tables of these JSON outputs")
@@ -549,13 +891,11 @@ def main(argv=None) -> int:
         if bad_rows:
             print_bad_inputs(bad_rows)
         summary = {"settings": [p["settings"] for p in parts], "hostile_cases": len(rows),
-                   "hostile": {}, "hostile_failures": [r for r in rows if r["outcome"] in ("other", "hang",
-                                                                                          "over memory")],
+                   "hostile_seconds": sum(p.get("hostile_seconds", 0) for p in parts),
+                   "hostile": hostile_summary(rows),
+                   "hostile_failures": [r for r in rows if r["outcome"] in ("other", "hang", "over memory")],
+                   "slowest": sorted(rows, key=lambda r: -r["seconds"])[:20],
                    "bad_inputs": bad_rows}
-        for row in rows:
-            counts = summary["hostile"].setdefault(row["family"], dict.fromkeys(COLUMNS, 0))
-            counts[row["outcome"]] += 1
-            counts["slow"] += row["seconds"] > 1.0
         args.json.write_text(json.dumps(summary, indent=1))
         return 1 if total["other"] + total["hang"] + total["over memory"] else 0
 
@@ -566,7 +906,8 @@ def main(argv=None) -> int:
     rows, hostile_seconds, total = [], 0.0, Counter()
     if not args.skip_hostile:
         rng = random.Random(0)
-        cases = list(hostile_cases(seeds, rng, truncations=args.truncations, flips=args.flips))
+        chosen = seeds if not args.seeds else {n: seeds[n] for n in args.seeds.split(",")}
+        cases = list(hostile_cases(chosen, rng, truncations=args.truncations, flips=args.flips))
         if args.limit:
             rng.shuffle(cases)
             cases = cases[: args.limit]

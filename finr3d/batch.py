@@ -76,7 +76,7 @@ _BATCH_OWN = {"help", "input", "output", "kind", "progress", "force", "threads"}
 #: Fit options that apply to some kinds only; an option not named here applies to every kind.
 #: (``finr3d fit`` rejects them for other kinds; in a mixed batch they reach only the assets they fit.)
 KIND_OPTIONS = {
-    "resolution": {"sdf"}, "sign": {"sdf"}, "target_chamfer": {"sdf"},
+    "resolution": {"sdf"}, "sign": {"sdf"}, "detail": {"sdf"}, "target_chamfer": {"sdf"},
     "target_psnr": {"image", "volume", "video"},
     "frames": {"video"}, "stride": {"video"}, "resize": {"video"}, "layout": {"video"},
 }
@@ -178,9 +178,14 @@ def _check_fit_options(options: dict) -> dict:
 
 
 def _settings_for(kind: Optional[str], options: dict) -> dict:
-    # a flag at its default (editable=False from the CLI) is no setting: the API and the CLI then agree on resume
+    # an on/off flag at its default (editable=False, detail=False from the CLI) is no setting: the API and the
+    # CLI then agree on resume
     return {k: v for k, v in options.items()
-            if kind in KIND_OPTIONS.get(k, (kind,)) and not (k == "editable" and v is False)}
+            if kind in KIND_OPTIONS.get(k, (kind,)) and not (k in _OFF_FLAGS and v is False)}
+
+
+#: ``finr3d fit`` flags that are off unless given (``store_true``)
+_OFF_FLAGS = ("editable", "detail")
 
 
 # ----------------------------------------------------------------------------- inputs

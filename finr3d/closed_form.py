@@ -466,6 +466,48 @@ def _decomposition_levels(target, max_samples: int) -> list[int]:
     return levels[::-1] or [total]
 
 
+#: Share of the closed-form deadline the first CP-ALS sweep of an exactly-reading-out field may take.
+ALS_FIRST_SWEEP_SHARE = 0.6
+#: Sweep-time probes run CP-ALS on these fractions of the samples the sweeps may see (two sizes: the
+#: difference gives the per-sample cost without the fixed one).
+ALS_PROBE_FRACTIONS = (1 / 32, 1 / 16)
+#: Only a deadline shorter than this is probed: a sweep over the most samples a preset lets the sweeps see
+#: takes about a second on one core (RESULTS.md, 'Video readout'), so longer phases have room for it.
+ALS_PROBE_BELOW_SECONDS = 5.0
+
+
+def _als_samples_for(field, target, max_samples: int, seconds: float, seed: int) -> int:
+    """Samples the first CP-ALS sweep may see so that it ends within ``seconds``.
+
+    A sweep's time is a fixed part plus a part linear in the samples (its MTTKRPs are rank x samples); two
+    timed probe sweeps on small sub-lattices (:data:`ALS_PROBE_FRACTIONS`) measure both, and predict the
+    sweep over every sample. A budget too short for it gets an evenly spaced sub-lattice (read out onto
+    every stored sample by spline interpolation, as for any sub-lattice); one with room, or a deadline of
+    :data:`ALS_PROBE_BELOW_SECONDS` or more, keeps ``max_samples``.
+    """
+    total = min(math.prod(target.shape), int(max_samples))
+    floor = 4 ** target.ndim
+    sizes = [int(total * f) for f in ALS_PROBE_FRACTIONS]
+    if seconds >= ALS_PROBE_BELOW_SECONDS or sizes[0] < floor:
+        return max_samples
+    start = time.perf_counter()
+    timed = []
+    for n in sizes:
+        t0 = time.perf_counter()
+        coords, values = target.dense(max_samples=n)
+        x = _mode_tensor(values.float().cpu() - values.float().mean(), field.modes)
+        next(iter(cp_als_sweeps(x, field.ranks[0], seed=seed)))
+        timed.append((math.prod(len(c) for c in coords), time.perf_counter() - t0))
+    (n1, t1), (n2, t2) = timed
+    per_sample = (t2 - t1) / (n2 - n1) if n2 > n1 and t2 > t1 else t2 / max(1, n2)
+    fixed = max(0.0, t1 - per_sample * n1)
+    remaining = seconds - (time.perf_counter() - start)
+    if fixed + per_sample * total <= remaining:
+        return max_samples
+    fits = int((remaining - fixed) / per_sample) if per_sample > 0 else total
+    return max(floor, min(total, fits))
+
+
 def closed_form_start(field, target, *, seconds: Optional[float], steps: Optional[int], seed: int = 0,
                       max_samples: Optional[int] = None, callback: Optional[Callable] = None,
                       checkpoint: Optional[Callable[[], bool]] = None, deadline: Optional[float] = None) -> dict:
@@ -491,6 +533,9 @@ def closed_form_start(field, target, *, seconds: Optional[float], steps: Optiona
     if deadline is not None:
         seconds = deadline if seconds is None else min(seconds, deadline)
     if reads_out_exactly(field, target):
+        if deadline is not None:
+            # the sweeps may use the whole phase; the readout and a validation follow the first sweep
+            max_samples = _als_samples_for(field, target, max_samples, ALS_FIRST_SWEEP_SHARE * deadline, seed)
         coords, values = target.dense(max_samples=max_samples)
         with torch.no_grad():
             field.bias.copy_(values.reshape(-1, values.shape[-1]).mean(0).to(field.device))

@@ -1131,6 +1131,10 @@ def decode_field(data, *, max_tensor_bytes: int | None = None) -> FieldFile:
         if len(raw) > MAX_META_BYTES:
             raise FormatError(f"META section is {len(raw)} bytes (limit {MAX_META_BYTES}); the file is hostile")
         meta = _parse_json(raw)
+        from finr3d.header_schema import validate_field_meta
+
+        # what is present is checked like a version-1 header (types, ranges), before anything reads it
+        validate_field_meta(meta, partial=True)
     comp = weights = None
     if SECTION_CODES in sections:
         if not spec.flags & compact.FLAG_COMPACT:

@@ -340,6 +340,8 @@ MAX_NDIM = 8
 MAX_CHANNELS = 64
 MAX_TERMS = 8192
 MAX_COLUMNS = 1 << 16
+#: largest magnitude of a decoded mixing value or coefficient (header_schema.MAX_MAGNITUDE): stays finite in float32
+MAX_VALUE = 1e30
 #: FIELD flag: the mode features are stored as cosine coefficients (a CODES section follows)
 FLAG_COMPACT = 1
 #: FIELD flag: the step is 0 and the coefficients are raw float32 values
@@ -493,7 +495,10 @@ def unpack_field(raw) -> FieldSpec:
     if flags & FLAG_AFFINE:
         affine = np.frombuffer(raw, "<f8", ndim * (ndim + 1), at).reshape(ndim, ndim + 1).astype(np.float64)
         lin = affine[:, :ndim]
-        if not np.isfinite(affine).all() or abs(np.linalg.det(lin)) < 1e-300 or np.linalg.cond(lin) > 1e12:
+        finite = np.isfinite(affine).all()
+        with np.errstate(over="ignore", invalid="ignore"):  # a hostile 1e308 entry: det overflows, cond refuses
+            singular = finite and (abs(np.linalg.det(lin)) < 1e-300 or not np.linalg.cond(lin) <= 1e12)
+        if not finite or singular:
             raise _bad("the affine placement must be finite and invertible")
     return FieldSpec(KIND_NAMES[kind], decomposition, ndim, channels, modes, terms, columns, bounds,
                      float(value_offset), float(value_scale), bias, float(step), int(flags), bonds, affine)
@@ -630,6 +635,10 @@ def decode_codes_section(spec: FieldSpec, raw, coder: int) -> CompactField:
         factors = [f * st[None, :] for f, st in zip(factors, steps)]
     if not np.isfinite(mixing).all() or not all(np.isfinite(f).all() for f in factors):
         raise FormatError("CODES section decodes to NaN/Inf; the file is damaged: re-export it")
+    if max([float(np.abs(mixing).max(initial=0))] + [float(np.abs(f).max(initial=0)) for f in factors]) > MAX_VALUE:
+        # e.g. a hostile step: finite in float64, infinite once loaded as float32
+        raise FormatError(f"CODES section decodes to values beyond {MAX_VALUE:g} (outside float32 fields); the "
+                          "file is damaged or hostile: re-export it")
     return CompactField(spec.decomposition, factors, mixing, spec.bias.astype(np.float64), spec.bonds)
 
 

@@ -220,6 +220,10 @@ def _compact_parts(ff):
     target.setdefault("bounds", spec.bounds.tolist())
     if "shape" not in target and all(k > 0 for k in spec.terms) and len(spec.terms) == spec.ndim:
         target["shape"] = [int(k) for k in spec.terms]  # one cosine term per stored sample (files without metadata)
+    shape = target.get("shape")
+    if shape is not None and (not isinstance(shape, list) or len(shape) != spec.ndim):
+        raise FormatError(f"the META target.shape {str(shape)[:60]} does not match the FIELD section's {spec.ndim} "
+                          "axes; the file is damaged or hostile: re-export it")
     if spec.kind == "volume" and spec.ndim in (3, 4) and "world_from_normalized" not in target and "shape" in target:
         from finr3d.placement import voxel_frame
 
@@ -242,6 +246,9 @@ def _compact_parts(ff):
     }
     if isinstance(meta.get("trained"), dict):
         header["history"]["trained"] = meta["trained"]
+    from finr3d.header_schema import validate_field_meta
+
+    validate_field_meta(header)  # the META section's target against the FIELD section (e.g. shape per axis)
     tensors = {}
     for m, c in enumerate(cf.coefficients):
         tensors[f"nets.{m}.out.weight"] = np.ascontiguousarray(c.T, np.float32)

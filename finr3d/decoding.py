@@ -129,6 +129,20 @@ def _source_layout(field, shape):
     return letters, perm, drop
 
 
+def _release(mm) -> None:
+    """Flush a memory-mapped output and drop its pages from the resident set (they are on disk now).
+
+    Without this, a streamed decode's written pages stay mapped and count as the process's memory: a 4 GB
+    ``.npy`` grew the RSS by 3.9 GB although each slab is small.
+    """
+    import mmap
+
+    mm.flush()
+    raw = getattr(mm, "_mmap", None)
+    if raw is not None and hasattr(raw, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+        raw.madvise(mmap.MADV_DONTNEED)
+
+
 def stream_npy(field, out: Path, *, rank=None, resolution=None, max_memory=None) -> Path:
     """Decode into a ``.npy`` file slab by slab (memory stays at one slab), atomically.
 
@@ -154,6 +168,7 @@ def stream_npy(field, out: Path, *, rank=None, resolution=None, max_memory=None)
             view = view[..., None]
         for start, stop, values in decode_slabs(field, shape, rank=rank):
             view[start:stop] = values
+            _release(mm)  # written pages to disk and out of this process's resident set
         mm.flush()
         del mm, view
 

@@ -50,6 +50,17 @@ MAX_SAMPLES = 2048**3
 DEVICE_GRID_BYTES = 4 << 30
 
 
+def even_indices(shape, max_samples: int) -> list[torch.Tensor]:
+    """Per-axis integer indices of an evenly spaced sub-lattice of ``shape`` with at most ``max_samples`` points
+    (every index when the whole lattice fits): exact stored samples, no interpolation."""
+    total = math.prod(shape)
+    if total <= max_samples:
+        return [torch.arange(n) for n in shape]
+    f = (max_samples / total) ** (1.0 / len(shape))
+    return [torch.from_numpy(np.unique(np.round(np.linspace(0, n - 1, max(2, int(n * f)))).astype(np.int64)))
+            for n in shape]
+
+
 def check_finite(array: np.ndarray, what: str) -> None:
     """Raise :class:`InputError` when ``array`` holds NaN or Inf."""
     if array.dtype.kind == "f" and not np.isfinite(array).all():

@@ -31,7 +31,7 @@ from finr3d.errors import InputError
 from finr3d.files import atomic_folder, atomic_write
 from finr3d.presets import VIDEO_MAX_RANK, VIDEO_MIN_RATIO, default_video_rank  # noqa: F401 (public here too)
 from finr3d.targets import (DEVICE_GRID_BYTES, IMAGE_SUFFIXES, PIXEL_LEVELS, VIDEO_SUFFIXES, GridTarget, Target,
-                            check_finite, lattice, psnr, read_image, ssim, to_pixels, write_png)
+                            check_finite, even_indices, lattice, psnr, read_image, ssim, to_pixels, write_png)
 
 __all__ = [
     "VideoTarget",
@@ -501,13 +501,7 @@ class VideoTarget(GridTarget):
         Unlike the base class, a subsampled grid keeps exact stored frames and
         pixels (no interpolation), so validation PSNR is measured on real data.
         """
-        total = math.prod(self.shape)
-        if total <= max_samples:
-            idx = [torch.arange(n) for n in self.shape]
-        else:
-            f = (max_samples / total) ** (1.0 / self.ndim)
-            idx = [torch.from_numpy(np.unique(np.round(np.linspace(0, n - 1, max(2, int(n * f)))).astype(np.int64)))
-                   for n in self.shape]
+        idx = even_indices(self.shape, max_samples)
         coords = [lattice(n)[i] for n, i in zip(self.shape, idx)]
         return coords, self.sample_indices(idx)
 

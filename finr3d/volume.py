@@ -32,8 +32,8 @@ import numpy as np
 import torch
 
 from finr3d.errors import InputError
-from finr3d.targets import (FRAME_SUFFIXES, MAX_SAMPLES, Target, _is_frame_file, check_finite, is_volume_folder,  # noqa: F401
-                            lattice, psnr)
+from finr3d.targets import (FRAME_SUFFIXES, MAX_SAMPLES, Target, _is_frame_file, check_finite, even_indices,  # noqa: F401
+                            is_volume_folder, lattice, psnr)
 
 __all__ = ["VolumeTarget", "read_volume", "parse_axes", "parse_layout", "ssim_volume", "frame_field",
            "FRAME_SUFFIXES", "AXIS_LETTERS"]
@@ -463,13 +463,7 @@ class VolumeTarget(Target):
 
     def dense(self, max_samples: int = 256**3):
         """Stored samples on an evenly spaced index sub-lattice of at most ``max_samples`` samples (exact voxels)."""
-        total = math.prod(self.shape)
-        if total <= max_samples:
-            idx = [torch.arange(n) for n in self.shape]
-        else:
-            f = (max_samples / total) ** (1.0 / self.ndim)
-            idx = [torch.from_numpy(np.unique(np.round(np.linspace(0, n - 1, max(2, int(n * f)))).astype(np.int64)))
-                   for n in self.shape]
+        idx = even_indices(self.shape, max_samples)
         coords = [lattice(n)[i] for n, i in zip(self.shape, idx)]
         return coords, self.sample_indices(idx)
 

@@ -362,3 +362,55 @@ def test_numpy_grid_in_slabs_equals_one_piece(decomposition):
     axes = [np.linspace(-1, 1, n) for n in (7, 6, 5)]
     ev = codec._Evaluator(ff)
     np.testing.assert_allclose(ev.grid(axes, chunk_elements=31), ev.grid(axes), atol=1e-6)
+
+
+def _with_meta(meta) -> bytes:
+    sections = codec.decode_v2(small_file())
+    return codec.encode_v2([(codec.SECTION_FIELD, sections[codec.SECTION_FIELD], False),
+                            (codec.SECTION_CODES, sections[codec.SECTION_CODES], False),
+                            (codec.SECTION_META, json.dumps(meta).encode(), True)])
+
+
+@pytest.mark.parametrize("meta", [
+    {"history": 7.5}, {"history": [7]}, {"history": {"metrics": 7}}, {"history": {"metrics": {"psnr": {"7": 7}}}},
+    {"history": {"seconds": [7]}}, {"target": 7}, {"target": {"shape": "7"}}, {"target": {"shape": 1e23}},
+    {"target": {"shape": [9, [7], 11]}}, {"target": {"shape": [9, 10, 11, 9, 10, 11]}},
+])
+def test_meta_values_are_validated_before_use(meta, tmp_path):
+    # robustness.py found these: META type swaps reached finr3d info / load as AttributeError / TypeError
+    path = tmp_path / "m.finr"
+    path.write_bytes(_with_meta({"format": "finr3d-field", **meta}))
+    if meta != {"target": {"shape": [9, 10, 11, 9, 10, 11]}}:  # well-typed, only inconsistent with FIELD: info says so
+        with pytest.raises(FormatError, match="re-export"):
+            codec.describe_file(path)
+    with pytest.raises(FormatError, match="re-export"):
+        finr3d.load(path)
+    (tmp_path / "ok.finr").write_bytes(_with_meta({"format": "finr3d-field", "history": {}}))
+    assert finr3d.load(tmp_path / "ok.finr").ndim == 3
+
+
+@pytest.mark.parametrize("step", [3e38, 1e35])
+def test_a_hostile_step_cannot_overflow_float32(step):
+    # robustness.py found it: a re-signed FIELD step of 3e38 decoded to 1.8e41 (finite in float64), inf on load
+    sections = codec.decode_v2(small_file())
+    field = bytearray(sections[codec.SECTION_FIELD])
+    struct.pack_into("<f", field, 8, step)
+    blob = codec.encode_v2([(codec.SECTION_FIELD, bytes(field), False),
+                            (codec.SECTION_CODES, sections[codec.SECTION_CODES], False)])
+    with pytest.raises(FormatError, match="re-export"):
+        codec.decode_field(blob)
+
+
+@pytest.mark.parametrize("shape", [[5, 6], [20000, 20000], [5, 6, 7, 8]])
+def test_a_volume_meta_shape_of_the_wrong_length_is_a_format_error(shape, tmp_path):
+    # robustness.py found it: a volume's META target.shape [8, 7] reached voxel_frame (ValueError) on load
+    blob = make("tt", rank=2, kind="volume", shape=(5, 6, 7)).encode(quantization="int8")
+    sections = codec.decode_v2(blob)
+    meta = json.loads(sections[codec.SECTION_META])
+    meta["target"]["shape"] = shape
+    meta["target"].pop("world_from_normalized", None)
+    path = tmp_path / "v.finr"
+    path.write_bytes(codec.encode_v2([(k, json.dumps(meta).encode() if k == codec.SECTION_META else v, True)
+                                      for k, v in sections.items()]))
+    with pytest.raises(FormatError, match="re-export"):
+        finr3d.load(path)

@@ -1,6 +1,7 @@
 """Video: reading files and frame folders, sub-grid sampling, writing, scoring, a tiny fit, bad input."""
 
 import importlib.util
+import math
 import subprocess
 
 import numpy as np
@@ -425,3 +426,19 @@ def test_cp_als_field_interpolates_between_frames_and_pixels():
     psnr_on = 10 * np.log10(1 / np.mean((on - blob_clip(t=8, h=24, w=32)) ** 2))
     psnr_fine = 10 * np.log10(1 / np.mean((fine - blob_clip(t=15, h=47, w=63)) ** 2))
     assert psnr_on > 32 and psnr_fine > psnr_on - 2, (psnr_on, psnr_fine)
+
+
+def test_the_first_sweep_is_sized_to_a_short_budget(clip_u8):
+    """Under a deadline too short for one CP-ALS sweep over every sample, the sweeps see an evenly spaced
+    sub-lattice whose size is predicted from a timed probe sweep; a budget with room keeps every sample."""
+    from finr3d.closed_form import _als_samples_for
+    from finr3d.config import FieldConfig
+    from finr3d.field import FactorizedField
+
+    target = VideoTarget(clip_u8)
+    field = FactorizedField(3, 3, FieldConfig(decomposition="cp", rank=24, width=8, basis="grid"),
+                            samples=list(target.shape), target_info=target.describe())
+    total = math.prod(target.shape)
+    assert _als_samples_for(field, target, total, seconds=1e3, seed=0) == total
+    short = _als_samples_for(field, target, total, seconds=1e-9, seed=0)
+    assert 4 ** 3 <= short < total
