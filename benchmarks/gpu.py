@@ -70,6 +70,7 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+sys.path.insert(1, str(HERE.parent))  # finr3d from this checkout, also where it is not installed (the GPU machine)
 
 import finr3d  # noqa: E402
 from finr3d.targets import ImageTarget, psnr, ssim  # noqa: E402
