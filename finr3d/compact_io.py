@@ -224,6 +224,12 @@ def _compact_parts(ff):
     if shape is not None and (not isinstance(shape, list) or len(shape) != spec.ndim):
         raise FormatError(f"the META target.shape {str(shape)[:60]} does not match the FIELD section's {spec.ndim} "
                           "axes; the file is damaged or hostile: re-export it")
+    if shape is not None and len(spec.modes) == spec.ndim and all(k > 0 for k in spec.terms):
+        # a compact file stores one cosine term per stored sample (at most MAX_TERMS): the stored shape follows
+        for n, k in zip(shape, spec.terms):
+            if not isinstance(n, int) or (n != k if k < compact.MAX_TERMS else n < k):
+                raise FormatError(f"the META target.shape {str(shape)[:60]} disagrees with the FIELD section's "
+                                  f"{list(spec.terms)} stored samples; the file is damaged or hostile: re-export it")
     if spec.kind == "volume" and spec.ndim in (3, 4) and "world_from_normalized" not in target and "shape" in target:
         from finr3d.placement import voxel_frame
 

@@ -12,7 +12,7 @@ from finr3d.errors import InputError
 from finr3d.files import atomic_write
 
 __all__ = ["decode_array", "decode_field", "decode_shape", "decode_slabs", "stream_npy", "write_frame_folder",
-           "check_decode_memory", "check_decode_disk", "atomic_write"]
+           "check_decode_memory", "check_decode_output", "check_decode_disk", "atomic_write"]
 
 
 #: Values per slab of a streamed decode (64 MiB of float32).
@@ -56,6 +56,15 @@ def check_decode_memory(field, shape, *, max_memory=None, copies: int = 2, what:
     check_memory(decode_memory_bytes(_meta(field), shape, copies=copies),
                  what or f"decoding a {'x'.join(map(str, shape))} grid of {field.channels} channel(s)",
                  limit=max_memory)
+
+
+def check_decode_output(nbytes: int, what: str, *, max_memory=None) -> None:
+    """Refuse up front a streamed decode whose output exceeds the decode limit (the memory limit's value:
+    ``max_memory``, else ``$FINR3D_MAX_MEMORY``, else 2 GiB): a header cannot make a small file write
+    gigabytes unasked, and a user who wants a larger output says so with the same flag."""
+    from finr3d.header_schema import check_memory
+
+    check_memory(nbytes, f"{what} (the output)", limit=max_memory, resource="disk and time for it")
 
 
 def check_decode_disk(nbytes: int, folder, what: str) -> None:
@@ -159,6 +168,7 @@ def stream_npy(field, out: Path, *, rank=None, resolution=None, max_memory=None)
     folder = out.parent if str(out.parent) else Path(".")
     check_decode_memory(field, _slab_shape(field, shape), max_memory=max_memory, copies=1,
                         what=f"a slab of a {'x'.join(map(str, shape))} decode")
+    check_decode_output(nbytes, f"a {'x'.join(map(str, shape))} decode", max_memory=max_memory)
     check_decode_disk(nbytes, folder, f"a {'x'.join(map(str, shape))} decode")
 
     def write(tmp):
@@ -200,6 +210,7 @@ def write_frame_folder(field, folder: Path, *, rank=None, resolution=None, force
     nbytes = math.prod(shape) * field.channels * 4
     parent = folder.parent if str(folder.parent) else Path(".")
     check_decode_memory(field, [1, *shape[1:]], max_memory=max_memory, what=f"a frame of a {'x'.join(map(str, shape))} decode")
+    check_decode_output(nbytes, f"a {'x'.join(map(str, shape))} decode", max_memory=max_memory)
     check_decode_disk(nbytes, parent, f"a {'x'.join(map(str, shape))} decode")
     digits = max(5, len(str(shape[0] - 1)))
     names = [f"frame_{i:0{digits}d}.npy" for i in range(shape[0])]

@@ -398,7 +398,7 @@ def _human(n: int) -> str:
     return f"{n} bytes"
 
 
-def check_memory(needed: int, what: str, *, limit=None, flag: str = "--max-memory") -> None:
+def check_memory(needed: int, what: str, *, limit=None, flag: str = "--max-memory", resource: str = "memory") -> None:
     """Refuse work that needs more than the memory limit, saying how much it needs and how to allow it.
 
     Raises
@@ -410,5 +410,5 @@ def check_memory(needed: int, what: str, *, limit=None, flag: str = "--max-memor
     if needed > allowed:
         raise InputError(
             f"{what} needs about {_human(needed)}, more than the {_human(allowed)} limit; if this machine has the "
-            f"memory, pass {flag} {math.ceil(needed / (1 << 30))}G or set {MEMORY_ENV}"
+            f"{resource}, pass {flag} {math.ceil(needed / (1 << 30))}G or set {MEMORY_ENV}"
         )

@@ -414,3 +414,19 @@ def test_a_volume_meta_shape_of_the_wrong_length_is_a_format_error(shape, tmp_pa
                                       for k, v in sections.items()]))
     with pytest.raises(FormatError, match="re-export"):
         finr3d.load(path)
+
+
+def test_a_meta_shape_that_disagrees_with_the_stored_samples_is_a_format_error(tmp_path):
+    """A compact file stores one cosine term per stored sample, so a META target.shape asking for another
+    (e.g. 20000 x 20000 pixels from a 435-byte file, which once decoded for over 10 s) is refused on load."""
+    field = make("tucker", kind="image", shape=(12, 16), channels=3)
+    blob = field.encode()
+    sections = codec.decode_v2(blob)
+    meta = json.loads(sections[codec.SECTION_META])
+    assert meta["target"]["shape"] == [12, 16]
+    meta["target"]["shape"] = [20000, 20000]
+    hostile = codec.encode_v2([(kind, json.dumps(meta).encode() if kind == codec.SECTION_META else raw,
+                                kind == codec.SECTION_META) for kind, raw in sections.items()])
+    with pytest.raises(FormatError, match="disagrees with the FIELD section"):
+        finr3d.field.FactorizedField.from_file(hostile)
+    assert finr3d.field.FactorizedField.from_file(blob).target_info["shape"] == [12, 16]

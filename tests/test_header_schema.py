@@ -236,11 +236,20 @@ def test_decode_memory_is_refused_from_the_header(files, tmp_path, capsys, monke
     assert code == 2 and "memory size" in err
 
 
-def test_decode_resolution_is_refused_before_allocating(files, tmp_path, capsys):
-    # a .npy decode streams slab by slab (bounded memory); one that cannot fit on the disk is refused up front
-    code, err = _cli(["decode", files["sdf"], "-o", tmp_path / "o.npy", "--resolution", 20000], capsys)
+def test_decode_resolution_is_refused_before_allocating(files, tmp_path, capsys, monkeypatch):
+    # a .npy decode streams slab by slab (bounded memory); its output is held to the decode limit, and one that
+    # cannot fit on the disk is refused up front
+    monkeypatch.delenv(header_schema.MEMORY_ENV, raising=False)
+    code, err = _cli(["decode", files["sdf"], "-o", tmp_path / "o.npy", "--resolution", 1000], capsys)
+    assert code == 2 and "1000x1000x1000 decode (the output)" in err and "--max-memory 4G" in err, err
+    code, err = _cli(["decode", files["sdf"], "-o", tmp_path / "o.npy", "--resolution", 20000,
+                      "--max-memory", "100000G"], capsys)
     assert code == 2 and "20000x20000x20000" in err and "disk" in err, err
     assert not (tmp_path / "o.npy").exists() and not list(tmp_path.glob(".o*"))  # nothing half-written
+    # a hostile header's stored shape is held to the same limit
+    hostile = _mutated(files, "image", lambda meta: meta["target"].update(shape=[20000, 20000]), tmp_path)
+    code, err = _cli(["decode", hostile, "-o", tmp_path / "h.npy"], capsys)
+    assert code == 2 and "20000x20000" in err and "(the output)" in err, err
 
 
 def test_memory_sizes():

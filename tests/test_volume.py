@@ -233,10 +233,13 @@ def test_decode_too_large_for_memory_is_refused_up_front(tmp_path, monkeypatch):
     # the in-memory decode of 1000^3 (the SDF case that grew to 6 GB): refused with the size it needs
     with pytest.raises(InputError, match=r"needs about 7\.\d GiB"):
         decoding.decode_array(field, resolution=1000)
-    # the streamed .npy needs one slab of memory, and the disk
+    # the streamed .npy needs one slab of memory, an output within the decode limit, and the disk
+    monkeypatch.delenv("FINR3D_MAX_MEMORY", raising=False)
+    with pytest.raises(InputError, match=r"1000x1000x1000 decode \(the output\) needs about 3\.7 GiB"):
+        decoding.stream_npy(field, tmp_path / "big.npy", resolution=1000)
     monkeypatch.setattr("shutil.disk_usage", lambda p: type("U", (), {"free": 1 << 20})())
     with pytest.raises(InputError, match="3.73 GiB of disk"):
-        decoding.stream_npy(field, tmp_path / "big.npy", resolution=1000)
+        decoding.stream_npy(field, tmp_path / "big.npy", resolution=1000, max_memory="8G")
     with pytest.raises(InputError, match="slab"):
         decoding.stream_npy(field, tmp_path / "big.npy", resolution=1000, max_memory="1M")
     assert not (tmp_path / "big.npy").exists()
