@@ -39,10 +39,19 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
-import zstandard
 
 from finr3d.errors import FormatError
 from finr3d.files import atomic_write_bytes
+
+try:
+    import zstandard
+except ImportError:  # a machine without it (the lent GPU box): fitting and in-memory fields still work
+
+    class _NoZstandard:
+        def __getattr__(self, name):
+            raise ImportError("reading or writing .finr files needs the zstandard package: pip install zstandard")
+
+    zstandard = _NoZstandard()
 
 __all__ = [
     "MAGIC",

@@ -282,6 +282,7 @@ class Trainer:
             batch = [min(b, s) for b, s in zip(batch, target.shape)]
         batcher = _Batcher(target, batch, jitter, gen)
         full_coords = [target.axis_coords(a) for a in range(target.ndim)]
+        sample = target.sampler(device)  # on the device where the target can (a copy of its stored grid)
         max_rank = max(field.ranks)
         amp = config.amp and device.type == "cuda"
         if config.compile:
@@ -307,7 +308,7 @@ class Trainer:
             full_step = config.full_grid_every and self.step % config.full_grid_every == 0
             coords = [c.to(device) for c in (full_coords if full_step else batcher.coords())]
             sizes = [len(c) for c in coords]
-            truth = target.sample(coords).to(device)
+            truth = sample(coords)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
                 feats = field.mode_features(coords)
                 loss = target.loss(field.grid_from_features(feats, sizes).float(), truth)

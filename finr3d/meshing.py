@@ -16,7 +16,7 @@ import numpy as np
 
 from finr3d.errors import InputError, SurfaceError
 
-__all__ = ["extract_mesh", "march_slabs", "save_mesh", "MESH_EXPORTS"]
+__all__ = ["extract_mesh", "extract_arrays", "march_slabs", "save_mesh", "MESH_EXPORTS"]
 
 #: Mesh file types :func:`save_mesh` writes, by suffix (trimesh file types).
 MESH_EXPORTS = {".ply": "ply", ".obj": "obj", ".glb": "glb", ".stl": "stl"}
@@ -68,8 +68,22 @@ def extract_mesh(field, resolution=256, *, rank=None, level: float = 0.0, bounds
         A ``RuntimeError``: no surface at ``level`` (the field is everywhere
         above or below it; the message gives its range), or NaN/Inf values.
     """
-    import torch
     import trimesh
+
+    verts, faces = extract_arrays(field, resolution, rank=rank, level=level, bounds=bounds, slab=slab,
+                                  callback=callback)
+    return trimesh.Trimesh(verts, faces, process=False)
+
+
+def extract_arrays(field, resolution=256, *, rank=None, level: float = 0.0, bounds=None, slab: int | None = None,
+                   callback=None) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`extract_mesh` without trimesh: the mesh as ``(verts (V, 3) float64, faces (F, 3) int64)`` arrays.
+
+    Same parameters, transform, winding and errors; it needs only numpy,
+    torch and scikit-image (a machine without trimesh, such as the GPU
+    benchmark's, meshes with it).
+    """
+    import torch
 
     shape = _check_resolution(resolution)
     box = _check_bounds(bounds)
@@ -114,7 +128,7 @@ def extract_mesh(field, resolution=256, *, rank=None, level: float = 0.0, bounds
         verts = verts @ m[:3, :3].T + m[:3, 3]
         if np.linalg.det(m[:3, :3]) < 0:
             faces = faces[:, ::-1]
-    return trimesh.Trimesh(verts, faces, process=False)
+    return verts, faces
 
 
 def march_slabs(planes, shape, level: float, *, slab: int | None = None):

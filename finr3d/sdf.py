@@ -20,7 +20,6 @@ import os
 import time
 import warnings
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -29,7 +28,7 @@ from finr3d.codec import jsonable
 from finr3d.errors import InputError
 from finr3d.files import atomic_write
 from finr3d.mesh_query import _CHUNK, SIGN_METHODS, MeshQuery, _auto_sign, load_mesh, mesh_report, winding_number
-from finr3d.targets import GridTarget, interpolate_subgrid
+from finr3d.targets import GridTarget, check_finite
 
 __all__ = [
     "SDFTarget",
@@ -436,6 +435,51 @@ class SDFTarget(GridTarget):
         self.source = name
         self.data = torch.from_numpy(grid[..., None] / np.float32(norm_scale))
 
+    @classmethod
+    def from_grid(cls, sdf, *, center, scale: float, truncation: float | None = 0.1, margin: float = 0.1,
+                  source: str = "", report: dict | None = None) -> "SDFTarget":
+        """A target from a stored truncated SDF grid, without the mesh (no trimesh or open3d needed).
+
+        ``sdf`` is a cubic ``(R, R, R)`` grid in normalized units indexed
+        ``[x, y, z]`` (:attr:`sdf` of a target built from a mesh), ``center``
+        and ``scale`` its world transform. Such a target fits like the one it
+        came from; :attr:`mesh` is None, so :meth:`evaluate` (which scores
+        against the mesh) is not available.
+        """
+        grid = np.ascontiguousarray(np.asarray(sdf, np.float32))
+        if grid.ndim != 3 or len(set(grid.shape)) != 1:
+            raise InputError(f"expected a cubic (R, R, R) SDF grid, got shape {grid.shape}")
+        if not _MIN_RESOLUTION <= grid.shape[0] <= _MAX_RESOLUTION:
+            raise InputError(f"the grid resolution must be between {_MIN_RESOLUTION} and {_MAX_RESOLUTION}, "
+                             f"got {grid.shape[0]}")
+        check_finite(grid, "the SDF grid")
+        if not (float(scale) > 0 and math.isfinite(float(scale))):
+            raise InputError(f"scale must be a positive number, got {scale!r}")
+        self = cls.__new__(cls)
+        self.center = np.asarray(center, np.float64).reshape(3)
+        self.scale = float(scale)
+        self.mesh = None
+        self.margin = float(margin)
+        self.truncation = None if truncation is None else float(truncation)
+        self.resolution = int(grid.shape[0])
+        self.sign = "stored"
+        self.detail_resolution, self.sdf_fine = None, None
+        self.detail_band, self.detail_step = 0.0, 0.0
+        self.sdf = grid
+        self.report = dict(report or {}, cache="stored grid")
+        norm_scale = self.truncation if self.truncation is not None else max(float(np.abs(grid).max()), 1e-6)
+        self._norm_scale = norm_scale
+        self.kind = "sdf"
+        self.axis_names = ("x", "y", "z")
+        self.shape = (self.resolution,) * 3
+        self.channels = 1
+        self.value_offset = 0.0
+        self.value_scale = norm_scale * self.scale
+        self.bounds = np.stack([self.center - self.scale, self.center + self.scale], axis=1)
+        self.source = str(source)
+        self.data = torch.from_numpy(grid[..., None] / np.float32(norm_scale))
+        return self
+
     # -- transform
 
     @property
@@ -461,9 +505,8 @@ class SDFTarget(GridTarget):
 
     # -- training signal
 
-    def sample(self, coords: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Ground truth ``(n_x, n_y, n_z, 1)`` in field units (``sdf / truncation``), trilinear."""
-        return interpolate_subgrid(self.data, coords)
+    # sample: GridTarget's (trilinear, ``(n_x, n_y, n_z, 1)`` in field units ``sdf / truncation``), so that
+    # GridTarget.sampler interpolates on the fitting device
 
     def loss(self, pred: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
         """Near-surface weighted, truncation-aware L1.
@@ -514,10 +557,10 @@ class SDFTarget(GridTarget):
         units (``sdf / truncation``, the units of ``field.grid``), or None when
         this target has no fine ground truth or the field needs no detail.
         """
-        from finr3d.local_detail import fit_local_detail
-
         if self.sdf_fine is None:
             return None
+        from finr3d.local_detail import fit_local_detail  # needs zstandard: only when there is detail to code
+
         step = self.detail_step if step is None else float(step)
         band = self.detail_band if band is None else float(band)
         if not (step > 0 and band > 0 and math.isfinite(step) and math.isfinite(band)):

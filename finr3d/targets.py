@@ -46,6 +46,10 @@ __all__ = [
 MAX_SAMPLES = 2048**3
 
 
+#: Most bytes of a stored grid that :meth:`GridTarget.sampler` copies to a device for sampling there.
+DEVICE_GRID_BYTES = 4 << 30
+
+
 def even_indices(shape, max_samples: int) -> list[torch.Tensor]:
     """Per-axis integer indices of an evenly spaced sub-lattice of ``shape`` with at most ``max_samples`` points
     (every index when the whole lattice fits): exact stored samples, no interpolation."""
@@ -191,6 +195,15 @@ class Target:
         """
         raise NotImplementedError
 
+    def sampler(self, device):
+        """``coords -> ground truth on device``, for the training loop: :meth:`sample`, then a copy to ``device``.
+
+        Targets that store their signal override it to sample on the device (the
+        stored grid copied there once), so no sub-grid crosses the bus each step.
+        """
+        device = torch.device(device)
+        return lambda coords: self.sample(coords).to(device)
+
     def dense(self, max_samples: int = 256**3) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Coordinates and values of a dense grid, at most ``max_samples`` samples.
 
@@ -267,6 +280,16 @@ class GridTarget(Target):
 
     def sample(self, coords):
         return interpolate_subgrid(self.data, coords)
+
+    def sampler(self, device):
+        """:meth:`sample` on a copy of :attr:`data` on ``device`` when it fits :data:`DEVICE_GRID_BYTES` (and
+        ``sample`` is this class's interpolation); else the base class's sample-then-copy."""
+        device = torch.device(device)
+        nbytes = self.data.element_size() * self.data.nelement()
+        if device == self.data.device or type(self).sample is not GridTarget.sample or nbytes > DEVICE_GRID_BYTES:
+            return super().sampler(device)
+        data = self.data.to(device)
+        return lambda coords: interpolate_subgrid(data, coords)
 
     def sample_indices(self, indices: Sequence[torch.Tensor]) -> torch.Tensor:
         """Ground truth at integer lattice indices (outer product): exact, no interpolation."""

@@ -30,8 +30,8 @@ import torch
 from finr3d.errors import InputError
 from finr3d.files import atomic_folder, atomic_write
 from finr3d.presets import VIDEO_MAX_RANK, VIDEO_MIN_RATIO, default_video_rank  # noqa: F401 (public here too)
-from finr3d.targets import (IMAGE_SUFFIXES, PIXEL_LEVELS, VIDEO_SUFFIXES, GridTarget, check_finite, even_indices,
-                            lattice, psnr, read_image, ssim, to_pixels, write_png)
+from finr3d.targets import (DEVICE_GRID_BYTES, IMAGE_SUFFIXES, PIXEL_LEVELS, VIDEO_SUFFIXES, GridTarget, Target,
+                            check_finite, even_indices, lattice, psnr, read_image, ssim, to_pixels, write_png)
 
 __all__ = [
     "VideoTarget",
@@ -92,9 +92,9 @@ def sample_stored_grid(data: torch.Tensor, coords: Sequence[torch.Tensor], level
     sub = data
     for axis, c in enumerate(coords):
         n = data.shape[axis]
-        c = torch.as_tensor(c).to(torch.float32).cpu().reshape(-1)
+        c = torch.as_tensor(c).to(data.device, torch.float32).reshape(-1)
         if n == 1:
-            sub = sub.index_select(axis, torch.zeros(len(c), dtype=torch.long))
+            sub = sub.index_select(axis, torch.zeros(len(c), dtype=torch.long, device=data.device))
             plans.append(None)
             continue
         pos = (c.clamp(-1, 1) + 1) * 0.5 * (n - 1)
@@ -479,6 +479,15 @@ class VideoTarget(GridTarget):
 
     def sample(self, coords):
         return sample_stored_grid(self.frames, coords, self.levels)
+
+    def sampler(self, device):
+        """:meth:`sample` on a copy of the stored frames on ``device`` (kept at their stored type)."""
+        device = torch.device(device)
+        nbytes = self.frames.element_size() * self.frames.nelement()
+        if device == self.frames.device or nbytes > DEVICE_GRID_BYTES:
+            return Target.sampler(self, device)  # not GridTarget's: it would read the float copy `data`
+        frames = self.frames.to(device)
+        return lambda coords: sample_stored_grid(frames, coords, self.levels)
 
     def sample_indices(self, indices):
         out = self.frames
