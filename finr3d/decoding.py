@@ -296,7 +296,7 @@ def decode_field(field, out, *, rank=None, resolution=None, force: bool = False,
         atomic_write(out, lambda tmp: write_png(tmp, img))
         return out
     if kind == "video" and suffix in (".mp4", ".webm", ".avi", ".gif", ".png"):
-        from finr3d.video import write_video
+        from finr3d.video_io import write_video
 
         return write_video(np.clip(arr, 0, 1), out, fps=float((field.target_info or {}).get("fps", 25.0)))
     raise InputError(f"cannot decode a {kind} field to {suffix or 'a folder'}; use .npy"
