@@ -73,6 +73,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(1, str(HERE.parent))  # finr3d from this checkout, also where it is not installed (the GPU machine)
 
 import finr3d  # noqa: E402
+from curves import psnr_at, running_best, time_to  # noqa: E402,F401
 from finr3d.targets import ImageTarget, psnr, ssim  # noqa: E402
 
 KODAK = ("kodim01", "kodim02", "kodim03", "kodim04")
@@ -138,32 +139,7 @@ def prepare(out: Path, smoke: bool, shared: Path) -> dict:
     return manifest
 
 
-# --------------------------------------------------------------------------- curves
-def running_best(curve):
-    out, best = [], -math.inf
-    for t, p in sorted(curve):
-        best = max(best, float(p))
-        out.append((float(t), best))
-    return out
-
-
-def time_to(curve, level: float) -> float:
-    """First time a running-best curve reaches ``level``, linearly interpolated; inf if never."""
-    prev = None
-    for t, p in curve:
-        if p >= level:
-            if prev is None or p == prev[1]:
-                return t
-            return prev[0] + (t - prev[0]) * (level - prev[1]) / (p - prev[1])
-        prev = (t, p)
-    return math.inf
-
-
-def psnr_at(curve, t: float) -> float:
-    vals = [p for s, p in curve if s <= t + 1e-9]
-    return vals[-1] if vals else -math.inf
-
-
+# --------------------------------------------------------------------------- curves (benchmarks/curves.py)
 def compare(finr_curve, base_curve, seconds: float) -> dict:
     """finr3d's time to the baseline's final PSNR, the baseline's own time to it, and PSNR at equal time."""
     f, b = running_best(finr_curve), running_best(base_curve)

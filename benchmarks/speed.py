@@ -54,6 +54,7 @@ sys.path.insert(0, str(HERE))
 
 import finr3d  # noqa: E402
 from shared_assets import shared_assets  # noqa: E402
+from curves import psnr_at, running_best, time_to  # noqa: E402,F401
 from finr3d.targets import ImageTarget, psnr, ssim  # noqa: E402
 from finr3d.video import VideoTarget  # noqa: E402
 
@@ -70,34 +71,7 @@ def shared_dir() -> Path:
     return shared_assets().parent
 
 
-# --------------------------------------------------------------------------- curves
-def running_best(curve):
-    """(time, psnr) points with PSNR replaced by the best so far: every method keeps its best state."""
-    out, best = [], -math.inf
-    for t, p in sorted(curve):
-        best = max(best, p)
-        out.append((float(t), float(best)))
-    return out
-
-
-def time_to(curve, level: float) -> float:
-    """First time a running-best curve reaches ``level``, linearly interpolated; inf if never."""
-    prev = None
-    for t, p in curve:
-        if p >= level:
-            if prev is None or p == prev[1]:
-                return t
-            return prev[0] + (t - prev[0]) * (level - prev[1]) / (p - prev[1])
-        prev = (t, p)
-    return math.inf
-
-
-def psnr_at(curve, t: float) -> float:
-    """Best PSNR reached by time ``t`` (the last curve point at or before it)."""
-    vals = [p for s, p in curve if s <= t + 1e-9]
-    return vals[-1] if vals else -math.inf
-
-
+# --------------------------------------------------------------------------- curves (benchmarks/curves.py)
 # --------------------------------------------------------------------------- scoring
 def score(recon: np.ndarray, data: np.ndarray) -> dict:
     """Whole-grid PSNR (one MSE over everything), mean per-frame PSNR and mean SSIM, values clipped to [0, 1]."""
