@@ -1,10 +1,12 @@
-"""Time-quality curves shared by the speed benchmarks (standard library only, so the GPU run can import it)."""
+"""Time-quality curves and JSON output shared by the speed benchmarks (numpy only: the GPU run imports it)."""
 
 from __future__ import annotations
 
 import math
 
-__all__ = ["running_best", "time_to", "psnr_at"]
+import numpy as np
+
+__all__ = ["running_best", "time_to", "psnr_at", "jsonable"]
 
 
 def running_best(curve):
@@ -32,3 +34,18 @@ def psnr_at(curve, t: float) -> float:
     """Best PSNR reached by time ``t`` (the last curve point at or before it)."""
     vals = [p for s, p in curve if s <= t + 1e-9]
     return vals[-1] if vals else -math.inf
+
+
+def jsonable(obj):
+    """``obj`` as JSON values: numpy scalars to Python, NaN/Inf to None, anything else unknown to its str."""
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, (np.integer, np.floating, np.bool_)):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    return str(obj)

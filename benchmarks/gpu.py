@@ -73,7 +73,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(1, str(HERE.parent))  # finr3d from this checkout, also where it is not installed (the GPU machine)
 
 import finr3d  # noqa: E402
-from curves import psnr_at, running_best, time_to  # noqa: E402,F401
+from curves import jsonable as _jsonable, psnr_at, running_best, time_to  # noqa: E402,F401
 from finr3d.targets import ImageTarget, psnr, ssim  # noqa: E402
 
 KODAK = ("kodim01", "kodim02", "kodim03", "kodim04")
@@ -569,20 +569,6 @@ def _s(t) -> str:
 
 def _x(v) -> str:
     return "not reached" if v is None else ("∞" if not math.isfinite(v) else f"{v:.0f}x")
-
-
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (np.integer, np.floating, np.bool_)):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if obj is None or isinstance(obj, (bool, int, float, str)):
-        return obj
-    return str(obj)
 
 
 def main(argv=None) -> int:

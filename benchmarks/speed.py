@@ -54,7 +54,7 @@ sys.path.insert(0, str(HERE))
 
 import finr3d  # noqa: E402
 from shared_assets import shared_assets  # noqa: E402
-from curves import psnr_at, running_best, time_to  # noqa: E402,F401
+from curves import jsonable as _jsonable, psnr_at, running_best, time_to  # noqa: E402,F401
 from finr3d.targets import ImageTarget, psnr, ssim  # noqa: E402
 from finr3d.video import VideoTarget  # noqa: E402
 
@@ -361,21 +361,6 @@ def main(argv=None) -> int:
 def _line(name: str, r: dict) -> str:
     return (f"{name:>12}: {r['params']:>9,} params, {r['steps']:>6} steps, wall {r['wall']:.1f} s, "
             f"PSNR {r['psnr']:.2f} dB, SSIM {r['ssim']:.3f}")
-
-
-def _jsonable(obj):
-    """Plain JSON: numpy scalars to Python, tuples to lists, inf/nan (never reached) to null."""
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (np.integer, np.floating)):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if obj is None or isinstance(obj, (bool, int, float, str)):
-        return obj
-    return str(obj)
 
 
 if __name__ == "__main__":

@@ -50,6 +50,19 @@ MAX_SAMPLES = 2048**3
 DEVICE_GRID_BYTES = 4 << 30
 
 
+def lerp_axes(values: torch.Tensor, plans) -> torch.Tensor:
+    """Linear interpolation of ``values`` along each axis with a plan ``(lo_idx, hi_idx, w)`` (None: the axis is
+    on stored samples already): the last step of every sub-grid sampler of a stored grid."""
+    for axis, plan in enumerate(plans):
+        if plan is None:
+            continue
+        lo_idx, hi_idx, w = plan
+        shape = [1] * values.dim()
+        shape[axis] = -1
+        values = torch.lerp(values.index_select(axis, lo_idx), values.index_select(axis, hi_idx), w.view(shape))
+    return values
+
+
 def even_indices(shape, max_samples: int) -> list[torch.Tensor]:
     """Per-axis integer indices of an evenly spaced sub-lattice of ``shape`` with at most ``max_samples`` points
     (every index when the whole lattice fits): exact stored samples, no interpolation."""

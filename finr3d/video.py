@@ -21,7 +21,7 @@ import torch
 from finr3d.errors import InputError
 from finr3d.presets import VIDEO_MAX_RANK, VIDEO_MIN_RATIO, default_video_rank  # noqa: F401 (public here too)
 from finr3d.targets import (DEVICE_GRID_BYTES, PIXEL_LEVELS, GridTarget, Target, check_finite, even_indices, lattice,
-                            psnr, ssim, to_pixels)
+                            lerp_axes, psnr, ssim, to_pixels)
 from finr3d.video_io import (MAX_VIDEO_VALUES, _FrameWindow, _resize_frame, _resize_spec, read_video,  # noqa: F401
                              write_video)
 
@@ -103,14 +103,7 @@ def sample_stored_grid(data: torch.Tensor, coords: Sequence[torch.Tensor], level
     out = sub.to(torch.float32)
     if levels != 1.0:
         out = out / float(levels)
-    for axis, plan in enumerate(plans):
-        if plan is None:
-            continue
-        lo_idx, hi_idx, w = plan
-        shape = [1] * out.dim()
-        shape[axis] = -1
-        out = torch.lerp(out.index_select(axis, lo_idx), out.index_select(axis, hi_idx), w.view(shape))
-    return out
+    return lerp_axes(out, plans)
 
 
 # ---------------------------------------------------------------------------

@@ -33,7 +33,7 @@ import torch
 
 from finr3d.errors import InputError
 from finr3d.targets import (FRAME_SUFFIXES, MAX_SAMPLES, Target, _is_frame_file, check_finite, even_indices,  # noqa: F401
-                            is_volume_folder, lattice, psnr)
+                            is_volume_folder, lattice, lerp_axes, psnr)
 
 __all__ = ["VolumeTarget", "read_volume", "parse_axes", "parse_layout", "ssim_volume", "frame_field",
            "FRAME_SUFFIXES", "AXIS_LETTERS"]
@@ -289,14 +289,7 @@ def sample_array(array: np.ndarray, coords: Sequence[torch.Tensor], offset: floa
         out -= np.float32(offset)
     if scale != 1.0:
         out /= np.float32(scale)
-    for axis, (_, plan) in enumerate(plans):
-        if plan is None:
-            continue
-        lo_idx, hi_idx, w = plan
-        shape = [1] * out.dim()
-        shape[axis] = -1
-        out = torch.lerp(out.index_select(axis, lo_idx), out.index_select(axis, hi_idx), w.view(shape))
-    return out
+    return lerp_axes(out, [plan for _, plan in plans])
 
 
 # ---------------------------------------------------------------------------
