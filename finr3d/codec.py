@@ -77,6 +77,7 @@ __all__ = [
     "decode_grid",
     "decode_points",
     "describe_file",
+    "compact_target",
 ]
 
 # NUL marks the file as binary, CR LF catches newline translation by text-mode
@@ -1305,10 +1306,6 @@ def _load_detail(ff: FieldFile):
     return LocalDetail.from_bytes(ff.detail, max_decoded_bytes=MAX_EXPANSION * ff.file_bytes + EXPANSION_SLACK)
 
 
-def _to_normalized(spec, world: np.ndarray) -> np.ndarray:
-    return spec.to_normalized(world)
-
-
 def decode_grid(path, resolution=256, rank=None, bounds=None, *, detail: bool = True, squeeze: bool = True,
                 max_tensor_bytes: int | None = None) -> np.ndarray:
     """Evaluate a ``.finr`` file on a grid with numpy alone (no torch).
@@ -1367,6 +1364,7 @@ def decode_grid(path, resolution=256, rank=None, bounds=None, *, detail: bool = 
 
 
 def _to_normalized_axis(spec, a: int, world: np.ndarray) -> np.ndarray:
+    """World coordinates along axis ``a`` of an axis-aligned placement to ``[-1, 1]``."""
     lo, hi = spec.bounds[a]
     return (world - lo) * (2.0 / (hi - lo)) - 1.0
 
@@ -1388,7 +1386,7 @@ def decode_points(path, points, rank=None, *, detail: bool = True, normalized: b
     if x.ndim != 2 or x.shape[1] != ff.spec.ndim:
         raise ValueError(f"points must be a (P, {ff.spec.ndim}) array, got shape {x.shape}")
     if not normalized:
-        x = _to_normalized(ff.spec, x)
+        x = ff.spec.to_normalized(x)
     ev = _Evaluator(ff, rank)
     out = np.concatenate([ev.points(x[i:i + 65536]) for i in range(0, len(x), 65536)] or
                          [np.zeros((0, ff.spec.channels))], axis=0)
@@ -1406,6 +1404,46 @@ def _file_version(path) -> int:
     return 1
 
 
+def compact_target(ff: FieldFile) -> dict:
+    """The target description of a compact file: its META ``target`` completed from the FIELD section.
+
+    What the optional metadata leaves out (kind, channels, bounds, value offset and scale, the stored shape:
+    one cosine term per stored sample) comes from the FIELD section, which also holds an SDF's placement; a
+    volume without one is in voxel units. A META shape that disagrees with the FIELD section is a FormatError.
+    """
+    from finr3d import compact
+
+    spec = ff.spec
+    meta = ff.meta or {}
+    target = dict(meta.get("target") if isinstance(meta.get("target"), dict) else {})
+    target.setdefault("kind", spec.kind)
+    target.setdefault("channels", spec.channels)
+    if spec.kind == "sdf":
+        target.setdefault("axis_names", ["x", "y", "z"])
+    target.setdefault("bounds", spec.bounds.tolist())
+    if "shape" not in target and all(k > 0 for k in spec.terms) and len(spec.terms) == spec.ndim:
+        target["shape"] = [int(k) for k in spec.terms]  # one cosine term per stored sample (files without metadata)
+    shape = target.get("shape")
+    if shape is not None and (not isinstance(shape, list) or len(shape) != spec.ndim):
+        raise FormatError(f"the META target.shape {str(shape)[:60]} does not match the FIELD section's {spec.ndim} "
+                          "axes; the file is damaged or hostile: re-export it")
+    if shape is not None and len(spec.modes) == spec.ndim and all(k > 0 for k in spec.terms):
+        # a compact file stores one cosine term per stored sample (at most MAX_TERMS): the stored shape follows
+        for n, k in zip(shape, spec.terms):
+            if not isinstance(n, int) or (n != k if k < compact.MAX_TERMS else n < k):
+                raise FormatError(f"the META target.shape {str(shape)[:60]} disagrees with the FIELD section's "
+                                  f"{list(spec.terms)} stored samples; the file is damaged or hostile: re-export it")
+    if spec.kind == "volume" and spec.ndim in (3, 4) and "world_from_normalized" not in target and "shape" in target:
+        from finr3d.placement import voxel_frame
+
+        target["world_from_normalized"] = voxel_frame(target["shape"]).tolist()  # voxel units, x first
+    target.setdefault("value_offset", spec.value_offset)
+    target.setdefault("value_scale", spec.value_scale)
+    if spec.kind == "sdf" or spec.affine is not None:
+        target["world_from_normalized"] = spec.world_from_normalized().tolist()  # the FIELD section's placement
+    return target
+
+
 def describe_field(ff: FieldFile) -> dict:
     """A version-1-style metadata dict of a decoded file (kind, ndim, ranks, parameters, target, history, ...)."""
     if ff.version == 1 or ff.compact is None:
@@ -1417,13 +1455,7 @@ def describe_field(ff: FieldFile) -> dict:
         return meta
     spec, cf = ff.spec, ff.compact
     meta = dict(ff.meta or {})
-    target = dict(meta.get("target") or {})
-    target.setdefault("kind", spec.kind)
-    target.setdefault("bounds", spec.bounds.tolist())
-    target.setdefault("value_offset", spec.value_offset)
-    target.setdefault("value_scale", spec.value_scale)
-    if spec.kind == "sdf" or spec.affine is not None:
-        target["world_from_normalized"] = spec.world_from_normalized().tolist()  # the FIELD section's placement
+    target = compact_target(ff)
     params = cf.mixing.size + sum(c.size for c in cf.coefficients) + cf.bias.size
     meta.update(
         format="finr3d-field", format_version=2, storage="compact", file_bytes=ff.file_bytes, kind=spec.kind,

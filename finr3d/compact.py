@@ -373,13 +373,10 @@ class FieldSpec:
 
     def world_from_normalized(self) -> np.ndarray:
         """(ndim + 1, ndim + 1): the stored affine placement, else the axis-aligned map of ``bounds``."""
+        if self.affine is None:
+            return aligned_placement(self.bounds)
         m = np.eye(self.ndim + 1)
-        if self.affine is not None:
-            m[: self.ndim] = self.affine
-        else:
-            lo, hi = self.bounds[:, 0], self.bounds[:, 1]
-            m[: self.ndim, : self.ndim] = np.diag((hi - lo) / 2.0)
-            m[: self.ndim, self.ndim] = (hi + lo) / 2.0
+        m[: self.ndim] = self.affine
         return m
 
     def to_normalized(self, world: np.ndarray) -> np.ndarray:
@@ -398,6 +395,17 @@ class FieldSpec:
         return (self.bonds[-1], self.channels)
 
 
+def aligned_placement(bounds: np.ndarray) -> np.ndarray:
+    """(d + 1, d + 1) map of ``[-1, 1]^d`` onto the world box ``bounds`` ((d, 2) of ``[lo, hi]``)."""
+    bounds = np.asarray(bounds, np.float64)
+    ndim = len(bounds)
+    lo, hi = bounds[:, 0], bounds[:, 1]
+    m = np.eye(ndim + 1)
+    m[:ndim, :ndim] = np.diag((hi - lo) / 2.0)
+    m[:ndim, ndim] = (hi + lo) / 2.0
+    return m
+
+
 def placement_affine(matrix, bounds: np.ndarray, ndim: int) -> np.ndarray | None:
     """The (ndim, ndim + 1) affine of ``world_from_normalized`` when ``bounds`` alone does not give it."""
     if matrix is None:
@@ -405,11 +413,7 @@ def placement_affine(matrix, bounds: np.ndarray, ndim: int) -> np.ndarray | None
     m = np.asarray(matrix, np.float64)
     if m.shape != (ndim + 1, ndim + 1):
         return None
-    lo, hi = bounds[:, 0], bounds[:, 1]
-    aligned = np.eye(ndim + 1)
-    aligned[:ndim, :ndim] = np.diag((hi - lo) / 2.0)
-    aligned[:ndim, ndim] = (hi + lo) / 2.0
-    if np.allclose(m, aligned, rtol=1e-9, atol=1e-12 * max(1.0, float(np.abs(m).max()))):
+    if np.allclose(m, aligned_placement(bounds), rtol=1e-9, atol=1e-12 * max(1.0, float(np.abs(m).max()))):
         return None
     return m[:ndim].copy()
 

@@ -18,7 +18,6 @@ import numpy as np
 import torch
 
 from finr3d import codec, compact
-from finr3d.errors import FormatError
 
 __all__ = ["PRECISION_STEPS", "encode_field", "load_parts", "can_compact", "field_spec"]
 
@@ -211,33 +210,7 @@ def load_parts(path_or_bytes):
 def _compact_parts(ff):
     spec, cf = ff.spec, ff.compact
     meta = ff.meta or {}
-    target = meta.get("target") if isinstance(meta.get("target"), dict) else {}
-    target = dict(target)
-    target.setdefault("kind", spec.kind)
-    target.setdefault("channels", spec.channels)
-    if spec.kind == "sdf":
-        target.setdefault("axis_names", ["x", "y", "z"])
-    target.setdefault("bounds", spec.bounds.tolist())
-    if "shape" not in target and all(k > 0 for k in spec.terms) and len(spec.terms) == spec.ndim:
-        target["shape"] = [int(k) for k in spec.terms]  # one cosine term per stored sample (files without metadata)
-    shape = target.get("shape")
-    if shape is not None and (not isinstance(shape, list) or len(shape) != spec.ndim):
-        raise FormatError(f"the META target.shape {str(shape)[:60]} does not match the FIELD section's {spec.ndim} "
-                          "axes; the file is damaged or hostile: re-export it")
-    if shape is not None and len(spec.modes) == spec.ndim and all(k > 0 for k in spec.terms):
-        # a compact file stores one cosine term per stored sample (at most MAX_TERMS): the stored shape follows
-        for n, k in zip(shape, spec.terms):
-            if not isinstance(n, int) or (n != k if k < compact.MAX_TERMS else n < k):
-                raise FormatError(f"the META target.shape {str(shape)[:60]} disagrees with the FIELD section's "
-                                  f"{list(spec.terms)} stored samples; the file is damaged or hostile: re-export it")
-    if spec.kind == "volume" and spec.ndim in (3, 4) and "world_from_normalized" not in target and "shape" in target:
-        from finr3d.placement import voxel_frame
-
-        target["world_from_normalized"] = voxel_frame(target["shape"]).tolist()  # voxel units, x first
-    target.setdefault("value_offset", spec.value_offset)
-    target.setdefault("value_scale", spec.value_scale)
-    if spec.kind == "sdf" or spec.affine is not None:
-        target["world_from_normalized"] = spec.world_from_normalized().tolist()  # the FIELD section's placement
+    target = codec.compact_target(ff)
     ranks = list(cf.ranks)
     rank = ranks if spec.decomposition != "cp" else ranks[0]
     header = {
