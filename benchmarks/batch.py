@@ -151,6 +151,9 @@ def driver_cost(paths, out_rows, tmp: Path) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=20, help="fit steps per asset (equal work; default 20)")
+    p.add_argument("--seconds", type=float, default=None,
+                   help="instead of --steps: a time budget per asset (equal settings, as `finr3d batch --seconds S` "
+                        "against a loop of `finr3d fit --seconds S`; each way's quality is reported beside it)")
     p.add_argument("--resolution", type=int, default=64, help="mesh ground-truth grid (default 64)")
     p.add_argument("--assets", type=int, default=12, help="how many of the 12 assets (default all)")
     p.add_argument("--modes", default="sequential1,sequential,local,ray")
@@ -169,7 +172,7 @@ def main(argv=None) -> int:
     from finr3d.batch import _cores
 
     cores = _cores()
-    settings = {"steps": args.steps, "resolution": args.resolution}
+    settings = ({"seconds": args.seconds} if args.seconds else {"steps": args.steps}) | {"resolution": args.resolution}
     modes = args.modes.split(",")
     info = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": platform.platform(),
             "python": platform.python_version(), "cores": cores, "settings": settings, "assets": ASSETS[: args.assets],
@@ -222,6 +225,7 @@ def main(argv=None) -> int:
             r["assets_per_min"] = 60 * n / r["wall_s"]
             r["ok"] = sum(1 for row in r["rows"] if row["status"] == "ok")
             r["rows"] = [{k: v for k, v in row.items() if k != "payload"} for row in r["rows"]]
+            r["quality"] = _quality(r["rows"])
     if "sequential" in result:
         for mode in ("sequential1", "local", "ray"):
             if mode in result:
@@ -249,6 +253,17 @@ def main(argv=None) -> int:
     return 0
 
 
+def _quality(rows) -> dict:
+    """Mean main metric per kind (PSNR for images and volumes, IoU for meshes) of a way's ok rows."""
+    out = {}
+    for row in rows:
+        metric = row.get("metric") or {}
+        if row.get("status") == "ok" and metric.get("value") is not None:
+            out.setdefault(row["kind"], {"metric": metric["name"], "values": []})["values"].append(metric["value"])
+    return {k: {"metric": v["metric"], "mean": statistics.mean(v["values"]), "n": len(v["values"])}
+            for k, v in out.items()}
+
+
 def _print_summary(r: dict, n: int) -> None:
     print(f"\n{n} assets, {r['settings']}, {r['cores']} cores; load average before {r['load_before']}, "
           f"after {r['load_after']}\n")
@@ -260,6 +275,16 @@ def _print_summary(r: dict, n: int) -> None:
             s1 = m.get("speedup_vs_sequential1")
             print(f"| {mode} | {m['wall_s']:.1f} | {m['assets_per_min']:.2f} | "
                   f"{m.get('speedup_vs_sequential', 1.0):.2f}x | {'' if s1 is None else f'{s1:.2f}x'} | {m['ok']}/{n} |")
+    kinds = sorted({k for mode in ("sequential1", "sequential", "local", "ray") if mode in r
+                    for k in r[mode].get("quality", {})})
+    if kinds:
+        print("\n| way | " + " | ".join(f"{k} mean {r[next(m for m in ('sequential', 'local', 'ray', 'sequential1') if m in r)]['quality'].get(k, {}).get('metric', '')}"
+                                    for k in kinds) + " |")
+        print("|---|" + "---:|" * len(kinds))
+        for mode in ("sequential1", "sequential", "local", "ray"):
+            if mode in r:
+                q = r[mode].get("quality", {})
+                print(f"| {mode} | " + " | ".join(f"{q[k]['mean']:.4g}" if k in q else "-" for k in kinds) + " |")
     if "ray_init_s" in r:
         print(f"\nray.init (local, {r['cores']} CPUs): {r['ray_init_s']:.1f} s, outside the ray row")
     o = r.get("ray_overhead")

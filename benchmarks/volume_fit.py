@@ -130,7 +130,7 @@ def smallest_at(points, level):
 # ----------------------------------------------------------------------------- finr3d
 #: Quantization steps of the compact files (field units: the volume normalized to [0, 1]; 1e-3 is ~60 dB of
 #: uniform noise, so the sweep spans lossless-looking to coarse).
-STEPS = (2.5e-5, 1e-4, 4e-4, 1e-3, 2e-3, 4e-3)
+STEPS = (1e-5, 1.5e-5, 2e-5, 2.5e-5, 3e-5, 5e-5, 1e-4, 4e-4, 1e-3, 2e-3, 4e-3)
 
 
 def finr3d_points(x, axes, seconds, options):
@@ -158,9 +158,20 @@ def finr3d_points(x, axes, seconds, options):
             p = target.evaluate(decoded, ssim=False)["psnr"]
             pts.append({"setting": f"ranks {list(model.ranks)} {how}", "bytes": len(data), "psnr": p})
     smallest = len(field.truncate(1).encode(step=STEPS[-1]))
+    # what `finr3d fit --target-psnr LEVEL` writes: sweep.choose_rank on the same fit (grid, then the step refined)
+    from finr3d.sweep import choose_rank
+
+    chosen = {}
+    for level in LEVELS:
+        try:
+            c = choose_rank(field, target, target=level)
+            chosen[str(level)] = {"bytes": c["bytes"], "psnr": c["psnr"], "ranks": c["ranks"], "step": c.get("step"),
+                                  "evaluations": c["evaluations"]}
+        except ValueError as exc:  # no prefix reaches the level
+            chosen[str(level)] = {"error": str(exc)}
     return pts, {"fit_seconds": fit_s, "fit_psnr": (field.history.get("metrics") or {}).get("psnr"), "ranks": list(field.ranks),
                  "decomposition": field.config.decomposition, "steps": field.history.get("steps"),
-                 "parameters": field.parameter_count(), "rank1_file_bytes": smallest}
+                 "parameters": field.parameter_count(), "rank1_file_bytes": smallest, "chosen": chosen}
 
 
 def part_rd(args):
@@ -170,7 +181,9 @@ def part_rd(args):
     datasets = [(n.split("_")[0], load_volume(n), None) for n in VOLUMES]
     datasets.append((f"smoke {args.clip}", load_clip(args.clip), "tzyx"))
     options = json.loads(args.finr3d_options)
-    options_4d = json.loads(args.finr3d_options_4d)
+    from finr3d.presets import COMPACT_TIMED_VOLUME
+
+    options_4d = COMPACT_TIMED_VOLUME if args.finr3d_options_4d is None else json.loads(args.finr3d_options_4d)
     rows = []
     for name, x, axes in datasets:
         print(f"== {name} {x.shape}", flush=True)
@@ -329,7 +342,9 @@ def main(argv=None) -> int:
     p.add_argument("--volume", default="neghip_64x64x64_uint8.raw", help="the 3-D volume of the speed part")
     p.add_argument("--cases", default="both", choices=["both", "volume", "clip"], help="speed part: which cases")
     p.add_argument("--finr3d-options", default="{}", help="JSON FieldConfig/FitConfig options for finr3d.fit")
-    p.add_argument("--finr3d-options-4d", default="{}", help="rd: the options for the 4-D clip (default: its defaults)")
+    p.add_argument("--finr3d-options-4d", default=None,
+                   help="rd: the options for the 4-D clip (default: what a fit with a byte or quality goal uses, "
+                        "presets.COMPACT_TIMED_VOLUME)")
     p.add_argument("--size", type=int, default=512, help="memory part: voxels per axis")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--tmp", default=None, help="folder for the memory part's temporary volume")

@@ -514,7 +514,7 @@ def closed_form_start(field, target, *, seconds: Optional[float], steps: Optiona
     """Initialise ``field`` from a discrete decomposition of ``target`` and distil it.
 
     The decomposition sees at most ``max_samples`` grid points (default: the
-    preset's ``closed_form_samples``), an evenly spaced sub-lattice
+    preset's ``closed_form_samples``, or its ``hosvd_samples`` for a Tucker or TT start), an evenly spaced sub-lattice
     of larger targets, so its time and memory stay bounded on long clips.
     A field that reads out exactly (:func:`reads_out_exactly`) keeps sweeping
     CP-ALS for the whole phase instead, calling ``checkpoint()`` after each readout.
@@ -528,6 +528,7 @@ def closed_form_start(field, target, *, seconds: Optional[float], steps: Optiona
     sweeps') own share. Returns timing and loss information for the fit history.
     """
     t0 = time.perf_counter()
+    preset_cap = max_samples is None
     if max_samples is None:
         max_samples = int(target.preset.closed_form_samples)
     if deadline is not None:
@@ -541,6 +542,9 @@ def closed_form_start(field, target, *, seconds: Optional[float], steps: Optiona
             field.bias.copy_(values.reshape(-1, values.shape[-1]).mean(0).to(field.device))
         return _als_start(field, target, coords, values, seconds=seconds, steps=steps, seed=seed, t0=t0,
                           callback=callback, checkpoint=checkpoint)
+    hosvd_cap = getattr(target.preset, "hosvd_samples", None)
+    if preset_cap and hosvd_cap is not None and field.config.decomposition in ("tucker", "tt"):
+        max_samples = max(max_samples, int(hosvd_cap))
     levels = _decomposition_levels(target, max_samples) if deadline is not None else [max_samples]
     done, last = None, None
     for n in levels:

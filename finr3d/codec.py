@@ -108,6 +108,16 @@ MAX_BLOCK = 1 << 16
 MAX_EXPANSION = 64
 """Decoded bytes may be at most this multiple of the file size (plus :data:`EXPANSION_SLACK`)."""
 EXPANSION_SLACK = 1 << 20
+COMPACT_EXPANSION = 512
+"""A compact file's CODES may decode to 8-byte values of at most this multiple of the file size (plus
+:data:`COMPACT_SLACK`): entropy-coded sparse cores legitimately expand far more than zstd'd tensors (a 4-D
+Tucker core of a clip: about 300x), and the decoder needs about 30 bytes of memory per value."""
+COMPACT_SLACK = 8 << 20
+
+
+def compact_budget(file_bytes: int) -> int:
+    """Bytes (8 per value) a compact file of ``file_bytes`` may decode to without ``max_tensor_bytes``."""
+    return COMPACT_EXPANSION * int(file_bytes) + COMPACT_SLACK
 
 _FP16_MAX = float(np.finfo(np.float16).max)
 _BITS = {"int8": 8, "int6": 6, "int4": 4}
@@ -1143,7 +1153,7 @@ def decode_field(data, *, max_tensor_bytes: int | None = None) -> FieldFile:
         raw = sections[SECTION_CODES]
         if not raw:
             raise FormatError("empty CODES section; re-export the file")
-        budget = MAX_EXPANSION * len(view) + EXPANSION_SLACK if max_tensor_bytes is None else max_tensor_bytes
+        budget = compact_budget(len(view)) if max_tensor_bytes is None else max_tensor_bytes
         if 8 * compact.decoded_values(spec) > budget:
             raise FormatError(f"the CODES section declares {compact.decoded_values(spec):,} values, over the decode "
                               "budget; if you trust this file, pass max_tensor_bytes= with a larger budget")

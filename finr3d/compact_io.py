@@ -130,7 +130,19 @@ def encode_field(field, *, rank=None, quantization="fp16", editable=False, detai
             sections.append(_meta_section(meta))
     if detail and getattr(model, "detail", None) is not None:
         sections.append((codec.SECTION_DETAIL, model.detail.to_bytes(), False))
-    return codec.encode_v2(sections)
+    blob = codec.encode_v2(sections)
+    if not (editable or reason):
+        _check_loadable(sections[0][1], len(blob))
+    return blob
+
+
+def _check_loadable(field_section: bytes, file_bytes: int) -> None:
+    """Refuse to write a compact file that a reader would refuse by its default decode budget."""
+    values = compact.decoded_values(compact.unpack_field(field_section))
+    if 8 * values > codec.compact_budget(file_bytes):
+        raise ValueError(f"this field's compact file would decode {values:,} values from {file_bytes:,} bytes, "
+                         "more than a reader accepts from a file that size; save a lower rank, or "
+                         "editable=True (the network weights)")
 
 
 @torch.no_grad()
@@ -172,6 +184,7 @@ def encode_steps(model, steps, *, metadata=True, detail=True) -> list[bytes]:
         if detail and getattr(model, "detail", None) is not None:
             sections.append((codec.SECTION_DETAIL, model.detail.to_bytes(), False))
         out.append(codec.encode_v2(sections))
+        _check_loadable(sections[0][1], len(out[-1]))
     return out
 
 
@@ -186,7 +199,7 @@ def _compact_sections(model, step: float, prep=None) -> list:
         spec = field_spec(model, flags=compact.FLAG_COMPACT, step=step, terms=[f.shape[0] for f in factors],
                           columns=[f.shape[1] for f in factors])
         spec, q, codes = compact.quantize(spec, factors, mixing)
-        coder = compact.CODER_ANS if compact.have_ans() else compact.CODER_ZSTD
+        coder = compact.DEFAULT_CODER if compact.have_ans() else compact.CODER_ZSTD
         body = bytes([coder]) + compact.encode_codes_section(spec, q, codes, coder)
     return [(codec.SECTION_FIELD, compact.pack_field(spec), False), (codec.SECTION_CODES, body, False)]
 

@@ -7,6 +7,7 @@ decode time, so a user can pick a point on the curve.
 
 from __future__ import annotations
 
+import math
 import time
 
 import numpy as np
@@ -139,6 +140,9 @@ def rank_path(field, max_points: int = 12) -> list:
 AUTO_STEPS = (1.25e-5, 3e-5, 1e-4, 3e-4, 1e-3)
 #: Rank prefixes automatic selection tries (the step carries most of the rate; prefixes trim the rest).
 AUTO_PREFIXES = 6
+#: Bisections of the step between the chosen grid step and its neighbour (the grid is 3x apart): the file
+#: then lands near the target or the budget instead of at the grid's next coarser point.
+AUTO_REFINE = 4
 
 
 def _proxy_error(blob: bytes, reference) -> float:
@@ -218,8 +222,40 @@ def choose_rank(field, reference, *, budget_bytes: int | None = None, target: fl
     def ok(row):
         return measure(row) <= target if lower_better else measure(row) >= target
 
+    def candidate(model, step):
+        blob = compact_io.encode_steps(model, [step])[0]
+        return {"ranks": list(model.ranks), "bytes": len(blob), "proxy": _proxy_error(blob, reference),
+                "_blob": blob, "step": step, "quantization": "compact"}
+
+    def refined(pick, better, worse):
+        """Bisect the step (log scale) between ``pick``'s, which is acceptable, and the neighbouring grid step
+        on the side that is not (``worse``); keep the acceptable candidate ``better`` prefers."""
+        if pick.get("quantization") != "compact":
+            return pick
+        model = field.truncate(tuple(pick["ranks"]))
+        if compact_io.can_compact(model) is not None:
+            return pick
+        good, bad = pick["step"], worse(pick["step"])
+        if bad is None:
+            return pick
+        best = pick
+        for _ in range(AUTO_REFINE):
+            mid = math.sqrt(good * bad)
+            row = candidate(model, mid)
+            if budget_bytes is None or row["bytes"] <= budget_bytes:
+                rows.append(row)  # the table lists what fits a budget, every candidate measured for a target
+            if accept(row):
+                good, best = mid, (row if better(row, best) else best)
+            else:
+                bad = mid
+        return best
+
     if budget_bytes is not None:
         pick = front[-1]
+        # a finer step of the same prefix, while the file still fits
+        finer = lambda step: max((s for s in steps if s < step), default=None)  # noqa: E731
+        accept = lambda row: row["bytes"] <= budget_bytes  # noqa: E731
+        pick = refined(pick, lambda row, best: row["proxy"] < best["proxy"], finer)
         measure(pick)
     else:
         if not ok(front[-1]):
@@ -233,6 +269,10 @@ def choose_rank(field, reference, *, budget_bytes: int | None = None, target: fl
             else:
                 lo = mid + 1
         pick = front[hi]
+        # a coarser step of the same prefix, while the target still holds: a smaller file
+        coarser = lambda step: min((s for s in steps if s > step), default=None)  # noqa: E731
+        accept = ok
+        pick = refined(pick, lambda row, best: row["bytes"] < best["bytes"], coarser)
     table = [{k: v for k, v in r.items() if k != "_blob"} for r in rows]
     chosen = {k: v for k, v in pick.items() if k != "_blob"}
     return {**chosen, "metric": metric, "evaluations": sum(metric in r for r in rows), "table": table}

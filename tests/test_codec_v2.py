@@ -430,3 +430,69 @@ def test_a_meta_shape_that_disagrees_with_the_stored_samples_is_a_format_error(t
     with pytest.raises(FormatError, match="disagrees with the FIELD section"):
         finr3d.field.FactorizedField.from_file(hostile)
     assert finr3d.field.FactorizedField.from_file(blob).target_info["shape"] == [12, 16]
+
+
+# --------------------------------------------------------------------------- the bounded ANS coder
+def test_bounded_coder_is_lossless_against_the_first_coder_and_smaller(monkeypatch):
+    """The default coder (3) decodes to exactly what the first ANS coder (1) does, in fewer bytes; files of
+    coder 1 still load."""
+    field = make(rank=16, decay=0.15, shape=(24, 24, 24))
+    new = field.encode(step=1e-3)
+    monkeypatch.setattr(compact, "DEFAULT_CODER", compact.CODER_ANS)
+    old = field.encode(step=1e-3)
+    assert codec.decode_v2(new)[codec.SECTION_CODES][0] == compact.CODER_ANS_BOUNDED
+    assert codec.decode_v2(old)[codec.SECTION_CODES][0] == compact.CODER_ANS
+    a, b = codec.decode_field(old).compact, codec.decode_field(new).compact
+    assert np.array_equal(a.mixing, b.mixing)
+    assert all(np.array_equal(x, y) for x, y in zip(a.coefficients, b.coefficients))
+    assert len(new) < len(old)
+
+
+def test_best_fit_scales_beat_mean_scales_on_sparse_groups():
+    """A sparse group (2 % of codes ±1): the mean |code| as Laplace scale makes each nonzero cost ~20 bits;
+    the scale chosen by code length must cost at most 1.25x the group's empirical entropy."""
+    rng = np.random.default_rng(0)
+    codes = np.zeros(20000, np.int64)
+    hit = rng.random(20000) < 0.02
+    codes[hit] = rng.choice([-1, 1], int(hit.sum()))
+    groups = np.zeros(len(codes), np.int64)
+    p = hit.mean()
+    entropy_bytes = len(codes) * (-(p * np.log2(p / 2) + (1 - p) * np.log2(1 - p))) / 8
+    best = len(compact.encode_codes(codes, groups, 1, bounded=True))
+    mean = len(compact.encode_codes(codes, groups, 1, bounded=False))
+    assert best <= 1.25 * entropy_bytes + 8
+    assert best < 0.6 * mean
+    assert np.array_equal(compact.decode_codes(memoryview(compact.encode_codes(codes, groups, 1)), groups, 1), codes)
+
+
+def test_bounded_coder_rejects_a_hostile_alphabet_bound():
+    codes = np.array([0, 1, -2, 0, 3], np.int64)
+    groups = np.zeros(5, np.int64)
+    blob = bytearray(compact.encode_codes(codes, groups, 1))
+    assert blob[0] == 2  # bit length of max |code| = 3: alphabet [-3, 3]
+    with pytest.raises(FormatError, match="bound"):
+        compact.decode_codes(memoryview(bytes([21]) + blob[1:]), groups, 1)
+    with pytest.raises(FormatError, match="bound 0"):
+        compact.decode_codes(memoryview(bytes([0]) + blob[1:]), groups, 1)
+    with pytest.raises(FormatError):
+        compact.decode_codes(memoryview(b""), groups, 1)
+
+
+def test_core_sum_groups_follow_the_index_sum():
+    g, n = compact.core_sum_groups((3, 4, 2, 2))  # Tucker (3, 4, 2), 2 channels
+    idx = np.indices((3, 4, 2)).sum(0).reshape(-1)
+    assert n == 2 + 3 + 1 + 1
+    assert np.array_equal(g, np.repeat(idx, 2))
+
+
+def test_a_compact_file_a_reader_would_refuse_is_not_written(monkeypatch):
+    """Files finr3d writes load with the default budget: the encoder refuses what the reader would."""
+    field = make(rank=8)
+    blob = field.encode(step=1e-3)
+    monkeypatch.setattr(codec, "COMPACT_SLACK", 0)
+    monkeypatch.setattr(codec, "COMPACT_EXPANSION", 1)
+    with pytest.raises(FormatError, match="budget"):
+        codec.decode_field(blob)
+    assert codec.decode_field(blob, max_tensor_bytes=1 << 30).compact is not None
+    with pytest.raises(ValueError, match="lower rank"):
+        field.encode(step=1e-3)

@@ -5,6 +5,7 @@ import pytest
 
 import finr3d
 from finr3d.cli import main
+from finr3d import sweep
 from finr3d.sweep import choose_rank, rank_path, rank_sweep
 from finr3d.targets import ImageTarget, write_png
 
@@ -49,6 +50,28 @@ def test_choose_rank_meets_budget_and_target(tucker_field):
     goal = pick["psnr"] - 3
     small = choose_rank(field, target, target=goal)
     assert small["psnr"] >= goal and small["bytes"] <= pick["bytes"]
+    grid = [r for r in small["table"] if r["step"] in sweep.AUTO_STEPS and "psnr" in r and r["psnr"] >= goal]
+    assert small["bytes"] <= min(r["bytes"] for r in grid)
+
+
+def test_choose_rank_refines_the_step_between_grid_points(tucker_field):
+    """A goal halfway between two grid steps' files: the chosen file lies between them (a refined step),
+    smaller than the grid file that meets the goal."""
+    from finr3d.evaluation import evaluate
+    from finr3d.field import FactorizedField
+
+    target, field = tucker_field
+    fine, coarse = 3e-4, 1e-3
+    assert fine in sweep.AUTO_STEPS and coarse in sweep.AUTO_STEPS
+    blobs = {s: field.encode(step=s) for s in (fine, coarse)}
+    psnr = {s: evaluate(FactorizedField.from_file(b), target)["psnr"] for s, b in blobs.items()}
+    assert psnr[fine] > psnr[coarse] + 0.5
+    goal = (psnr[fine] + psnr[coarse]) / 2
+    pick = choose_rank(field, target, target=goal)
+    assert pick["psnr"] >= goal
+    assert pick["step"] not in sweep.AUTO_STEPS
+    met = [r for r in pick["table"] if r["step"] in sweep.AUTO_STEPS and r.get("psnr", -1) >= goal]
+    assert met and pick["bytes"] < min(r["bytes"] for r in met)
     with pytest.raises(ValueError, match="no rank reaches"):
         choose_rank(field, target, target=200.0)
     with pytest.raises(ValueError, match="budget"):

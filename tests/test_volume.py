@@ -294,3 +294,22 @@ def test_a_compact_time_varying_volume_meshes_in_voxel_units_at_each_frame(metad
     x0 = volume_mesh(back, resolution=16, fraction=0.5, frame=0).vertices[:, 0].mean()
     x1 = volume_mesh(back, resolution=16, fraction=0.5, frame=1).vertices[:, 0].mean()
     assert x1 - x0 > 2.5  # the blob moved +0.8 normalized along x: 4.4 voxels of 11
+
+
+def test_a_4d_tucker_start_sees_every_voxel_when_its_preset_allows(monkeypatch):
+    """The x+y+z+t preset's CP-ALS start works on a sub-lattice; a Tucker start (HOSVD: one Gram matrix per
+    mode) may see the whole clip (``Preset.hosvd_samples``), and then starts far closer to it."""
+    import dataclasses
+
+    from finr3d import presets
+
+    clip = blob_clip(t=9, n=12)
+    out = {}
+    for cap in (None, 1 << 24):
+        small = dataclasses.replace(presets.TIMED_VOLUME_PRESET, closed_form_samples=2000, hosvd_samples=cap)
+        monkeypatch.setattr(presets, "TIMED_VOLUME_PRESET", small)
+        target = VolumeTarget(clip, axes="tzyx")
+        field = finr3d.fit(target, decomposition="tucker", rank=6, steps=1, seed=0)
+        out[cap] = field.history["decomposition_samples"], target.evaluate(field, ssim=False)["psnr"]
+    assert out[None][0] <= 2000 and out[1 << 24][0] == clip.size
+    assert out[1 << 24][1] > out[None][1] + 10.0  # measured: 59 dB against 35 dB

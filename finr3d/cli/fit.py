@@ -197,6 +197,10 @@ def run(args) -> int:
         t0 = time.perf_counter()
         target = load_target(args.input, kind=kind, **target_options)  # kept for the automatic rank choice
         prepare = time.perf_counter() - t0
+        if auto and "decomposition" not in options and "rank" not in options:
+            from finr3d.presets import goal_structure
+
+            options.update(goal_structure(target))  # e.g. a clip: the 4-D Tucker that codes small, not fast CP
         field = finr3d.fit(target, callback=progress if args.progress != "none" else None, **options)
         field.history["target_seconds"] = prepare
     finally:
