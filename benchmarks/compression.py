@@ -198,6 +198,8 @@ def finr_rows(field, target, steps, prefixes, default_step, resolution, samples,
         ff = codec.decode_field(blob)
         rows.append({"method": "finr", "setting": f"r{rank or top} step {step:g}", "rank": rank or top,
                      "ranks": list(ff.compact.ranks), "step": step, "bytes": len(blob),
+                     # the same field without the optional META section (save(metadata=False))
+                     "bytes_no_meta": len(field.encode(rank=rank, step=step, detail=False, metadata=False)),
                      "sections": {codec.SECTION_NAMES[k]: len(v) for k, v in ff.sections.items()},
                      "encode_s": round(enc, 3), "decode_s": round(dec, 3),
                      "chamfer_l1": grid_error(grid, target, samples, seed)})
@@ -256,6 +258,10 @@ def summarize(name, rows, prefix_ratio):
     finr_pts = [(r["bytes"], r["chamfer_l1"]) for r in rows if r["method"] == "finr"]
     b, how = bytes_at(frontier(finr_pts), level)
     out["finr_global"] = {"bytes": b, "how": how}
+    bare = [(r["bytes_no_meta"], r["chamfer_l1"]) for r in rows if r["method"] == "finr" and "bytes_no_meta" in r]
+    if bare:
+        b, how = bytes_at(frontier(bare), level)
+        out["finr_no_meta"] = {"bytes": b, "how": how}
     finr_pts += [(r["bytes"], r["chamfer_l1"]) for r in rows if r["method"] == "finr+detail"]
     b, how = bytes_at(frontier(finr_pts), level)
     out["finr"] = {"bytes": b, "how": how}  # any .finr file: global alone or with local detail
@@ -279,7 +285,7 @@ def _kib(b):
 
 def print_tables(results, meta):
     print("\n### Bytes at Draco-8's Chamfer-L1 (KiB, log-log interpolation of each frontier)\n")
-    cols = ["finr_global", "finr"] + [f"{m}@{r}" for r in meta["settings"]["grid_resolutions"]
+    cols = ["finr_global", "finr", "finr_no_meta"] + [f"{m}@{r}" for r in meta["settings"]["grid_resolutions"]
                        for m in meta["settings"]["codecs"]]
     print("| mesh | Draco-8 Chamfer | Draco-8 | " + " | ".join(cols) + " | .finr ≤ ½ Draco-8 | .finr ≤ SPERR | r/4 file |")
     print("|---|---|---|" + "---|" * len(cols) + "---|---|---|")

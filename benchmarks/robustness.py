@@ -412,7 +412,7 @@ def _detail_layout(content: bytes):
 
 def v2_cases(blob: bytes, rng: random.Random, *, truncations: int, flips: int):
     """Yield (family, description, bytes): the version-2 families on the file ``blob``."""
-    from finr3d import codec
+    from finr3d import codec, compact
 
     for n in _truncations(blob, truncations):
         yield "truncation", f"first {n} bytes", blob[:n]
@@ -498,6 +498,10 @@ def v2_cases(blob: bytes, rng: random.Random, *, truncations: int, flips: int):
                 if length:
                     yield "CODES values", f"block {b} empty", rebuild(
                         content[:off] + struct.pack("<I", 0) + content[off + 4 + length:])
+                if length and content[0] == compact.CODER_ANS_BOUNDED:  # the block's alphabet bound (bits)
+                    for bits in sorted({0, 1, content[off + 4] - 1, content[off + 4] + 1, 20, 21, 255} - {-1}):
+                        yield "CODES values", f"block {b} bound bits = {bits}", rebuild(
+                            content[:off + 4] + bytes([bits]) + content[off + 5:])
         elif kind == codec.SECTION_META:
             document = json.loads(content)
             meta_bytes = lambda d: rebuild(json.dumps(d, separators=(",", ":")).encode())  # noqa: E731

@@ -362,9 +362,8 @@ def core_groups(shape: Sequence[int]) -> tuple[np.ndarray, int]:
 def core_sum_groups(shape: Sequence[int]) -> tuple[np.ndarray, int]:
     """Group of every core value (C order, channel axis last): its index sum i + j + ... (coder ANS_BOUNDED).
 
-    An energy-ordered core's magnitudes fall with every index, so values of equal index sum are alike;
-    measured on fitted SDF cores this groups 2 % tighter than the shell max(i, j, ...), and on a 4-D clip's
-    sparse core 11 % (benchmarks/compact_candidates.py).
+    An energy-ordered core's magnitudes fall with every index, so values of equal index sum are alike: a
+    tighter grouping than the shell max(i, j, ...), which puts (0, 0, 47) with (47, 47, 47).
     """
     ranks = [int(r) for r in shape[:-1]]
     g = np.zeros((1,), dtype=np.int32)
@@ -601,12 +600,12 @@ def _code_bytes(codes, groups, n, coder):
 
 #: Rounding threshold of the quantizer, in steps: a value maps to ``sign(v) floor(|v| / step + 1 - DEADZONE)``
 #: (0.5 is rounding to nearest). A wider zero bin trades a little error for many fewer nonzero codes; at
-#: equal Chamfer it saved 7-16 % of the bytes on bunny, kitten and rocker-arm against rounding, and 15 % on
+#: equal Chamfer it saved 8-19 % of the bytes on bunny, kitten and rocker-arm against rounding, and 5-35 % on
 #: an image at equal PSNR (benchmarks/coders.py, RESULTS.md). The decoder is unchanged: a code still means
 #: ``q * step``.
 DEADZONE = 0.65
 #: Kinds quantized with another threshold: a volume's PSNR over every voxel gained nothing from the wider bin
-#: (neghip: 0-6 % more bytes at 39-47 dB, the smoke clip 5 % more at 40 dB), so volumes round to nearest.
+#: (neghip and the smoke clip: 1-5 % more bytes at 40 and 45 dB), so volumes round to nearest.
 KIND_DEADZONE = {"volume": 0.5}
 
 

@@ -92,11 +92,22 @@ def _meta(field, metadata) -> dict | None:
         drop = _LEAN_TARGET_DROP if target.get("kind") == "sdf" else tuple(
             k for k in _LEAN_TARGET_DROP if k != "world_from_normalized")
         target = {k: v for k, v in target.items() if k not in drop}
-        history = {k: v for k, v in history.items() if k in _LEAN_HISTORY}
+        history = _rounded({k: v for k, v in history.items() if k in _LEAN_HISTORY})
     from finr3d.codec import jsonable as _jsonable
 
     return _jsonable({"format": "finr3d-field", "library_version": __version__, "target": target,
                       "history": history, "trained": trained})
+
+
+def _rounded(value, digits: int = 4):
+    """Floats of the lean history to ``digits`` significant digits (a report, not data: ~50 bytes a file)."""
+    if isinstance(value, float) and math.isfinite(value) and value != 0.0:
+        return float(f"{value:.{digits}g}")
+    if isinstance(value, dict):
+        return {k: _rounded(v, digits) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_rounded(v, digits) for v in value]
+    return value
 
 
 def _meta_section(meta) -> tuple:
@@ -201,7 +212,18 @@ def _compact_sections(model, step: float, prep=None) -> list:
         spec, q, codes = compact.quantize(spec, factors, mixing)
         coder = compact.DEFAULT_CODER if compact.have_ans() else compact.CODER_ZSTD
         body = bytes([coder]) + compact.encode_codes_section(spec, q, codes, coder)
-    return [(codec.SECTION_FIELD, compact.pack_field(spec), False), (codec.SECTION_CODES, body, False)]
+    return [(codec.SECTION_FIELD, compact.pack_field(spec), False), (codec.SECTION_CODES, body, _zstd_pays(body))]
+
+
+def _zstd_pays(body: bytes) -> bool:
+    """Whether the container's zstd makes the CODES section smaller: the ANS words are near random, but the
+    group scale bytes (about 8 % of an SDF file at the steps near Draco's error) and the raw float32 of
+    ``step=0`` are not (benchmarks/coders.py: 3-5 % of the file)."""
+    try:
+        import zstandard
+    except ImportError:  # the encoder needs zstandard for the container anyway; keep the section stored
+        return False
+    return len(zstandard.ZstdCompressor(level=19).compress(body)) + 8 < len(body)
 
 
 def load_parts(path_or_bytes):

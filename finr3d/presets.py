@@ -56,8 +56,8 @@ class Preset:
     closed_form_samples: int = 256**3
     #: most grid points a Tucker/TT start (HOSVD, TT-SVD: one Gram matrix per mode, linear in the points) sees,
     #: when it may see more than a CP-ALS start (None: ``closed_form_samples``). A sub-lattice that skips
-    #: frames leaves them to the networks' interpolation: a 4-D Tucker of the smoke clip started on a 2^21
-    #: sub-lattice scored 36.6 dB on every voxel (29 dB on skipped frames), on the whole clip 45.4 dB
+    #: frames leaves them to the networks' interpolation (RESULTS.md, 'Volumes': the smoke clip's skipped
+    #: frames were 10 dB worse than the seen ones)
     hosvd_samples: Optional[int] = None
     #: where the numbers come from
     evidence: str = ""
@@ -99,9 +99,9 @@ TIMED_VOLUME_PRESET = Preset(
 
 #: The structure of a time-varying volume fitted for a file size or quality goal (``--budget-kb``,
 #: ``--target-psnr``): a 4-D Tucker from an HOSVD of the whole clip (``hosvd_samples``). Its first validation
-#: comes later than the CP preset's (the HOSVD of a 48 x 64^3 clip takes about a second on one core, so it
-#: would miss the 100x time-to-SIREN goal that CP meets), but at 60 s it is 51.6 dB against CP's 37.4 and its
-#: 40-dB file is 0.4x SZ3's (benchmarks/volume_fit.py rd, RESULTS.md 'Volumes and time-varying volumes').
+#: comes later than the CP preset's (after the HOSVD, about a second for a 48 x 64^3 clip on one core), so
+#: plain fits keep CP for time-to-quality; for bytes the Tucker wins: its 40- and 45-dB files are 0.39x and
+#: 0.88x SZ3's, where CP never reached 40 dB (benchmarks/volume_fit.py rd, RESULTS.md 'Volumes').
 COMPACT_TIMED_VOLUME = {"decomposition": "tucker", "rank": 40}
 
 

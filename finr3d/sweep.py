@@ -137,7 +137,7 @@ def rank_path(field, max_points: int = 12) -> list:
 
 
 #: Quantization steps (field units) that automatic selection tries for compact files.
-AUTO_STEPS = (1.25e-5, 3e-5, 1e-4, 3e-4, 1e-3)
+AUTO_STEPS = (1.25e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3)
 #: Rank prefixes automatic selection tries (the step carries most of the rate; prefixes trim the rest).
 AUTO_PREFIXES = 6
 #: Bisections of the step between the chosen grid step and its neighbour (the grid is 3x apart): the file

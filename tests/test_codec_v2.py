@@ -496,3 +496,24 @@ def test_a_compact_file_a_reader_would_refuse_is_not_written(monkeypatch):
     assert codec.decode_field(blob, max_tensor_bytes=1 << 30).compact is not None
     with pytest.raises(ValueError, match="lower rank"):
         field.encode(step=1e-3)
+
+
+def test_codes_section_is_zstd_coded_only_when_that_pays():
+    """The container's zstd on CODES: used where it makes the file smaller, the decoded field unchanged."""
+    field = make(rank=16, decay=0.15, shape=(24, 24, 24))
+    for step in (1e-3, 0.0):  # ANS codes (scale bytes compress a little), raw float32 coefficients
+        blob = field.encode(step=step)
+        view = memoryview(blob)
+        table = [codec._V2_SECTION.unpack_from(view, codec._V2_HEAD.size + i * codec._V2_SECTION.size)
+                 for i in range(codec._V2_HEAD.unpack_from(view)[3])]
+        kind, comp, _, stored, decoded = next(t for t in table if t[0] == codec.SECTION_CODES)
+        assert (comp == codec.ZSTD) == (stored < decoded)
+        plain = finr3d.compact_io._zstd_pays
+        try:
+            finr3d.compact_io._zstd_pays = lambda body: False
+            stored_blob = field.encode(step=step)
+        finally:
+            finr3d.compact_io._zstd_pays = plain
+        assert len(blob) <= len(stored_blob)
+        a, b = codec.decode_field(blob).compact, codec.decode_field(stored_blob).compact
+        assert np.array_equal(a.mixing, b.mixing)

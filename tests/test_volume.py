@@ -313,3 +313,21 @@ def test_a_4d_tucker_start_sees_every_voxel_when_its_preset_allows(monkeypatch):
         out[cap] = field.history["decomposition_samples"], target.evaluate(field, ssim=False)["psnr"]
     assert out[None][0] <= 2000 and out[1 << 24][0] == clip.size
     assert out[1 << 24][1] > out[None][1] + 10.0  # measured: 59 dB against 35 dB
+
+
+def test_a_clip_fit_with_a_goal_takes_the_compact_structure(tmp_path, capsys):
+    """`finr3d fit clip --target-psnr X` fits the goal structure (a 4-D Tucker) where a plain fit takes the fast
+    CP preset; an explicit --decomposition wins over both."""
+    from finr3d.presets import COMPACT_TIMED_VOLUME
+
+    src = tmp_path / "c.npy"
+    np.save(src, blob_clip(4, 10))
+    common = ["--axes", "tzyx", "--width", "16", "--steps", "20", "--progress", "none"]
+    runs = {"plain": [], "goal": ["--target-psnr", "20"], "explicit": ["--target-psnr", "20", "--decomposition", "cp"]}
+    got = {}
+    for name, extra in runs.items():
+        out = tmp_path / f"{name}.finr"
+        assert main(["fit", str(src), "-o", str(out)] + common + extra) == 0
+        got[name] = finr3d.load(out).config.decomposition
+    capsys.readouterr()
+    assert got == {"plain": "cp", "goal": COMPACT_TIMED_VOLUME["decomposition"], "explicit": "cp"}
