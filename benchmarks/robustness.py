@@ -102,7 +102,7 @@ def _v2_sections(blob: bytes) -> list[dict]:
         kind, comp, reserved, stored, decoded = V2_SECTION.unpack_from(blob, V2_HEAD.size + i * V2_SECTION.size)
         body = blob[at: at + stored]
         at += stored
-        content = zstandard.ZstdDecompressor().decompress(body) if comp == 1 else body
+        content = zstandard.ZstdDecompressor(**_zstd_dict(comp)).decompress(body) if comp in (1, 2) else body
         out.append({"kind": kind, "comp": comp, "reserved": reserved, "stored": stored, "decoded": decoded,
                     "body": body, "content": content})
     return out
@@ -118,11 +118,19 @@ def _v2_build(sections: list[dict], *, version=2, flags=0, count=None, reserved=
     return _v2_resign(head + table + b"".join(s["body"] for s in sections))
 
 
+def _zstd_dict(comp: int) -> dict:
+    """zstandard keyword for compression ``comp``: 2 is zstd with the built-in META dictionary."""
+    from finr3d import codec
+
+    return {"dict_data": codec._meta_dict()} if comp == codec.ZSTD_DICT else {}
+
+
 def _v2_section(kind: int, content: bytes, comp: int) -> dict:
-    """A consistent section holding ``content`` (zstd-coded with its content size when comp is 1)."""
+    """A consistent section holding ``content`` (zstd-coded with its content size when comp is 1 or 2)."""
     import zstandard
 
-    body = zstandard.ZstdCompressor(level=3, write_content_size=True).compress(content) if comp == 1 else content
+    body = (zstandard.ZstdCompressor(level=3, write_content_size=True, **_zstd_dict(comp)).compress(content)
+            if comp in (1, 2) else content)
     return {"kind": kind, "comp": comp, "reserved": 0, "stored": len(body), "decoded": len(content),
             "body": body, "content": content}
 
@@ -434,7 +442,7 @@ def v2_cases(blob: bytes, rng: random.Random, *, truncations: int, flips: int):
     for i, s in enumerate(sections):
         name = names[s["kind"]]
         hostile = {"kind": [0, 6, 127, 128, 255] + [k for k in codec.SECTION_NAMES if k != s["kind"]],
-                   "comp": [1 - s["comp"], 2, 255], "reserved": [1, 0xFFFF],
+                   "comp": sorted({0, 1, 2, 3, 255} - {s["comp"]}), "reserved": [1, 0xFFFF],
                    "stored": [0, s["stored"] - 1, s["stored"] + 1, 2**32 - 1],
                    "decoded": [0, s["decoded"] - 1, s["decoded"] + 1, 2**24, 2**31, 2**32 - 1]}
         for key, values in hostile.items():
@@ -445,7 +453,7 @@ def v2_cases(blob: bytes, rng: random.Random, *, truncations: int, flips: int):
                 yield family, f"{name}.{key} = {value}", _v2_build(mutated)
         yield fam, f"{name} dropped", _v2_build(sections[:i] + sections[i + 1:])
         yield fam, f"{name} twice", _v2_build(sections[: i + 1] + sections[i:])
-        if s["comp"] == 1:  # the zstd frame declares a different (huge) size than the table
+        if s["comp"] in (1, 2):  # the zstd frame declares a different (huge) size than the table
             import zstandard
 
             for declared in (s["decoded"] + 1, 2**31, 2**40):

@@ -112,7 +112,7 @@ def _rounded(value, digits: int = 4):
 
 def _meta_section(meta) -> tuple:
     text = json.dumps(meta, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-    return (codec.SECTION_META, text.encode("utf-8"), True)
+    return (codec.SECTION_META, text.encode("utf-8"), codec.ZSTD_DICT)
 
 
 def encode_field(field, *, rank=None, quantization="fp16", editable=False, detail=True, step=None,

@@ -517,3 +517,30 @@ def test_codes_section_is_zstd_coded_only_when_that_pays():
         assert len(blob) <= len(stored_blob)
         a, b = codec.decode_field(blob).compact, codec.decode_field(stored_blob).compact
         assert np.array_equal(a.mixing, b.mixing)
+
+
+def test_meta_is_coded_with_the_built_in_dictionary_and_round_trips():
+    """META uses compression 2 (zstd with codec.META_DICTIONARY): a typical SDF report costs well under 128
+    bytes; plain zstd frames in a section marked 2 still read, and compression 3 is refused."""
+    field = make(rank=6)
+    field.history = {"metric_name": "iou", "steps": 326, "seconds": 59.87, "stopped": "budget",
+                     "metrics": {"iou": 0.9973, "sdf_mae": 0.0004816, "psnr": 56.84, "loss": 0.00126},
+                     "device": "cpu"}
+    blob = field.encode(step=1e-3)
+    view = memoryview(blob)
+    count = codec._V2_HEAD.unpack_from(view)[3]
+    entries = [codec._V2_SECTION.unpack_from(view, codec._V2_HEAD.size + i * codec._V2_SECTION.size)
+               for i in range(count)]
+    kind, comp, _, stored, decoded = next(e for e in entries if e[0] == codec.SECTION_META)
+    assert comp == codec.ZSTD_DICT and stored < 128 < decoded
+    meta = codec.decode_field(blob).meta
+    assert meta["history"]["steps"] == 326 and meta["history"]["metrics"]["iou"] == 0.9973
+    # the same sections with META in a plain zstd frame, then with an unknown compression id
+    sections = codec.decode_v2(blob)
+    plain = codec.encode_v2([(k, v, k == codec.SECTION_META) for k, v in sections.items()])
+    assert codec.decode_field(plain).meta == meta
+    at = codec._V2_HEAD.size + [e[0] for e in entries].index(codec.SECTION_META) * codec._V2_SECTION.size
+    bad = bytearray(blob)
+    codec._V2_SECTION.pack_into(bad, at, kind, 3, 0, stored, decoded)
+    with pytest.raises(FormatError, match="unknown compression"):
+        codec.decode_field(resign(bytes(bad)))
