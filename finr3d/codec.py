@@ -111,7 +111,7 @@ EXPANSION_SLACK = 1 << 20
 COMPACT_EXPANSION = 512
 """A compact file's CODES may decode to 8-byte values of at most this multiple of the file size (plus
 :data:`COMPACT_SLACK`): entropy-coded sparse cores legitimately expand far more than zstd'd tensors (a 4-D
-Tucker core of a clip: about 300x), and the decoder needs about 30 bytes of memory per value."""
+Tucker core of a clip: about 300x), and the decoder needs about 25 bytes of memory per value."""
 COMPACT_SLACK = 8 << 20
 
 
@@ -996,7 +996,9 @@ def encode_v2(sections, *, level: int = 19) -> bytes:
     for kind, body, compress in sections:
         body = bytes(body)
         if compress:
-            how = ZSTD_DICT if compress == ZSTD_DICT and compress is not True else ZSTD
+            how = ZSTD if compress is True else compress
+            if how not in (ZSTD, ZSTD_DICT):
+                raise ValueError(f"section {kind}: compress must be False, True or ZSTD_DICT, got {compress!r}")
             extra = {"dict_data": _meta_dict(), "write_dict_id": False} if how == ZSTD_DICT else {}
             coded = zstandard.ZstdCompressor(level=level, write_checksum=False, write_content_size=True,
                                              **extra).compress(body)
