@@ -989,7 +989,8 @@ MAX_META_BYTES = 1 << 20
 
 def encode_v2(sections, *, level: int = 19) -> bytes:
     """Build a version-2 file from ``[(kind, bytes, compress)]``; compress=True zstd-codes the section,
-    compress=ZSTD_DICT with the built-in META dictionary."""
+    compress=ZSTD_DICT with the built-in META dictionary. A section that compression does not make smaller
+    (near-random ANS words, say) is stored instead."""
     if len(sections) > MAX_SECTIONS:
         raise ValueError(f"{len(sections)} sections; a .finr v2 file holds at most {MAX_SECTIONS}")
     table, bodies = [], []
@@ -1002,11 +1003,12 @@ def encode_v2(sections, *, level: int = 19) -> bytes:
             extra = {"dict_data": _meta_dict(), "write_dict_id": False} if how == ZSTD_DICT else {}
             coded = zstandard.ZstdCompressor(level=level, write_checksum=False, write_content_size=True,
                                              **extra).compress(body)
-            table.append(_V2_SECTION.pack(kind, how, 0, len(coded), len(body)))
-            bodies.append(coded)
-        else:
-            table.append(_V2_SECTION.pack(kind, STORE, 0, len(body), len(body)))
-            bodies.append(body)
+            if len(coded) < len(body):
+                table.append(_V2_SECTION.pack(kind, how, 0, len(coded), len(body)))
+                bodies.append(coded)
+                continue
+        table.append(_V2_SECTION.pack(kind, STORE, 0, len(body), len(body)))
+        bodies.append(body)
     head = _V2_HEAD.pack(MAGIC, FORMAT_V2, 0, len(sections)) + b"".join(table) + b"".join(bodies)
     return head + _digest(head, V2_DIGEST_BYTES)
 

@@ -212,18 +212,10 @@ def _compact_sections(model, step: float, prep=None) -> list:
         spec, q, codes = compact.quantize(spec, factors, mixing)
         coder = compact.DEFAULT_CODER if compact.have_ans() else compact.CODER_ZSTD
         body = bytes([coder]) + compact.encode_codes_section(spec, q, codes, coder)
-    return [(codec.SECTION_FIELD, compact.pack_field(spec), False), (codec.SECTION_CODES, body, _zstd_pays(body))]
-
-
-def _zstd_pays(body: bytes) -> bool:
-    """Whether the container's zstd makes the CODES section smaller: the ANS words are near random, but the
-    group scale bytes (about 8 % of an SDF file at the steps near Draco's error) and the raw float32 of
-    ``step=0`` are not (benchmarks/coders.py: 3-5 % of the file)."""
-    try:
-        import zstandard
-    except ImportError:  # the encoder needs zstandard for the container anyway; keep the section stored
-        return False
-    return len(zstandard.ZstdCompressor(level=19).compress(body)) + 8 < len(body)
+    # zstd in the container where it pays: the ANS words are near random, but the group scale bytes (about
+    # 8 % of an SDF file at the steps near Draco's error) and the raw float32 of step=0 are not
+    # (benchmarks/compression.py: 3-5 % of the file); encode_v2 stores the section when it does not
+    return [(codec.SECTION_FIELD, compact.pack_field(spec), False), (codec.SECTION_CODES, body, True)]
 
 
 def load_parts(path_or_bytes):

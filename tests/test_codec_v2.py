@@ -508,15 +508,27 @@ def test_codes_section_is_zstd_coded_only_when_that_pays():
                  for i in range(codec._V2_HEAD.unpack_from(view)[3])]
         kind, comp, _, stored, decoded = next(t for t in table if t[0] == codec.SECTION_CODES)
         assert (comp == codec.ZSTD) == (stored < decoded)
-        plain = finr3d.compact_io._zstd_pays
-        try:
-            finr3d.compact_io._zstd_pays = lambda body: False
-            stored_blob = field.encode(step=step)
-        finally:
-            finr3d.compact_io._zstd_pays = plain
+        sections = codec.decode_v2(blob)  # the same sections, CODES stored
+        stored_blob = codec.encode_v2([(k, v, codec.ZSTD_DICT if k == codec.SECTION_META else False)
+                                       for k, v in sections.items()])
         assert len(blob) <= len(stored_blob)
         a, b = codec.decode_field(blob).compact, codec.decode_field(stored_blob).compact
         assert np.array_equal(a.mixing, b.mixing)
+
+
+def test_a_section_compression_does_not_shrink_is_stored():
+    noise = np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes()
+    field_bytes = codec.decode_v2(small_file())[codec.SECTION_FIELD]
+    codes = codec.decode_v2(small_file())[codec.SECTION_CODES]
+    blob = codec.encode_v2([(codec.SECTION_FIELD, field_bytes, True), (codec.SECTION_CODES, codes, False),
+                            (200, noise, True)])  # an optional section of random bytes, asked to compress
+    view = memoryview(blob)
+    entries = [codec._V2_SECTION.unpack_from(view, codec._V2_HEAD.size + i * codec._V2_SECTION.size)
+               for i in range(3)]
+    assert entries[2][1] == codec.STORE and entries[2][3] == len(noise)
+    assert codec.decode_v2(blob)[codec.SECTION_FIELD] == field_bytes
+    with pytest.raises(ValueError, match="compress must be"):
+        codec.encode_v2([(codec.SECTION_FIELD, field_bytes, 7)])
 
 
 def test_meta_is_coded_with_the_built_in_dictionary_and_round_trips():
