@@ -542,7 +542,7 @@ def closed_form_start(field, target, *, seconds: Optional[float], steps: Optiona
             field.bias.copy_(values.reshape(-1, values.shape[-1]).mean(0).to(field.device))
         return _als_start(field, target, coords, values, seconds=seconds, steps=steps, seed=seed, t0=t0,
                           callback=callback, checkpoint=checkpoint)
-    hosvd_cap = getattr(target.preset, "hosvd_samples", None)
+    hosvd_cap = target.preset.hosvd_samples
     if preset_cap and hosvd_cap is not None and field.config.decomposition in ("tucker", "tt"):
         max_samples = max(max_samples, int(hosvd_cap))
     levels = _decomposition_levels(target, max_samples) if deadline is not None else [max_samples]

@@ -227,9 +227,9 @@ def choose_rank(field, reference, *, budget_bytes: int | None = None, target: fl
         return {"ranks": list(model.ranks), "bytes": len(blob), "proxy": _proxy_error(blob, reference),
                 "_blob": blob, "step": step, "quantization": "compact"}
 
-    def refined(pick, better, worse):
-        """Bisect the step (log scale) between ``pick``'s, which is acceptable, and the neighbouring grid step
-        on the side that is not (``worse``); keep the acceptable candidate ``better`` prefers."""
+    def refined(pick, accept, better, worse):
+        """Bisect the step (log scale) between ``pick``'s, which ``accept``s, and the neighbouring grid step
+        on the side that may not (``worse``); keep the accepted candidate ``better`` prefers."""
         if pick.get("quantization") != "compact":
             return pick
         model = field.truncate(tuple(pick["ranks"]))
@@ -254,8 +254,8 @@ def choose_rank(field, reference, *, budget_bytes: int | None = None, target: fl
         pick = front[-1]
         # a finer step of the same prefix, while the file still fits
         finer = lambda step: max((s for s in steps if s < step), default=None)  # noqa: E731
-        accept = lambda row: row["bytes"] <= budget_bytes  # noqa: E731
-        pick = refined(pick, lambda row, best: row["proxy"] < best["proxy"], finer)
+        pick = refined(pick, lambda row: row["bytes"] <= budget_bytes,
+                       lambda row, best: row["proxy"] < best["proxy"], finer)
         measure(pick)
     else:
         if not ok(front[-1]):
@@ -271,8 +271,7 @@ def choose_rank(field, reference, *, budget_bytes: int | None = None, target: fl
         pick = front[hi]
         # a coarser step of the same prefix, while the target still holds: a smaller file
         coarser = lambda step: min((s for s in steps if s > step), default=None)  # noqa: E731
-        accept = ok
-        pick = refined(pick, lambda row, best: row["bytes"] < best["bytes"], coarser)
+        pick = refined(pick, ok, lambda row, best: row["bytes"] < best["bytes"], coarser)
     table = [{k: v for k, v in r.items() if k != "_blob"} for r in rows]
     chosen = {k: v for k, v in pick.items() if k != "_blob"}
     return {**chosen, "metric": metric, "evaluations": sum(metric in r for r in rows), "table": table}
