@@ -156,13 +156,23 @@ GRID_CODECS = {
 }
 
 
-def grid_rows(path, base: SDFTarget, resolutions, codecs, samples, seed):
+def grid_values(target: SDFTarget, profile: str) -> np.ndarray:
+    """The grid a codec compresses: the truncated SDF (``clamp``, the grid of the issue's targets) or the
+    tanh profile finr3d's fits now learn (``tanh``), both in field units of ``target.truncation``."""
+    from finr3d import profiles
+
+    d = np.clip(target.sdf, -target.clip, target.clip)
+    return np.ascontiguousarray(profiles.to_field(d, np.float32(target.truncation), profile), dtype=np.float32)
+
+
+def grid_rows(path, base: SDFTarget, resolutions, codecs, samples, seed, profile: str = "clamp"):
     rows = []
     for res in resolutions:
         target = base if res == base.resolution else SDFTarget(path, resolution=res)
-        values = np.ascontiguousarray(target.sdf / np.float32(target.truncation), dtype=np.float32)
+        values = grid_values(target, profile)
         for name in codecs:
             fn, settings = GRID_CODECS[name]
+            tag = name if profile == "clamp" else f"{name} ({profile})"
             for s in settings:
                 if name == "hosvd+zstd" and s >= res:
                     continue
@@ -170,10 +180,10 @@ def grid_rows(path, base: SDFTarget, resolutions, codecs, samples, seed):
                 try:
                     nbytes, dec = fn(values, s)
                 except Exception as exc:  # a codec refusing a setting is a data point, not a crash
-                    rows.append({"method": name, "setting": f"{res}^3 {s}", "error": repr(exc)})
+                    rows.append({"method": tag, "setting": f"{res}^3 {s}", "error": repr(exc)})
                     continue
                 enc = time.perf_counter() - t0
-                rows.append({"method": name, "resolution": res, "setting": f"{res}^3 {s}", "param": s,
+                rows.append({"method": tag, "resolution": res, "setting": f"{res}^3 {s}", "param": s,
                              "bytes": int(nbytes), "codec_s": round(enc, 3),
                              "chamfer_l1": grid_error(np.asarray(dec, np.float32).reshape(values.shape), target,
                                                       samples, seed)})
@@ -395,6 +405,9 @@ def main(argv=None) -> int:
     p.add_argument("--extract-resolution", type=int, default=256)
     p.add_argument("--grid-resolutions", default="128,256")
     p.add_argument("--codecs", default="sperr,sz3,zfp,hosvd+zstd,int8+zstd")
+    p.add_argument("--grid-profiles", default="clamp",
+                   help="grids the codecs see: clamp (the truncated SDF, the issue's baseline), tanh (the profile "
+                        "finr3d fits), or both")
     p.add_argument("--draco-bits", default="8,10,12,14")
     p.add_argument("--samples", type=int, default=100_000)
     p.add_argument("--seed", type=int, default=0)
@@ -446,8 +459,9 @@ def main(argv=None) -> int:
                     if r["method"] != "finr"]
         else:
             rows = draco_rows(target.mesh, [int(b) for b in split(args.draco_bits)], args.samples, args.seed)
-            rows += grid_rows(path, target, [int(r) for r in split(args.grid_resolutions)], split(args.codecs),
-                              args.samples, args.seed)
+            for profile in split(args.grid_profiles):
+                rows += grid_rows(path, target, [int(r) for r in split(args.grid_resolutions)], split(args.codecs),
+                                  args.samples, args.seed, profile)
         if args.baselines_only:
             results[name] = {"faces": int(len(target.mesh.faces)), "rows": rows, "fit": {}, "summary": {}}
             print(f"  {name}: {len(rows)} baseline rows", flush=True)

@@ -1128,7 +1128,9 @@ def _spec_from_header(header: dict):
         return compact.FieldSpec(target.get("kind", header.get("kind", "signal")), dec, ndim, channels, modes,
                                  [0] * len(modes), columns, bounds, float(target.get("value_offset", 0.0)),
                                  float(target.get("value_scale", 1.0)), np.zeros(channels, np.float32), 0.0,
-                                 compact.FLAG_AFFINE if affine is not None else 0, bonds, affine)
+                                 (compact.FLAG_AFFINE if affine is not None else 0)
+                                 | (compact.FLAG_TANH if target.get("kind") == "sdf" and target.get("profile") == "tanh"
+                                    else 0), bonds, affine)
     except (KeyError, TypeError, ValueError, IndexError) as exc:
         raise FormatError(f"the field header is invalid ({type(exc).__name__}: {exc}); re-export the file") from exc
 
@@ -1484,6 +1486,8 @@ def compact_target(ff: FieldFile) -> dict:
         target["world_from_normalized"] = voxel_frame(target["shape"]).tolist()  # voxel units, x first
     target.setdefault("value_offset", spec.value_offset)
     target.setdefault("value_scale", spec.value_scale)
+    if spec.kind == "sdf":  # the FIELD section's profile flag decides (finr3d.profiles)
+        target["profile"] = "tanh" if spec.flags & compact.FLAG_TANH else "clamp"
     if spec.kind == "sdf" or spec.affine is not None:
         target["world_from_normalized"] = spec.world_from_normalized().tolist()  # the FIELD section's placement
     return target

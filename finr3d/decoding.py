@@ -91,14 +91,19 @@ def decode_slabs(field, shape, *, rank=None):
     """
     from finr3d.coords import lattice
 
+    from finr3d.profiles import profile_of, to_distance
+
     info = field.target_info or {}
     scale, offset = np.float32(info.get("value_scale", 1.0)), np.float32(info.get("value_offset", 0.0))
+    squashed = info.get("kind") == "sdf" and profile_of(info) == "tanh"
     coords = [lattice(int(n)) for n in shape]
     plane = math.prod(shape[1:]) * field.channels
     step = max(1, SLAB_VALUES // max(1, plane))
     for start in range(0, shape[0], step):
         stop = min(shape[0], start + step)
         values = field.grid([coords[0][start:stop]] + coords[1:], rank=rank, squeeze=False)
+        if squashed:  # a tanh SDF profile back to distance at the surface's slope
+            values = to_distance(values, np.float32(1.0), "tanh").astype(np.float32, copy=False)
         values *= scale
         values += offset
         yield start, stop, values

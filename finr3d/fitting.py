@@ -430,16 +430,18 @@ def _calibrate_random_init(field: FactorizedField, target: Target) -> None:
 def _eikonal(field: FactorizedField, target: Target, gen: torch.Generator, n: int = 4096) -> torch.Tensor:
     """Mean of ``(|∇f| t - 1)^2`` on random points inside the truncation band.
 
-    SDF fields predict ``sdf / t`` with ``t`` the truncation in normalized
-    units, so a true distance has ``|∇f| = 1 / t``; outside the band the target
-    is clamped and the term does not apply.
+    SDF fields predict ``sdf / t`` (clamp profile) or ``tanh(sdf / t)`` (tanh profile) with ``t`` the
+    truncation in normalized units, so a true distance has ``|∇f| = 1 / t``, respectively
+    ``(1 - f^2) / t``; outside the band the target is clamped and the term does not apply.
     """
     x = (torch.rand(n, field.ndim, generator=gen) * 2 - 1).to(field.device).requires_grad_(True)
     f = field.points(x)[:, 0]
     (g,) = torch.autograd.grad(f.sum(), x, create_graph=True)
     t = float(getattr(target, "truncation", None) or 1.0)
     norm = g.norm(dim=-1) * t
-    mask = f.detach().abs() < 0.9
+    if getattr(target, "profile", "clamp") == "tanh":
+        norm = norm / (1.0 - f.detach().clamp(-0.99, 0.99) ** 2)
+    mask = f.detach().abs() < 0.9 * float(getattr(target, "saturation", 1.0))
     if not mask.any():
         return norm.sum() * 0
     return ((norm[mask] - 1) ** 2).mean()

@@ -159,6 +159,7 @@ _TARGET = {
         },
         "resolution": {"anyOf": [_int(1, MAX_AXIS_SAMPLES), {"type": "null"}]},
         "truncation": {"anyOf": [_num(0, MAX_MAGNITUDE, exclusive_lo=True), {"type": "null"}]},
+        "profile": {"enum": ["clamp", "tanh"]},
         "margin": {"anyOf": [_num(0, 1e3), {"type": "null"}]},
         "sign": {"anyOf": [_NAME, {"type": "null"}]},
     },

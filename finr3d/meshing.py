@@ -44,8 +44,9 @@ def extract_mesh(field, resolution=256, *, rank=None, level: float = 0.0, bounds
         Evaluate the field truncated to this rank (``None``: full rank).
     level : float
         Iso-value in the target's value units (``value = field * value_scale +
-        value_offset``): for SDF fields a signed distance in world units, so
-        ``level > 0`` dilates the surface (within the truncation band only).
+        value_offset``, through the SDF profile of :mod:`finr3d.profiles`):
+        for SDF fields a signed distance in world units, so ``level > 0``
+        dilates the surface (within the band of exact distances only).
     bounds : (3, 2) or (2, 3) float, optional
         Sub-box in normalized coordinates; default the whole ``[-1, 1]^3``.
     slab : int, optional
@@ -92,9 +93,9 @@ def extract_arrays(field, resolution=256, *, rank=None, level: float = 0.0, boun
     if slab is not None and (isinstance(slab, bool) or not isinstance(slab, (int, np.integer)) or slab < 2):
         raise ValueError(f"slab must be an integer >= 2 (planes per slab), got {slab!r}")
     info = getattr(field, "target_info", None) or {}
-    offset = float(info.get("value_offset", 0.0))
-    vscale = float(info.get("value_scale", 1.0)) or 1.0
-    iso = (float(level) - offset) / vscale
+    from finr3d.profiles import from_signal, to_signal
+
+    iso = from_signal(float(level), info)
     axes = [np.linspace(box[i, 0], box[i, 1], shape[i]).astype(np.float32) for i in range(3)]
     yz = [torch.from_numpy(axes[1]), torch.from_numpy(axes[2])]
 
@@ -107,7 +108,7 @@ def extract_arrays(field, resolution=256, *, rank=None, level: float = 0.0, boun
 
     verts, faces, (vmin, vmax) = march_slabs(planes, shape, iso, slab=slab)
     if len(faces) == 0:
-        lo, hi = sorted((vmin * vscale + offset, vmax * vscale + offset))  # in the level's units
+        lo, hi = sorted(float(v) for v in to_signal(np.array([vmin, vmax], np.float64), info))  # level's units
         if vmin > iso:
             what = "everywhere above it (positive: all outside for an SDF)"
         elif vmax < iso:

@@ -148,7 +148,7 @@ AUTO_REFINE = 4
 def _proxy_error(blob: bytes, reference) -> float:
     """Cheap stand-in for the metric: mean |error| of the decoded file on the reference's stored grid.
 
-    SDF: over the band (|truth| < 1 field unit, where the surface lives); otherwise over every sample.
+    SDF: over the band (|truth| below the profile's saturation, where the surface lives); otherwise over every sample.
     """
     from finr3d import codec
 
@@ -156,7 +156,7 @@ def _proxy_error(blob: bytes, reference) -> float:
     pred = codec.decode_grid(blob, resolution=list(truth.shape[:-1]), squeeze=False)
     err = np.abs(pred - truth)
     if getattr(reference, "kind", None) == "sdf":
-        band = np.abs(truth) < 0.999
+        band = np.abs(truth) < 0.999 * float(getattr(reference, "saturation", 1.0))
         return float(err[band].mean()) if band.any() else float(err.mean())
     return float(err.mean())
 

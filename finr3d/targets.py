@@ -246,6 +246,10 @@ class Target:
 
     def to_values(self, pred: np.ndarray) -> np.ndarray:
         """Map field outputs back to the signal's value space."""
+        if self.kind == "sdf" and getattr(self, "profile", "clamp") == "tanh":  # finr3d.profiles
+            from finr3d.profiles import to_distance
+
+            pred = to_distance(pred, 1.0, "tanh")
         return pred * self.value_scale + self.value_offset
 
     def describe(self) -> dict:

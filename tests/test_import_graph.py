@@ -109,7 +109,8 @@ def test_low_layers_import_no_torch_backed_module():
 #: layer or below. A new module must be placed here, so the layering is a decision, not an accident.
 LAYERS = {
     "base": ["finr3d", "finr3d.errors", "finr3d.atomic_files", "finr3d.files", "finr3d.presets", "finr3d.ranks",
-             "finr3d.placement", "finr3d.header_schema", "finr3d._o3d", "finr3d.shapes", "finr3d.simulation"],
+             "finr3d.placement", "finr3d.header_schema", "finr3d._o3d", "finr3d.shapes", "finr3d.simulation",
+             "finr3d.profiles"],
     "codec": ["finr3d.compact", "finr3d.local_detail", "finr3d.codec"],
     "geometry": ["finr3d.mesh_query", "finr3d.meshing", "finr3d.geometry_metrics"],
     "model": ["finr3d.coords", "finr3d.backbones", "finr3d.decompositions", "finr3d.config", "finr3d.compact_io",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -77,7 +78,8 @@ def holed_sphere():
 def test_sphere_matches_analytic_distance():
     target = SDFTarget(trimesh.creation.icosphere(subdivisions=5, radius=1.0), resolution=32, truncation=0.3)
     p = lattice_points(target)
-    analytic = np.clip((np.linalg.norm(p, axis=-1) - 1.0) / target.scale, -0.3, 0.3)
+    assert target.clip == 2 * 0.3  # the tanh profile's ground truth is exact out to twice the truncation
+    analytic = np.clip((np.linalg.norm(p, axis=-1) - 1.0) / target.scale, -target.clip, target.clip)
     assert np.abs(target.sdf - analytic).max() < 2e-3
     assert target.report["sign_method"] == "raycast"
     assert target.sdf.shape == (32, 32, 32) and target.sdf.dtype == np.float32
@@ -89,7 +91,7 @@ def test_torus_matches_analytic_distance():
     target = SDFTarget(mesh, resolution=40, truncation=0.2)
     p = lattice_points(target) - [0.5, -2.0, 3.0]
     analytic = np.sqrt((np.hypot(p[..., 0], p[..., 1]) - 1.0) ** 2 + p[..., 2] ** 2) - 0.4
-    analytic = np.clip(analytic / target.scale, -0.2, 0.2)
+    analytic = np.clip(analytic / target.scale, -target.clip, target.clip)
     assert np.abs(target.sdf - analytic).max() < 3e-3
     assert target.report["watertight"] and target.report["parts"] == 1
 
@@ -217,16 +219,17 @@ def test_sample_loss_and_metric():
     truth = target.sample(coords)
     assert truth.shape == (16, 16, 16, 1)
     torch.testing.assert_close(truth, target.data)
-    assert truth.abs().max() == 1.0  # field units: sdf / truncation
+    # field units: tanh(sdf / truncation) of distances clamped at twice the truncation
+    assert float(truth.abs().max()) == pytest.approx(math.tanh(2.0), rel=1e-6) == pytest.approx(target.saturation)
     mid = (coords[0][3] + coords[0][4]) / 2
     between = target.sample([mid[None], coords[1][5:6], coords[2][7:8]])
     torch.testing.assert_close(between[0, 0, 0], (target.data[3, 5, 7] + target.data[4, 5, 7]) / 2)
     assert float(target.loss(truth, truth)) == 0.0
     # beyond the truncation on the right side costs nothing; the wrong side does and has a gradient
     far = truth.clone()
-    far[truth >= 1] = 3.0
+    far[truth >= target.saturation * (1 - 1e-6)] = 3.0
     assert float(target.loss(far, truth)) == 0.0
-    pred = torch.where(truth >= 1, -2.0 * torch.ones_like(truth), truth).requires_grad_(True)
+    pred = torch.where(truth >= target.saturation * (1 - 1e-6), -2.0 * torch.ones_like(truth), truth).requires_grad_(True)
     loss = target.loss(pred, truth)
     assert float(loss.detach()) > 0
     loss.backward()
@@ -419,7 +422,7 @@ def test_local_detail_is_opt_in_and_brings_the_field_to_the_fine_ground_truth(tm
     assert codec.SECTION_DETAIL not in codec.read_field(plain).sections
     assert codec.SECTION_DETAIL in codec.read_field(detailed).sections
     fine = SDFTarget(tmp_path / "capsule.obj", resolution=16, detail_resolution="auto")
-    truth = fine.sdf_fine / np.float32(fine._norm_scale)  # field units on the 31^3 lattice
+    truth = np.tanh(fine.sdf_fine / np.float32(fine.truncation))  # field units (tanh profile) on the 31^3 lattice
     band = np.abs(fine.sdf_fine) < fine.detail_band
     errors = {}
     for name, path in (("plain", plain), ("detail", detailed)):
