@@ -11,7 +11,7 @@ in field units:
   :data:`TANH_REACH` ``t`` (``|v| <= tanh(2) = 0.964``, where the profile is
   already flat). It is smooth everywhere, has the same slope at the surface
   (``1 / t``), and its zero level set is the same surface. On the six shared
-  meshes a HOSVD of the tanh grid codes 25-35 % smaller than the clamped grid
+  meshes a HOSVD of the tanh grid codes 23-48 % smaller than the clamped grid
   at equal Chamfer and reaches a lower error at equal rank
   (``benchmarks/profiles.py``, RESULTS.md 'Compression').
 
