@@ -111,3 +111,18 @@ def test_tanh_flag_on_a_volume_is_refused():
         compact.unpack_field(compact.pack_field(spec))
     sdf = compact.FieldSpec(**{**spec.__dict__, "kind": "sdf"})
     assert compact.unpack_field(compact.pack_field(sdf)).flags & compact.FLAG_TANH
+
+
+def test_cli_profile_flag_and_its_default(tmp_path, capsys):
+    from finr3d.cli import main
+
+    trimesh.creation.icosphere(subdivisions=2, radius=0.7).export(tmp_path / "ball.obj")
+    common = ["--resolution", "16", "--steps", "5", "--rank", "4", "--width", "8", "--progress", "none"]
+    for extra, flagged in (([], True), (["--profile", "clamp"], False), (["--profile", "tanh"], True)):
+        out = tmp_path / f"ball{len(extra)}{flagged}.finr"
+        assert main(["fit", str(tmp_path / "ball.obj"), "-o", str(out), *extra, *common]) == 0
+        assert bool(codec.read_field(out).spec.flags & compact.FLAG_TANH) == flagged
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:  # argparse: a user's mistake, exit 2
+        main(["fit", str(tmp_path / "ball.obj"), "-o", str(tmp_path / "x.finr"), "--profile", "cubic", *common])
+    assert exc.value.code == 2 and "--profile" in capsys.readouterr().err

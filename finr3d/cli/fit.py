@@ -66,6 +66,9 @@ def add_arguments(p) -> None:
     g.add_argument("--sign", choices=["auto", "raycast", "winding"],
                    help="inside/outside test: raycast for watertight meshes, winding numbers for open or "
                         "multi-part ones; auto picks (default auto)")
+    g.add_argument("--profile", choices=["tanh", "clamp"],
+                   help="what the field learns of the distance: tanh(sdf / t), smooth, smaller files and a closer "
+                        "fit, or the clamped sdf / t of files before 2026-12-01 (default tanh)")
     g.add_argument("--detail", action="store_true",
                    help="also fit a sparse local residual on a 2x finer ground truth in the band around the "
                         "surface: a more accurate mesh for a much larger file (off by default)")
@@ -149,6 +152,8 @@ def run(args) -> int:
         target_options["resolution"] = args.resolution
     if args.sign is not None:
         target_options["sign"] = args.sign
+    if args.profile is not None:
+        target_options["profile"] = args.profile
     if args.detail:
         target_options["detail_resolution"] = "auto"
     import finr3d
@@ -156,7 +161,7 @@ def run(args) -> int:
 
     kind = args.kind if args.kind != "auto" else detect_kind(args.input)
     if target_options and kind != "sdf":
-        raise ValueError("--resolution, --sign and --detail apply to meshes only")
+        raise ValueError("--resolution, --sign, --profile and --detail apply to meshes only")
     video_options = _video_options(args)
     if video_options and kind != "video":
         raise ValueError("--frames, --stride and --resize apply to video only")
