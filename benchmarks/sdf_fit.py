@@ -108,7 +108,8 @@ def main(argv=None) -> int:
     p.add_argument("--configs", default="tucker:48:128,cp:128:128,tt:48:128",
                    help="decomposition:rank[:width] list")
     p.add_argument("--seconds", type=float, default=60.0)
-    p.add_argument("--resolution", type=int, default=128, help="ground-truth grid")
+    p.add_argument("--resolution", type=lambda v: v if v == "auto" else int(v), default=128,
+                   help="ground-truth grid per axis, or auto (SDFTarget: 128, or 256 where 128 misplaces the surface)")
     p.add_argument("--no-siren", action="store_true")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(HERE / "sdf_fit.json"))
@@ -124,7 +125,8 @@ def main(argv=None) -> int:
         print(f"{name}: ground truth {gt_seconds:.1f} s, report {target.report}", flush=True)
         for config in args.configs.split(","):
             row = run_finr(target, config, args.seconds, args.seed)
-            row.update(mesh=name, gt_seconds=gt_seconds)
+            row.update(mesh=name, gt_seconds=gt_seconds, resolution=target.resolution,
+                       resolution_probe=target.report.get("resolution_probe"))
             rows.append(row)
             print(json.dumps(row), flush=True)
         if not args.no_siren:

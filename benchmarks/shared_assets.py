@@ -13,7 +13,17 @@ def shared_assets() -> Path:
 
 
 def mesh_path(name: str) -> Path:
-    """A shared mesh by name (``bunny``, ``kitten``, ...), whatever its suffix."""
+    """A shared mesh by name (``bunny``, ``kitten``, ...), whatever its suffix; ``shape:NAME`` is a procedural
+    shape of :mod:`finr3d.shapes` (e.g. ``shape:fins``, thin parts), meshed at 256^3 into ``$TMPDIR`` once."""
+    if name.startswith("shape:"):
+        import tempfile
+
+        from finr3d.shapes import shape_mesh
+
+        path = Path(tempfile.gettempdir()) / f"finr3d-shape-{name[6:]}-256.ply"
+        if not path.exists():
+            shape_mesh(name[6:], 256).export(path)
+        return path
     root = shared_assets() / "meshes"
     for suffix in (".obj", ".ply"):
         if (root / f"{name}{suffix}").exists():

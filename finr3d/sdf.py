@@ -46,6 +46,12 @@ _GT_VERSION = 2  # 2: sign islands flipped (flip_sign_islands)
 
 _MIN_RESOLUTION = 8
 _MAX_RESOLUTION = 1024
+#: ``resolution="auto"``: the lattice tried first, and the finer one taken when it misplaces the surface
+AUTO_RESOLUTIONS = (128, 256)
+#: ``resolution="auto"`` takes the finer lattice when more than this share of the surface is off by more than
+#: a quarter voxel in the coarse grid's trilinear interpolation (thin parts, tight detail). The six shared
+#: meshes are at 0-0.6 %, ogre, suzanne and teapot at 2.1-3.3 % (benchmarks/RESULTS.md, "Finer ground truth").
+AUTO_SURFACE_FRACTION = 0.01
 _WINDING_MARGIN = 0.3  # |w| this close to 1/2 is re-tested on the finer level, not inherited
 
 
@@ -290,9 +296,12 @@ class SDFTarget(GridTarget):
     ----------
     source : path or trimesh.Trimesh or trimesh.Scene
         obj, ply, stl, off, glb or gltf; see :func:`load_mesh`.
-    resolution : int
+    resolution : int or "auto"
         Ground-truth lattice samples per axis (8..1024). Between samples the
-        target interpolates trilinearly, exactly at the samples.
+        target interpolates trilinearly, exactly at the samples. ``"auto"``:
+        128, or 256 when the 128 grid misplaces more than
+        :data:`AUTO_SURFACE_FRACTION` of the surface by a quarter voxel
+        (:meth:`surface_error`; thin parts), at about 4x the ground-truth time.
     sign : {"auto", "raycast", "winding"}
         Inside test. ``raycast`` (ray parity, open3d) is exact and fast on one
         watertight, consistently oriented part; ``winding`` (generalized
@@ -359,12 +368,17 @@ class SDFTarget(GridTarget):
     #: best-state tracking and early stop follow the sub-grid IoU
     main_metric = "iou"
 
-    def __init__(self, source, *, resolution: int = 128, sign: str = "auto", margin: float = 0.1,
+    def __init__(self, source, *, resolution="auto", sign: str = "auto", margin: float = 0.1,
                  truncation: float | None = 0.1, cache: bool = True, detail_resolution=None,
                  detail_band: float | None = None, detail_step: float | None = None,
                  profile: str = profiles.DEFAULT_PROFILE):
+        if isinstance(resolution, str) and resolution == "auto":
+            self._auto(source, sign=sign, margin=margin, truncation=truncation, cache=cache,
+                       detail_resolution=detail_resolution, detail_band=detail_band, detail_step=detail_step,
+                       profile=profile)
+            return
         if isinstance(resolution, bool) or not isinstance(resolution, (int, np.integer)):
-            raise ValueError(f"resolution must be an integer, got {resolution!r}")
+            raise ValueError(f"resolution must be an integer or 'auto', got {resolution!r}")
         if not _MIN_RESOLUTION <= resolution <= _MAX_RESOLUTION:
             raise ValueError(f"resolution must be between {_MIN_RESOLUTION} and {_MAX_RESOLUTION}, got {resolution}")
         if sign not in SIGN_METHODS:
@@ -452,6 +466,38 @@ class SDFTarget(GridTarget):
         self.source = name
         self.data = torch.from_numpy(profiles.to_field(grid[..., None], np.float32(norm_scale), self.profile)
                                      .astype(np.float32))
+
+    def _auto(self, source, **options) -> None:
+        """``resolution="auto"``: the coarse lattice, or the fine one where the coarse misplaces the surface."""
+        t0 = time.perf_counter()
+        coarse, fine = AUTO_RESOLUTIONS
+        first = SDFTarget(source, resolution=coarse, **options)
+        off = first.surface_error()
+        if off > AUTO_SURFACE_FRACTION:
+            self.__init__(source, resolution=fine, **options)
+        else:
+            self.__dict__.update(first.__dict__)
+        self.report = {**self.report, "gt_seconds": round(time.perf_counter() - t0, 3),
+                       "resolution_probe": {"resolution": coarse, "off_quarter_voxel": round(float(off), 5),
+                                            "threshold": AUTO_SURFACE_FRACTION, "chosen": self.resolution}}
+
+    def surface_error(self, samples: int = 20000, seed: int = 0, tolerance: float = 0.25) -> float:
+        """Share of the mesh surface the ground-truth grid misplaces by more than ``tolerance`` voxels.
+
+        ``samples`` points on the mesh (area-weighted, seeded) are looked up in :attr:`sdf` by trilinear
+        interpolation, as the fit sees the target between samples; on the surface the true distance is 0.
+        """
+        import trimesh
+        from scipy.ndimage import map_coordinates
+
+        if self.mesh is None:
+            raise ValueError("surface_error needs the mesh (a target from a stored grid has none)")
+        points, _ = trimesh.sample.sample_surface(self.mesh, int(samples), seed=seed)
+        x = (np.asarray(points, np.float64) - self.center) / self.scale
+        index = (x + 1.0) * ((self.resolution - 1) / 2.0)
+        d = map_coordinates(self.sdf.astype(np.float64), index.T, order=1, mode="nearest")
+        h = 2.0 / (self.resolution - 1)
+        return float(np.mean(np.abs(d) > tolerance * h))
 
     @classmethod
     def from_grid(cls, sdf, *, center, scale: float, truncation: float | None = 0.1, margin: float = 0.1,

@@ -37,7 +37,33 @@ def _sd_gizmo(p):
     return _smooth_union(block, ring, 0.08)
 
 
-SHAPES = {"gizmo": _sd_gizmo}
+def _sd_capsule(p, a, b, radius):
+    pa, ba = p - np.asarray(a), np.asarray(b) - np.asarray(a)
+    h = np.clip((pa @ ba) / (ba @ ba), 0.0, 1.0)
+    return np.linalg.norm(pa - h[..., None] * ba, axis=-1) - radius
+
+
+def _turn(p, yaw, pitch):
+    cy, sy, cp, sp = np.cos(yaw), np.sin(yaw), np.cos(pitch), np.sin(pitch)
+    r = np.array([[cy, 0.0, sy], [0.0, 1.0, 0.0], [-sy, 0.0, cy]]) @ np.array([[1.0, 0.0, 0.0], [0.0, cp, -sp],
+                                                                             [0.0, sp, cp]])
+    return p @ r  # row vectors: p R = R^T p, the inverse turn of the part
+
+
+def _sd_fins(p):
+    """Thin parts: a slab carrying five fins 0.024 thick (1.5 voxels of a 128^3 grid over [-1, 1]) turned off
+    the grid axes, and slanted rods of radius 0.014: the detail a 128^3 ground truth misplaces (a thin-featured
+    test shape, watertight)."""
+    d = _sd_round_box(p - np.array([0.0, -0.55, 0.0]), (0.75, 0.08, 0.5), 0.02)
+    for i, x in enumerate(np.linspace(-0.45, 0.45, 5)):
+        q = _turn(p - np.array([x, -0.15, 0.0]), 0.5 + 0.15 * i, 0.2)
+        d = np.minimum(d, _sd_round_box(q, (0.012, 0.35, 0.3), 0.006))
+    for z in (-0.35, 0.05, 0.4):
+        d = np.minimum(d, _sd_capsule(p, (-0.7, 0.35 + 0.3 * z, z), (0.7, 0.55, -0.6 * z), 0.014))
+    return d
+
+
+SHAPES = {"gizmo": _sd_gizmo, "fins": _sd_fins}
 
 
 def shape_sdf(name: str, points: np.ndarray) -> np.ndarray:

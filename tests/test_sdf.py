@@ -372,21 +372,21 @@ def _open_box():
     return trimesh.Trimesh(box.vertices, box.faces[~(box.face_normals[:, 2] > 0.9)], process=False)
 
 
-@pytest.mark.parametrize("islands", [False, True])
-def test_open_box_ground_truth_has_no_floating_components(islands):
+@pytest.mark.parametrize("islands,truncation", [(False, 0.1), (True, 0.1), (True, 0.2)])
+def test_open_box_ground_truth_has_no_floating_components(islands, truncation):
     """The winding estimate leaves sign islands above the hole of an open box (4 blobs at 40^3, up to 0.7
     normalized units from the mesh); flip_sign_islands removes them: every component touches the mesh."""
     from skimage.measure import marching_cubes
 
     mesh = _open_box()
     query = MeshQuery.from_mesh(mesh, sign="winding")
-    grid, info = sdf_grid(query, 40, truncation=0.1, islands=islands)
+    grid, info = sdf_grid(query, 40, truncation=truncation, islands=islands)  # 0.2: the tanh profile's reach
     verts, faces, _, _ = marching_cubes(grid, 0.0, spacing=(2 / 39,) * 3)
     parts = trimesh.Trimesh(verts - 1, faces).split(only_watertight=False)
     gaps = [float(query.distance(p.vertices).min()) for p in parts]
     voxel_diagonal = 2 / 39 * np.sqrt(3)
     if islands:
-        assert info["islands"] > 0
+        assert info["islands"] > 0 or truncation > 0.1  # at 0.2 the coarser levels already get the signs right
         assert max(gaps) <= voxel_diagonal
     else:
         assert max(gaps) > 5 * voxel_diagonal  # the failure the flip fixes is present without it
@@ -434,3 +434,39 @@ def test_local_detail_is_opt_in_and_brings_the_field_to_the_fine_ground_truth(tm
     assert main(["fit", str(tmp_path / "plain.finr"), "-o", str(tmp_path / "x.finr"), "--kind", "image",
                  "--detail"]) == 2
     assert "--detail apply to meshes only" in capsys.readouterr().err
+
+
+def test_auto_resolution_takes_the_finer_grid_only_where_the_coarse_misplaces_the_surface(monkeypatch):
+    import finr3d.sdf as sdf_module
+
+    plate = trimesh.creation.box(extents=(1.0, 0.05, 0.8))  # thin: 0.05 of 1.0
+    plate.apply_transform(trimesh.transformations.rotation_matrix(0.6, [0.3, 0.2, 1.0]))
+    coarse = SDFTarget(plate, resolution=16, cache=False)
+    fine = SDFTarget(plate, resolution=48, cache=False)
+    assert coarse.surface_error() > 0.06 > 0.02 > fine.surface_error()  # a 16^3 grid misplaces a thin plate
+    monkeypatch.setattr(sdf_module, "AUTO_RESOLUTIONS", (16, 24))
+    monkeypatch.setattr(sdf_module, "AUTO_SURFACE_FRACTION", 0.05)
+    auto = SDFTarget(plate, resolution="auto", cache=False)
+    assert auto.resolution == 24 and auto.shape == (24, 24, 24)
+    probe = auto.report["resolution_probe"]
+    assert probe["resolution"] == 16 and probe["chosen"] == 24 and probe["off_quarter_voxel"] > 0.05
+    assert auto.describe()["resolution"] == 24
+    ball = SDFTarget(trimesh.creation.icosphere(subdivisions=3, radius=0.8), resolution="auto", cache=False)
+    assert ball.resolution == 16 and ball.report["resolution_probe"]["chosen"] == 16  # smooth: the coarse grid
+    with pytest.raises(ValueError, match="integer or 'auto'"):
+        SDFTarget(plate, resolution="fine", cache=False)
+
+
+def test_open_box_target_default_profile_meshes_without_floating_parts():
+    """The default target (tanh profile, distances to twice the truncation) of an open box: every component of
+    its level set touches the input mesh."""
+    from skimage.measure import marching_cubes
+
+    mesh = _open_box()
+    target = SDFTarget(mesh, resolution=40, cache=False)
+    assert target.profile == "tanh" and target.report["sign_method"] == "winding"
+    verts, faces, _, _ = marching_cubes(target.data.numpy()[..., 0], 0.0, spacing=(2 / 39,) * 3)
+    parts = trimesh.Trimesh(verts - 1, faces).split(only_watertight=False)
+    query = MeshQuery((np.asarray(mesh.vertices) - target.center) / target.scale, mesh.faces, sign="winding")
+    gaps = [float(query.distance(p.vertices).min()) for p in parts]
+    assert max(gaps) <= 2 / 39 * np.sqrt(3)
