@@ -87,3 +87,24 @@ def test_cli_fit_with_budget(tmp_path, capsys):
     assert out.stat().st_size <= 14 * 1024
     assert "chose ranks" in capsys.readouterr().out
     assert main(["fit", str(path), "-o", str(tmp_path / "x.finr"), "--target-chamfer", "0.01"]) == 2
+
+
+def test_choose_rank_on_a_mesh_reports_the_chamfer_evaluate_gives_its_file():
+    """The Chamfer-only measurement of the automatic choice equals evaluate() of the chosen file (which also
+    computes the IoU the choice does not need)."""
+    import trimesh
+
+    from finr3d import compact_io
+    from finr3d.evaluation import evaluate
+    from finr3d.field import FactorizedField
+    from finr3d.sdf import SDFTarget
+
+    target = SDFTarget(trimesh.creation.icosphere(subdivisions=3, radius=0.7), resolution=24, cache=False)
+    field = finr3d.fit(target, rank=6, width=16, steps=40, seed=0)
+    options = {"resolution": 40, "n_samples": 4000, "n_volume": 4000}
+    pick = choose_rank(field, target, target=0.02, **options)
+    model = field.truncate(tuple(pick["ranks"]))
+    blob = compact_io.encode_steps(model, [pick["step"]])[0]
+    again = evaluate(FactorizedField.from_file(blob), target, **options)
+    assert pick["chamfer_l1"] == pytest.approx(again["chamfer_l1"], rel=1e-6)
+    assert pick["chamfer_l1"] <= 0.02
