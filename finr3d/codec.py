@@ -1112,7 +1112,7 @@ class FieldFile:
 
 
 def _spec_from_header(header: dict):
-    from finr3d import compact
+    from finr3d import compact, profiles
 
     try:
         target = header.get("target") or {}
@@ -1129,8 +1129,7 @@ def _spec_from_header(header: dict):
                                  [0] * len(modes), columns, bounds, float(target.get("value_offset", 0.0)),
                                  float(target.get("value_scale", 1.0)), np.zeros(channels, np.float32), 0.0,
                                  (compact.FLAG_AFFINE if affine is not None else 0)
-                                 | (compact.FLAG_TANH if target.get("kind") == "sdf" and target.get("profile") == "tanh"
-                                    else 0), bonds, affine)
+                                 | (compact.FLAG_TANH if profiles.is_tanh(target) else 0), bonds, affine)
     except (KeyError, TypeError, ValueError, IndexError) as exc:
         raise FormatError(f"the field header is invalid ({type(exc).__name__}: {exc}); re-export the file") from exc
 

@@ -17,7 +17,7 @@ import math
 import numpy as np
 import torch
 
-from finr3d import codec, compact
+from finr3d import codec, compact, profiles
 
 __all__ = ["PRECISION_STEPS", "encode_field", "load_parts", "can_compact", "field_spec"]
 
@@ -65,7 +65,7 @@ def field_spec(field, *, flags: int = 0, step: float = 0.0, terms=None, columns=
     affine = compact.placement_affine(info.get("world_from_normalized"), bounds, field.ndim)
     if affine is not None:
         flags |= compact.FLAG_AFFINE
-    if info.get("kind") == "sdf" and info.get("profile") == "tanh":
+    if profiles.is_tanh(info):
         flags |= compact.FLAG_TANH
     return compact.FieldSpec(
         kind=info.get("kind", "signal") if info.get("kind") in compact.KIND_CODES else "signal",

@@ -91,11 +91,11 @@ def decode_slabs(field, shape, *, rank=None):
     """
     from finr3d.coords import lattice
 
-    from finr3d.profiles import profile_of, to_distance
+    from finr3d.profiles import is_tanh, to_distance
 
     info = field.target_info or {}
     scale, offset = np.float32(info.get("value_scale", 1.0)), np.float32(info.get("value_offset", 0.0))
-    squashed = info.get("kind") == "sdf" and profile_of(info) == "tanh"
+    squashed = is_tanh(info)
     coords = [lattice(int(n)) for n in shape]
     plane = math.prod(shape[1:]) * field.channels
     step = max(1, SLAB_VALUES // max(1, plane))

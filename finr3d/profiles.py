@@ -26,8 +26,8 @@ import math
 
 import numpy as np
 
-__all__ = ["PROFILES", "DEFAULT_PROFILE", "TANH_REACH", "saturation", "reach", "to_field", "to_distance",
-           "profile_of", "to_signal", "from_signal"]
+__all__ = ["PROFILES", "DEFAULT_PROFILE", "TANH_REACH", "check", "saturation", "reach", "to_field", "to_distance",
+           "profile_of", "is_tanh", "to_signal", "from_signal"]
 
 PROFILES = ("clamp", "tanh")
 DEFAULT_PROFILE = "tanh"
@@ -35,7 +35,8 @@ DEFAULT_PROFILE = "tanh"
 TANH_REACH = 2.0
 
 
-def _check(profile: str) -> str:
+def check(profile: str) -> str:
+    """``profile`` when it is one of :data:`PROFILES`, else a ValueError naming them."""
     if profile not in PROFILES:
         raise ValueError(f"profile must be one of {', '.join(PROFILES)}, got {profile!r}")
     return profile
@@ -43,18 +44,18 @@ def _check(profile: str) -> str:
 
 def reach(profile: str) -> float:
     """Distance, in truncations, up to which the ground truth is exact (and where it is clamped)."""
-    return TANH_REACH if _check(profile) == "tanh" else 1.0
+    return TANH_REACH if check(profile) == "tanh" else 1.0
 
 
 def saturation(profile: str) -> float:
     """The field value the clamped ground truth takes far from the surface (1 for clamp, tanh(2) for tanh)."""
-    return math.tanh(TANH_REACH) if _check(profile) == "tanh" else 1.0
+    return math.tanh(TANH_REACH) if check(profile) == "tanh" else 1.0
 
 
 def to_field(distance, truncation: float, profile: str):
     """Field values of normalized distances (``distance`` already clamped at ``reach(profile) truncation``)."""
     d = np.asarray(distance) / np.asarray(truncation, dtype=np.asarray(distance).dtype)
-    return np.tanh(d) if _check(profile) == "tanh" else np.clip(d, -1.0, 1.0)
+    return np.tanh(d) if check(profile) == "tanh" else np.clip(d, -1.0, 1.0)
 
 
 def to_distance(values, truncation: float, profile: str):
@@ -64,7 +65,7 @@ def to_distance(values, truncation: float, profile: str):
     distance information beyond the clamp, and ``atanh`` of values near +-1 is not finite.
     """
     v = np.asarray(values)
-    if _check(profile) == "clamp":
+    if check(profile) == "clamp":
         return v * np.asarray(truncation, dtype=v.dtype)
     top = np.asarray(math.tanh(TANH_REACH), dtype=v.dtype)
     return np.arctanh(np.clip(v, -top, top)) * np.asarray(truncation, dtype=v.dtype)
@@ -78,6 +79,11 @@ def profile_of(info) -> str:
     return value if value in PROFILES else "clamp"
 
 
+def is_tanh(info) -> bool:
+    """Whether a target description is an SDF with the tanh profile (its values need :func:`to_distance`)."""
+    return bool(info) and info.get("kind") == "sdf" and profile_of(info) == "tanh"
+
+
 def to_signal(values, info):
     """Field values to the signal's units (``value * value_scale + value_offset``; an SDF's tanh profile
     first maps back to distance at the surface's slope)."""
@@ -85,7 +91,7 @@ def to_signal(values, info):
     scale = np.float32(info.get("value_scale", 1.0))
     offset = np.float32(info.get("value_offset", 0.0))
     v = np.asarray(values)
-    if info.get("kind") == "sdf" and profile_of(info) == "tanh":
+    if is_tanh(info):
         v = to_distance(v, np.float32(1.0), "tanh").astype(v.dtype, copy=False)
     return v * scale + offset
 
@@ -95,6 +101,6 @@ def from_signal(level: float, info) -> float:
     info = info or {}
     scale = float(info.get("value_scale", 1.0)) or 1.0
     x = (float(level) - float(info.get("value_offset", 0.0))) / scale
-    if info.get("kind") == "sdf" and profile_of(info) == "tanh":
+    if is_tanh(info):
         return math.tanh(x)
     return x

@@ -301,7 +301,8 @@ class SDFTarget(GridTarget):
         target interpolates trilinearly, exactly at the samples. ``"auto"``:
         128, or 256 when the 128 grid misplaces more than
         :data:`AUTO_SURFACE_FRACTION` of the surface by a quarter voxel
-        (:meth:`surface_error`; thin parts), at about 4x the ground-truth time.
+        (:meth:`surface_error`; thin parts), at about 4x the ground-truth time;
+        with ``detail_resolution`` set, 128 (the detail is the finer band).
     sign : {"auto", "raycast", "winding"}
         Inside test. ``raycast`` (ray parity, open3d) is exact and fast on one
         watertight, consistently oriented part; ``winding`` (generalized
@@ -387,8 +388,7 @@ class SDFTarget(GridTarget):
             raise ValueError(f"margin must be in [0, 0.5), got {margin}")
         if truncation is not None and not (truncation > 0 and math.isfinite(truncation)):
             raise ValueError(f"truncation must be a positive number or None, got {truncation}")
-        if profile not in profiles.PROFILES:
-            raise ValueError(f"profile must be one of {', '.join(profiles.PROFILES)}, got {profile!r}")
+        profiles.check(profile)
         fine = _detail_resolution(detail_resolution, int(resolution))
         if detail_band is not None and not (0 < detail_band and math.isfinite(detail_band)):
             raise ValueError(f"detail_band must be a positive number (normalized units), got {detail_band}")
@@ -471,15 +471,21 @@ class SDFTarget(GridTarget):
         """``resolution="auto"``: the coarse lattice, or the fine one where the coarse misplaces the surface."""
         t0 = time.perf_counter()
         coarse, fine = AUTO_RESOLUTIONS
-        first = SDFTarget(source, resolution=coarse, **options)
-        off = first.surface_error()
-        if off > AUTO_SURFACE_FRACTION:
-            self.__init__(source, resolution=fine, **options)
+        if options.get("detail_resolution") is not None:
+            # local detail brings its own finer ground truth in the band, defined over the coarse lattice (a
+            # 256 lattice has none): keep the coarse one rather than drop the detail that was asked for
+            self.__init__(source, resolution=coarse, **options)
+            probe = {"resolution": coarse, "chosen": coarse, "skipped": "detail_resolution"}
         else:
-            self.__dict__.update(first.__dict__)
-        self.report = {**self.report, "gt_seconds": round(time.perf_counter() - t0, 3),
-                       "resolution_probe": {"resolution": coarse, "off_quarter_voxel": round(float(off), 5),
-                                            "threshold": AUTO_SURFACE_FRACTION, "chosen": self.resolution}}
+            first = SDFTarget(source, resolution=coarse, **options)
+            off = first.surface_error()
+            if off > AUTO_SURFACE_FRACTION:
+                self.__init__(source, resolution=fine, **options)
+            else:
+                self.__dict__.update(first.__dict__)
+            probe = {"resolution": coarse, "off_quarter_voxel": round(float(off), 5),
+                     "threshold": AUTO_SURFACE_FRACTION, "chosen": self.resolution}
+        self.report = {**self.report, "gt_seconds": round(time.perf_counter() - t0, 3), "resolution_probe": probe}
 
     def surface_error(self, samples: int = 20000, seed: int = 0, tolerance: float = 0.25) -> float:
         """Share of the mesh surface the ground-truth grid misplaces by more than ``tolerance`` voxels.
@@ -521,8 +527,7 @@ class SDFTarget(GridTarget):
         check_finite(grid, "the SDF grid")
         if not (float(scale) > 0 and math.isfinite(float(scale))):
             raise InputError(f"scale must be a positive number, got {scale!r}")
-        if profile not in profiles.PROFILES:
-            raise ValueError(f"profile must be one of {', '.join(profiles.PROFILES)}, got {profile!r}")
+        profiles.check(profile)
         self = cls.__new__(cls)
         self.center = np.asarray(center, np.float64).reshape(3)
         self.scale = float(scale)

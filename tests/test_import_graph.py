@@ -96,11 +96,11 @@ def test_meshes_sit_below_the_ground_truth_and_the_metrics():
 
 
 def test_low_layers_import_no_torch_backed_module():
-    """errors, files, presets, ranks, placement, the header schema and the numpy codec (containers, compact
+    """errors, files, presets, ranks, placement, the header schema, the SDF profiles and the numpy codec (containers, compact
     fields, local detail) stay below the model: the Blender panel and numpy-only readers import them."""
     graph = import_graph()
     low = {"finr3d.errors", "finr3d.atomic_files", "finr3d.files", "finr3d.presets", "finr3d.ranks", "finr3d.placement",
-           "finr3d.codec", "finr3d.compact", "finr3d.local_detail", "finr3d.header_schema"}
+           "finr3d.codec", "finr3d.compact", "finr3d.local_detail", "finr3d.header_schema", "finr3d.profiles"}
     for name in low:
         assert graph[name] <= low, (name, graph[name] - low)
 

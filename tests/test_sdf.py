@@ -451,6 +451,9 @@ def test_auto_resolution_takes_the_finer_grid_only_where_the_coarse_misplaces_th
     probe = auto.report["resolution_probe"]
     assert probe["resolution"] == 16 and probe["chosen"] == 24 and probe["off_quarter_voxel"] > 0.05
     assert auto.describe()["resolution"] == 24
+    detailed = SDFTarget(plate, resolution="auto", cache=False, detail_resolution="auto")
+    assert detailed.resolution == 16 and detailed.sdf_fine is not None  # the asked-for detail is kept
+    assert detailed.report["resolution_probe"]["skipped"] == "detail_resolution"
     ball = SDFTarget(trimesh.creation.icosphere(subdivisions=3, radius=0.8), resolution="auto", cache=False)
     assert ball.resolution == 16 and ball.report["resolution_probe"]["chosen"] == 16  # smooth: the coarse grid
     with pytest.raises(ValueError, match="integer or 'auto'"):
