@@ -76,7 +76,7 @@ _BATCH_OWN = {"help", "input", "output", "kind", "progress", "force", "threads"}
 #: Fit options that apply to some kinds only; an option not named here applies to every kind.
 #: (``finr3d fit`` rejects them for other kinds; in a mixed batch they reach only the assets they fit.)
 KIND_OPTIONS = {
-    "resolution": {"sdf"}, "sign": {"sdf"}, "profile": {"sdf"}, "detail": {"sdf"}, "target_chamfer": {"sdf"},
+    "resolution": {"sdf"}, "sign": {"sdf"}, "profile": {"sdf"}, "layers": {"sdf"}, "detail": {"sdf"}, "target_chamfer": {"sdf"},
     "target_psnr": {"image", "volume", "video"},
     "frames": {"video"}, "stride": {"video"}, "resize": {"video"}, "layout": {"video"},
 }

@@ -1129,7 +1129,9 @@ def _spec_from_header(header: dict):
                                  [0] * len(modes), columns, bounds, float(target.get("value_offset", 0.0)),
                                  float(target.get("value_scale", 1.0)), np.zeros(channels, np.float32), 0.0,
                                  (compact.FLAG_AFFINE if affine is not None else 0)
-                                 | (compact.FLAG_TANH if profiles.is_tanh(target) else 0), bonds, affine)
+                                 | (compact.FLAG_TANH if profiles.is_tanh(target) else 0)
+                                 | (compact.FLAG_TRIM if target.get("kind") == "sdf" and target.get("trim") else 0),
+                                 bonds, affine)
     except (KeyError, TypeError, ValueError, IndexError) as exc:
         raise FormatError(f"the field header is invalid ({type(exc).__name__}: {exc}); re-export the file") from exc
 
@@ -1487,6 +1489,7 @@ def compact_target(ff: FieldFile) -> dict:
     target.setdefault("value_scale", spec.value_scale)
     if spec.kind == "sdf":  # the FIELD section's profile flag decides (finr3d.profiles)
         target["profile"] = "tanh" if spec.flags & compact.FLAG_TANH else "clamp"
+        target["trim"] = bool(spec.flags & compact.FLAG_TRIM)
     if spec.kind == "sdf" or spec.affine is not None:
         target["world_from_normalized"] = spec.world_from_normalized().tolist()  # the FIELD section's placement
     return target

@@ -407,6 +407,9 @@ FLAG_AFFINE = 4
 #: FIELD flag (SDF fields): the values are the tanh profile of the distance, ``tanh(d / t)``
 #: (:mod:`finr3d.profiles`); without it an SDF is the clamp profile ``clip(d / t, -1, 1)``
 FLAG_TANH = 8
+#: FIELD flag (SDF fields): the field came from an open mesh; meshing drops the faces where it jumps sign
+#: without a surface (the winding number's 1/2 level spanning a hole, :data:`finr3d.meshing.TRIM_JUMP`)
+FLAG_TRIM = 16
 
 
 @dataclass
@@ -507,10 +510,12 @@ def unpack_field(raw) -> FieldSpec:
         raise _bad(f"unknown decomposition code {dec} (upgrade finr3d if the file is newer)")
     if not 2 <= ndim <= MAX_NDIM or not 2 <= n_modes <= ndim or not 1 <= channels <= MAX_CHANNELS:
         raise _bad(f"ndim {ndim}, modes {n_modes}, channels {channels} out of range")
-    if flags & ~(FLAG_COMPACT | FLAG_RAW | FLAG_AFFINE | FLAG_TANH) or reserved:
+    if flags & ~(FLAG_COMPACT | FLAG_RAW | FLAG_AFFINE | FLAG_TANH | FLAG_TRIM) or reserved:
         raise _bad(f"unknown flags 0x{flags:02x} (upgrade finr3d if the file is newer)")
     if flags & FLAG_TANH and KIND_NAMES.get(kind) != "sdf":
         raise _bad("the tanh profile flag is set on a field that is not an SDF")
+    if flags & FLAG_TRIM and KIND_NAMES.get(kind) != "sdf":
+        raise _bad("the open-mesh trim flag is set on a field that is not an SDF")
     if not (math.isfinite(step) and step >= 0) or (bool(flags & FLAG_RAW) != (step == 0) and flags & FLAG_COMPACT):
         raise _bad(f"invalid step {step}")
     decomposition = DECOMPOSITION_NAMES[dec]

@@ -26,7 +26,7 @@ __all__ = ["PRECISION_STEPS", "encode_field", "load_parts", "can_compact", "fiel
 PRECISION_STEPS = {"fp32": 0.0, "fp16": 2.5e-5, "int8": 1e-4, "int6": 2e-4, "int4": 5e-4}
 #: target keys kept in the optional metadata by default (the rest, e.g. the mesh report, with metadata="full")
 _LEAN_TARGET_DROP = ("mesh_report", "bounds", "value_offset", "value_scale", "world_from_normalized", "channels",
-                     "kind", "axis_names", "profile")
+                     "kind", "axis_names", "profile", "trim")
 _LEAN_HISTORY = ("steps", "seconds", "stopped", "metrics", "metric_name", "device", "auto_rank", "target_seconds")
 
 
@@ -67,6 +67,8 @@ def field_spec(field, *, flags: int = 0, step: float = 0.0, terms=None, columns=
         flags |= compact.FLAG_AFFINE
     if profiles.is_tanh(info):
         flags |= compact.FLAG_TANH
+    if info.get("kind") == "sdf" and info.get("trim"):
+        flags |= compact.FLAG_TRIM
     return compact.FieldSpec(
         kind=info.get("kind", "signal") if info.get("kind") in compact.KIND_CODES else "signal",
         decomposition=dec, ndim=field.ndim, channels=field.channels, modes=[tuple(m) for m in field.modes],

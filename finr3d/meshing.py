@@ -25,6 +25,10 @@ _MIN_RES, _MAX_RES = 2, 4096
 _SLAB_VALUES = 1 << 24  # samples per slab (64 MiB of float32) unless slab= is given
 _BLOCK = 32  # cells per side of the marching-cubes sub-blocks along y and z
 _LIFT = 2.0**-12  # samples exactly at the level are moved this far above it (relative to max(1, |level|))
+#: An SDF changes by at most one lattice step along a lattice edge (it is 1-Lipschitz). Where a field of an open
+#: mesh (``target_info["trim"]``) changes by more than this many steps across a crossing edge, its
+#: sign jumps without a surface (the winding number's 1/2 level spanning a hole): those faces are dropped.
+TRIM_JUMP = 1.5
 
 
 def extract_mesh(field, resolution=256, *, rank=None, level: float = 0.0, bounds=None, slab: int | None = None,
@@ -98,15 +102,25 @@ def extract_arrays(field, resolution=256, *, rank=None, level: float = 0.0, boun
     iso = from_signal(float(level), info)
     axes = [np.linspace(box[i, 0], box[i, 1], shape[i]).astype(np.float32) for i in range(3)]
     yz = [torch.from_numpy(axes[1]), torch.from_numpy(axes[2])]
+    sdf = info.get("kind") == "sdf"
+    layers = int(getattr(field, "channels", info.get("channels", 1)) or 1) if sdf else 1
+    trim = None
+    if sdf and info.get("trim") and info.get("truncation"):
+        from finr3d.profiles import profile_of, to_distance
+
+        profile, truncation = profile_of(info), np.float32(info["truncation"])
+        step = (box[:, 1] - box[:, 0]) / (np.asarray(shape) - 1)
+        trim = (lambda v: to_distance(v, truncation, profile), step, TRIM_JUMP)
 
     def planes(i0: int, i1: int) -> np.ndarray:
         out = field.grid([torch.from_numpy(axes[0][i0:i1]), *yz], rank=rank, squeeze=False)
         out = np.asarray(out)
         if callback is not None:
             callback({"phase": "mesh", "planes": int(i1), "total": int(shape[0])})
-        return out.reshape(i1 - i0, shape[1], shape[2], -1)[..., 0]
+        out = out.reshape(i1 - i0, shape[1], shape[2], -1)
+        return out[..., :layers] if layers > 1 else out[..., 0]  # a layered SDF: every layer's surface
 
-    verts, faces, (vmin, vmax) = march_slabs(planes, shape, iso, slab=slab)
+    verts, faces, (vmin, vmax) = march_slabs(planes, shape, iso, slab=slab, trim=trim, channels=layers)
     if len(faces) == 0:
         lo, hi = sorted(float(v) for v in to_signal(np.array([vmin, vmax], np.float64), info))  # level's units
         if vmin > iso:
@@ -132,18 +146,25 @@ def extract_arrays(field, resolution=256, *, rank=None, level: float = 0.0, boun
     return verts, faces
 
 
-def march_slabs(planes, shape, level: float, *, slab: int | None = None):
+def march_slabs(planes, shape, level: float, *, slab: int | None = None, trim=None, channels: int = 1):
     """Marching cubes over x-slabs sharing boundary planes, welded exactly.
 
     Parameters
     ----------
     planes : callable ``(i0, i1) -> (i1 - i0, n_y, n_z) array``
-        Field values on x-planes ``i0..i1-1``.
+        Field values on x-planes ``i0..i1-1`` (``(..., channels)`` for several channels).
     shape : (3,) int
     level : float
         Iso-value in the units ``planes`` returns.
     slab : int, optional
         Planes per slab, at least 2.
+    trim : (callable, (3,) float, float), optional
+        ``(distance, step, limit)``: drop the faces with a vertex on a lattice
+        edge whose two values, as ``distance(values)``, differ by more than
+        ``limit`` times the edge's ``step`` (a sign jump of an SDF, not a surface).
+    channels : int
+        More than 1: ``planes`` returns that many channels (the layers of an
+        SDF), each meshed and welded on its own; the result is their union.
 
     Returns
     -------
@@ -156,11 +177,12 @@ def march_slabs(planes, shape, level: float, *, slab: int | None = None):
         Minimum and maximum value seen.
     """
     nx, ny, nz = (int(s) for s in shape)
+    channels = int(channels)
     if slab is None:
-        slab = max(2, _SLAB_VALUES // max(1, ny * nz))
+        slab = max(2, _SLAB_VALUES // max(1, ny * nz * channels))
     slab = int(min(slab, nx))
-    verts, faces = [], []
-    n_verts = 0
+    verts, faces = [[] for _ in range(channels)], [[] for _ in range(channels)]
+    n_verts = [0] * channels
     vmin, vmax = np.inf, -np.inf
     prev = None  # the last plane of the previous slab, shared with this one
     x_planes = []
@@ -168,34 +190,44 @@ def march_slabs(planes, shape, level: float, *, slab: int | None = None):
     while i0 < nx - 1:
         i1 = min(nx, i0 + slab)  # planes i0..i1-1
         new = np.asarray(planes(i0 if prev is None else i0 + 1, i1), np.float32)
-        block = new if prev is None else np.concatenate([prev, new], axis=0)
-        prev = block[-1:].copy()  # before any lift: the next slab lifts the same samples itself
-        lo, hi = float(block.min()), float(block.max())  # NaN propagates into both
-        if not np.isfinite(lo) or not np.isfinite(hi):
-            raise SurfaceError(f"the field has NaN/Inf values in planes {i0}..{i1 - 1}; it cannot be meshed "
-                               "(a damaged file, or a diverged fit: refit it)")
-        vmin, vmax = min(vmin, lo), max(vmax, hi)
-        on_level = block == level
-        if on_level.any():  # lift exact hits: marching cubes would put coincident vertices on a corner
-            block[on_level] = np.float32(level + _LIFT * max(1.0, abs(level)))
-            lo, hi = min(lo, float(block.min())), max(hi, float(block.max()))
-        if lo <= level <= hi and lo < hi:
-            for v, f in _march_blocks(block, level):
-                v[:, 0] += i0
-                verts.append(v)
-                faces.append(f + n_verts)
-                n_verts += len(v)
+        if channels == 1:
+            new = new[..., None]
+        block_all = new if prev is None else np.concatenate([prev, new], axis=0)
+        prev = block_all[-1:].copy()  # before any lift: the next slab lifts the same samples itself
+        for c in range(channels):
+            block = block_all[..., c]
+            lo, hi = float(block.min()), float(block.max())  # NaN propagates into both
+            if not np.isfinite(lo) or not np.isfinite(hi):
+                raise SurfaceError(f"the field has NaN/Inf values in planes {i0}..{i1 - 1}; it cannot be meshed "
+                                   "(a damaged file, or a diverged fit: refit it)")
+            vmin, vmax = min(vmin, lo), max(vmax, hi)
+            on_level = block == level
+            if on_level.any():  # lift exact hits: marching cubes would put coincident vertices on a corner
+                block[on_level] = np.float32(level + _LIFT * max(1.0, abs(level)))
+                lo, hi = min(lo, float(block.min())), max(hi, float(block.max()))
+            if lo <= level <= hi and lo < hi:
+                for v, f in _march_blocks(block, level, trim=trim):
+                    v[:, 0] += i0
+                    verts[c].append(v)
+                    faces[c].append(f + n_verts[c])
+                    n_verts[c] += len(v)
         i0 = i1 - 1
         x_planes.append(i0)
-    if not faces:
+    out_v, out_f, offset = [], [], 0
+    for c in range(channels):  # each channel welded on its own: two layers' surfaces may touch
+        if faces[c]:
+            v, f = _weld(np.concatenate(verts[c]), np.concatenate(faces[c]), x_planes)
+            out_v.append(v)
+            out_f.append(f + offset)
+            offset += len(v)
+    if not out_f:
         return np.zeros((0, 3)), np.zeros((0, 3), np.int64), (float(vmin), float(vmax))
-    verts = np.concatenate(verts)
-    faces = np.concatenate(faces)
-    verts, faces = _weld(verts, faces, x_planes)
-    return verts, faces, (float(vmin), float(vmax))
+    if len(out_f) == 1:
+        return out_v[0], out_f[0], (float(vmin), float(vmax))
+    return np.concatenate(out_v), np.concatenate(out_f), (float(vmin), float(vmax))
 
 
-def _march_blocks(block: np.ndarray, level: float, size: int = _BLOCK):
+def _march_blocks(block: np.ndarray, level: float, size: int = _BLOCK, trim=None):
     """Marching cubes on the ``size``-cell sub-blocks (sharing boundary planes) that cross ``level``.
 
     Skipping the rest saves most of the time on typical shapes, where the
@@ -218,11 +250,30 @@ def _march_blocks(block: np.ndarray, level: float, size: int = _BLOCK):
                 v, f, _, _ = marching_cubes(np.ascontiguousarray(block[:, j0:j1, k0:k1]), level)
             except (RuntimeError, ValueError):  # no crossing inside this block
                 continue
+            if len(f) and trim is not None:
+                f = f[~_jumps(block[:, j0:j1, k0:k1], v, trim)[f].any(axis=1)]
             if len(f):
                 v = v.astype(np.float64)
                 v[:, 1] += j0
                 v[:, 2] += k0
                 yield v, f.astype(np.int64)
+
+
+def _jumps(block: np.ndarray, verts: np.ndarray, trim) -> np.ndarray:
+    """``(V,)`` bool: the vertices (block index space) on a lattice edge across which the distance jumps."""
+    distance, step, limit = trim
+    base = np.floor(verts).astype(np.int64)
+    frac = verts - base
+    axis = np.argmax(frac, axis=1)  # a marching-cubes vertex lies on one lattice edge: one fractional coordinate
+    on_edge = frac[np.arange(len(verts)), axis] > 0
+    top = np.asarray(block.shape) - 1
+    base = np.minimum(base, top)
+    other = base.copy()
+    other[np.arange(len(verts)), axis] += 1
+    other = np.minimum(other, top)
+    a = distance(block[base[:, 0], base[:, 1], base[:, 2]].astype(np.float64))
+    b = distance(block[other[:, 0], other[:, 1], other[:, 2]].astype(np.float64))
+    return on_edge & (np.abs(a - b) > limit * np.asarray(step, np.float64)[axis])
 
 
 def _weld(verts: np.ndarray, faces: np.ndarray, x_planes, size: int = _BLOCK):

@@ -263,10 +263,16 @@ def _read_cache(path: Path, resolution: int, truncation: float | None, fine: int
             meta = json.loads(bytes(z["meta"]).decode())
             fine_grid = np.asarray(z["fine"]) if fine else None
         bound = math.inf if truncation is None else truncation * (1 + 1e-5)
-        for g, n in [(grid, resolution)] + ([(fine_grid, fine)] if fine else []):
+        if grid.ndim == 4 and 2 <= grid.shape[3] <= 4:  # one SDF per layer (_layer_grids)
+            grid_check = grid[..., 0]
+        else:
+            grid_check = grid
+        for g, n in [(grid_check, resolution)] + ([(fine_grid, fine)] if fine else []):
             if (g.shape != (n,) * 3 or g.dtype != np.float32 or not np.isfinite(g).all()
                     or np.abs(g).max() > bound):
                 raise ValueError("unexpected contents")
+        if not np.isfinite(grid).all() or np.abs(grid).max() > bound:
+            raise ValueError("unexpected contents")
         if not isinstance(meta, dict):
             raise ValueError("unexpected contents")
         return grid, meta, fine_grid
@@ -324,6 +330,14 @@ class SDFTarget(GridTarget):
     cache : bool
         Also cache the grid on disk in ``$FINR3D_CACHE`` (default
         ``~/.cache/finr3d``), keyed by the mesh content and these settings.
+    layers : "auto" or int
+        ``"auto"`` (the default): the mesh's parts that interpenetrate go to
+        different layers (:func:`finr3d.layers.assign_layers`, at most 4), each
+        an SDF channel of its own, so that the surfaces inside the union of the
+        solids (eyes set into a head, a spout pushed into a body) survive; a
+        mesh of one part, or of parts side by side, is one layer. An integer
+        caps the layers (1: the union alone). Local detail (``detail_resolution``)
+        codes one channel, so it fits the union.
     detail_resolution : int, "auto" or None
         Lattice of the finer ground truth in the narrow band that the fit's
         local detail is coded on (:meth:`fit_detail`). ``auto``: ``2 R - 1``
@@ -352,7 +366,14 @@ class SDFTarget(GridTarget):
     sdf : (R, R, R) float32
         The signed distance in normalized units, indexed ``[x, y, z]``,
         clamped at :attr:`clip` (``truncation`` for the clamp profile, twice
-        it for tanh).
+        it for tanh); of a layered mesh, the union's (the minimum over layers).
+    layers : int
+        SDF channels (:attr:`channels`); 1 unless parts interpenetrate.
+    sdf_layers : (R, R, R, L) float32 or None
+        Each layer's signed distance, when ``layers > 1``.
+    trim : bool
+        The mesh is open: meshing drops the faces where the field jumps sign
+        without a surface (:data:`finr3d.meshing.TRIM_JUMP`; FIELD flag bit 4).
     sdf_fine : (F, F, F) float32 or None
         The finer ground truth on ``detail_resolution`` nodes: exact within
         ``detail_band`` of the surface, a lower bound of the distance (with the
@@ -372,11 +393,11 @@ class SDFTarget(GridTarget):
     def __init__(self, source, *, resolution="auto", sign: str = "auto", margin: float = 0.1,
                  truncation: float | None = 0.1, cache: bool = True, detail_resolution=None,
                  detail_band: float | None = None, detail_step: float | None = None,
-                 profile: str = profiles.DEFAULT_PROFILE):
+                 profile: str = profiles.DEFAULT_PROFILE, layers="auto"):
         if isinstance(resolution, str) and resolution == "auto":
             self._auto(source, sign=sign, margin=margin, truncation=truncation, cache=cache,
                        detail_resolution=detail_resolution, detail_band=detail_band, detail_step=detail_step,
-                       profile=profile)
+                       profile=profile, layers=layers)
             return
         if isinstance(resolution, bool) or not isinstance(resolution, (int, np.integer)):
             raise ValueError(f"resolution must be an integer or 'auto', got {resolution!r}")
@@ -389,6 +410,7 @@ class SDFTarget(GridTarget):
         if truncation is not None and not (truncation > 0 and math.isfinite(truncation)):
             raise ValueError(f"truncation must be a positive number or None, got {truncation}")
         profiles.check(profile)
+        max_layers = _check_layers(layers)
         fine = _detail_resolution(detail_resolution, int(resolution))
         if detail_band is not None and not (0 < detail_band and math.isfinite(detail_band)):
             raise ValueError(f"detail_band must be a positive number (normalized units), got {detail_band}")
@@ -413,6 +435,8 @@ class SDFTarget(GridTarget):
 
         if self.truncation is None:
             fine = None  # the exact, untruncated grid has no band
+        if fine or self.truncation is None:
+            max_layers = 1  # the local detail codes one channel
         self.detail_resolution = fine
         fine_h = 2.0 / (fine - 1) if fine else 0.0
         self.detail_band = float(detail_band) if detail_band is not None else 2.5 * fine_h
@@ -422,6 +446,8 @@ class SDFTarget(GridTarget):
         params = dict(resolution=self.resolution, sign=sign_method, margin=self.margin, truncation=self.clip)
         if fine:
             params.update(fine=fine, band=self.detail_band)
+        if max_layers > 1:
+            params.update(layers=max_layers)
         cache_path = _cache_dir() / f"sdf-{_cache_key(mesh, **params)}.npz" if cache else None
         cached = _read_cache(cache_path, self.resolution, self.clip, fine) if cache_path else None
         if cached is not None:
@@ -429,28 +455,49 @@ class SDFTarget(GridTarget):
             cache_state = "hit"
         else:
             normalized = (np.asarray(mesh.vertices) - self.center) / self.scale
-            query = MeshQuery(normalized, mesh.faces, sign=sign_method)
-            if fine:
+            labels, layer_info = (None, None)
+            if max_layers > 1:
+                from finr3d.layers import assign_layers
+
+                t_layers = time.perf_counter()
+                labels, layer_info = assign_layers(normalized, mesh.faces, max_layers=max_layers)
+                layer_info["seconds"] = round(time.perf_counter() - t_layers, 3)
+            if labels is not None and layer_info["layers"] > 1:
+                grid, info = _layer_grids(mesh, normalized, labels, layer_info, self.resolution, self.clip, sign)
+                fine_grid = None
+            elif fine:
+                query = MeshQuery(normalized, mesh.faces, sign=sign_method)
                 fine_grid, info = sdf_grid(query, fine, truncation=self.clip, band=self.detail_band,
                                            keep=self.resolution)
                 grid = info["kept"]
             else:
+                query = MeshQuery(normalized, mesh.faces, sign=sign_method)
                 fine_grid = None
                 grid, info = sdf_grid(query, self.resolution, truncation=self.clip)
-            info = {"band_fraction": float(info["band_fraction"]), "sign_fraction": float(info["sign_fraction"]),
-                    "levels": [int(n) for n in info["levels"]], "winding_refined": int(query.stats["refined"]),
-                    "islands": int(info.get("kept_islands", info.get("islands", 0))),
-                    "seconds": round(float(info["seconds"]), 3)}
+            if layer_info is None or layer_info["layers"] == 1:
+                info = {"band_fraction": float(info["band_fraction"]), "sign_fraction": float(info["sign_fraction"]),
+                        "levels": [int(n) for n in info["levels"]], "winding_refined": int(query.stats["refined"]),
+                        "islands": int(info.get("kept_islands", info.get("islands", 0))),
+                        "seconds": round(float(info["seconds"]), 3)}
+            if layer_info is not None:
+                info["layers"] = layer_info
             cache_state = "off"
             if cache_path:
                 _write_cache(cache_path, grid, info, fine_grid)
                 cache_state = "miss"
-        self.sdf = grid
+        self.sdf_layers = grid if grid.ndim == 4 else None
+        self.sdf = grid.min(axis=3) if grid.ndim == 4 else grid  # the union of the layers' solids
         self.sdf_fine = fine_grid
+        self.layers = 1 if grid.ndim == 3 else int(grid.shape[3])
         self.report = {**report, "sign_method": sign_method, "removed_faces": removed,
                        "band_fraction": info.get("band_fraction", 1.0),
                        "sign_fraction": info.get("sign_fraction", 1.0),
                        "gt_seconds": round(time.perf_counter() - t0, 3), "cache": cache_state}
+        if "layers" in info:
+            self.report["layers"] = info["layers"]
+        # an open mesh: where the field jumps sign without a surface (the winding number's 1/2 level spanning
+        # a hole) there is no surface of the input; meshing drops those faces (finr3d.meshing.TRIM_JUMP)
+        self.trim = bool(report.get("boundary_edges", 0) > 0 and self.truncation is not None)
 
         norm_scale = self.truncation if self.truncation is not None else max(float(np.abs(grid).max()), 1e-6)
         self._norm_scale = norm_scale  # normalized SDF units per field unit (at the surface)
@@ -459,12 +506,13 @@ class SDFTarget(GridTarget):
         self.kind = "sdf"
         self.axis_names = ("x", "y", "z")
         self.shape = (self.resolution,) * 3
-        self.channels = 1
+        self.channels = self.layers
         self.value_offset = 0.0
         self.value_scale = norm_scale * self.scale  # field unit -> world distance
         self.bounds = np.stack([self.center - self.scale, self.center + self.scale], axis=1)
         self.source = name
-        self.data = torch.from_numpy(profiles.to_field(grid[..., None], np.float32(norm_scale), self.profile)
+        stacked = grid if grid.ndim == 4 else grid[..., None]
+        self.data = torch.from_numpy(profiles.to_field(stacked, np.float32(norm_scale), self.profile)
                                      .astype(np.float32))
 
     def _auto(self, source, **options) -> None:
@@ -501,7 +549,10 @@ class SDFTarget(GridTarget):
         points, _ = trimesh.sample.sample_surface(self.mesh, int(samples), seed=seed)
         x = (np.asarray(points, np.float64) - self.center) / self.scale
         index = (x + 1.0) * ((self.resolution - 1) / 2.0)
-        d = map_coordinates(self.sdf.astype(np.float64), index.T, order=1, mode="nearest")
+        grids = [self.sdf] if self.sdf_layers is None else [self.sdf_layers[..., k] for k in range(self.layers)]
+        # a sample lies on its own layer's surface (a surface inside another layer's solid is not in the union)
+        d = np.min([np.abs(map_coordinates(g.astype(np.float64), index.T, order=1, mode="nearest")) for g in grids],
+                   axis=0)
         h = 2.0 / (self.resolution - 1)
         return float(np.mean(np.abs(d) > tolerance * h))
 
@@ -540,6 +591,7 @@ class SDFTarget(GridTarget):
             grid = np.clip(grid, -self.clip, self.clip)
         self.resolution = int(grid.shape[0])
         self.sign = "stored"
+        self.layers, self.sdf_layers, self.trim = 1, None, False
         self.detail_resolution, self.sdf_fine = None, None
         self.detail_band, self.detail_step = 0.0, 0.0
         self.sdf = grid
@@ -580,6 +632,8 @@ class SDFTarget(GridTarget):
             profile=self.profile,
             margin=self.margin,
             sign=self.sign,
+            layers=self.layers,
+            trim=self.trim,
         )
         return out
 
@@ -617,7 +671,10 @@ class SDFTarget(GridTarget):
         (range 2)."""
         pred = pred.detach().float()
         truth = truth.detach().float()
-        p_in, t_in = pred < 0, truth < 0
+        if self.layers > 1:  # the solid is the union of the layers' solids (the distance band: every layer)
+            p_in, t_in = pred.amin(-1) < 0, truth.amin(-1) < 0
+        else:
+            p_in, t_in = pred < 0, truth < 0
         union = int((p_in | t_in).sum())
         iou = float((p_in & t_in).sum()) / union if union else 1.0
         sat = self.saturation * (1.0 - 1e-6)
@@ -644,7 +701,7 @@ class SDFTarget(GridTarget):
         units (``sdf / truncation``, the units of ``field.grid``), or None when
         this target has no fine ground truth or the field needs no detail.
         """
-        if self.sdf_fine is None:
+        if self.sdf_fine is None or self.layers > 1:
             return None
         from finr3d.local_detail import fit_local_detail  # needs zstandard: only when there is detail to code
 
@@ -713,3 +770,39 @@ def _detail_resolution(value, resolution: int) -> int | None:
         raise ValueError(f"detail_resolution must be in {resolution + 1}..{min(2 * resolution - 1, _MAX_RESOLUTION)} "
                          f"(finer than resolution={resolution}, at most one level finer), got {value}")
     return int(value)
+
+
+def _check_layers(value) -> int:
+    """Most layers ``layers=`` allows: ``"auto"`` is :data:`finr3d.layers.MAX_LAYERS`, 1 turns layering off."""
+    if isinstance(value, str):
+        if value != "auto":
+            raise ValueError(f"layers must be 'auto' or an integer 1..4, got {value!r}")
+        return 4
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 1 <= value <= 4:
+        raise ValueError(f"layers must be 'auto' or an integer 1..4, got {value!r}")
+    return int(value)
+
+
+def _layer_grids(mesh, normalized, labels, layer_info, resolution: int, clip, sign: str):
+    """``(R, R, R, L)`` truncated SDF grids, one per layer of :func:`finr3d.layers.assign_layers`, and their info."""
+    import trimesh
+
+    t0 = time.perf_counter()
+    n_layers = int(layer_info["layers"])
+    grids = np.empty((resolution,) * 3 + (n_layers,), np.float32)
+    band = signs = islands = 0.0
+    methods = []
+    for k in range(n_layers):
+        faces = mesh.faces[labels == k]
+        sub_sign = sign
+        if sign == "auto":
+            sub_sign = _auto_sign(mesh_report(trimesh.Trimesh(mesh.vertices, faces, process=False)))
+        methods.append(sub_sign)
+        query = MeshQuery(normalized, faces, sign=sub_sign)
+        grids[..., k], info = sdf_grid(query, resolution, truncation=clip)
+        band += info["band_fraction"]
+        signs += info["sign_fraction"]
+        islands += info.get("islands", 0)
+    layer_info["sign_methods"] = methods
+    return grids, {"band_fraction": float(band), "sign_fraction": float(signs), "islands": int(islands),
+                   "levels": [int(n) for n in info["levels"]], "seconds": round(time.perf_counter() - t0, 3)}

@@ -112,7 +112,7 @@ LAYERS = {
              "finr3d.placement", "finr3d.header_schema", "finr3d._o3d", "finr3d.shapes", "finr3d.simulation",
              "finr3d.profiles"],
     "codec": ["finr3d.compact", "finr3d.local_detail", "finr3d.codec"],
-    "geometry": ["finr3d.mesh_query", "finr3d.meshing", "finr3d.geometry_metrics"],
+    "geometry": ["finr3d.mesh_query", "finr3d.layers", "finr3d.meshing", "finr3d.geometry_metrics"],
     "model": ["finr3d.coords", "finr3d.backbones", "finr3d.decompositions", "finr3d.config", "finr3d.compact_io",
               "finr3d.field", "finr3d.closed_form"],
     "targets": ["finr3d.targets", "finr3d.video_io", "finr3d.volume", "finr3d.video", "finr3d.sdf",

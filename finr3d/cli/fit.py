@@ -71,6 +71,11 @@ def add_arguments(p) -> None:
     g.add_argument("--profile", choices=["tanh", "clamp"],
                    help="what the field learns of the distance: tanh(sdf / t), smooth, smaller files and a closer "
                         "fit, or the clamped sdf / t of files before 2026-12-01 (default tanh)")
+    g.add_argument("--layers", choices=["auto", "1"],
+                   help="auto: parts that interpenetrate (eyes set into a head, a spout pushed into a body) get "
+                        "their own SDF channel, so the surfaces the union of the solids would hide survive; 1: "
+                        "one solid, the union (default auto; meshes with one part, or parts side by side, are "
+                        "one layer either way)")
     g.add_argument("--detail", action="store_true",
                    help="also fit a sparse local residual on a 2x finer ground truth in the band around the "
                         "surface: a more accurate mesh for a much larger file (off by default)")
@@ -156,6 +161,8 @@ def run(args) -> int:
         target_options["sign"] = args.sign
     if args.profile is not None:
         target_options["profile"] = args.profile
+    if args.layers is not None:
+        target_options["layers"] = "auto" if args.layers == "auto" else int(args.layers)
     if args.detail:
         target_options["detail_resolution"] = "auto"
     import finr3d
@@ -163,7 +170,7 @@ def run(args) -> int:
 
     kind = args.kind if args.kind != "auto" else detect_kind(args.input)
     if target_options and kind != "sdf":
-        raise ValueError("--resolution, --sign, --profile and --detail apply to meshes only")
+        raise ValueError("--resolution, --sign, --profile, --layers and --detail apply to meshes only")
     video_options = _video_options(args)
     if video_options and kind != "video":
         raise ValueError("--frames, --stride and --resize apply to video only")

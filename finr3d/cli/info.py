@@ -44,7 +44,12 @@ def run(args) -> int:
     if missing:
         print(f"  not a complete finr3d field: the header lacks {', '.join(missing)}")
     if meta.get("kind") is not None or target.get("shape") is not None or meta.get("channels") is not None:
-        print(f"  kind            {meta.get('kind')}  shape {target.get('shape')}  channels {meta.get('channels')}")
+        channels = meta.get("channels")
+        layered = meta.get("kind") == "sdf" and isinstance(channels, int) and channels > 1
+        extra = " (SDF layers: parts that interpenetrate)" if layered else ""
+        extra += "  open mesh (sign jumps trimmed)" if meta.get("kind") == "sdf" and target.get("trim") else ""
+        print(f"  kind            {meta.get('kind')}  shape {target.get('shape')}  channels {meta.get('channels')}"
+              f"{extra}")
     if meta.get("decomposition") is not None:
         print(f"  decomposition   {meta.get('decomposition')}  ranks {meta.get('ranks')}  modes {meta.get('modes')}")
     if meta.get("backbone") is not None or meta.get("parameters") is not None:
