@@ -165,6 +165,13 @@ def make_seeds(folder: Path) -> dict[str, Seed]:
                  "bounds": [[-1, 1]] * 3, "world_from_normalized": np.diag([2.0, 2.0, 2.0, 1.0]).tolist(),
                  "mesh_report": {"watertight": True, "faces": 10}, "resolution": 16, "truncation": 0.1,
                  "margin": 0.1, "sign": "raycast", "source": "sphere.obj"}),
+        # two SDF layers (interpenetrating parts) of an open mesh: the tanh profile and the trim flag
+        "sdf layered": (3, 2, FieldConfig(decomposition="tucker", rank=4, width=8, depth=1),
+                        {"kind": "sdf", "shape": [16, 16, 16], "channels": 2, "value_offset": 0.0,
+                         "value_scale": 0.1, "bounds": [[-1, 1]] * 3, "profile": "tanh", "trim": True,
+                         "layers": 2, "world_from_normalized": np.diag([2.0, 2.0, 2.0, 1.0]).tolist(),
+                         "resolution": 16, "truncation": 0.1, "margin": 0.1, "sign": "winding",
+                         "source": "knob.obj"}),
         "image": (2, 3, FieldConfig(decomposition="cp", rank=6, width=8, depth=1),
                   {"kind": "image", "shape": [12, 10], "channels": 3, "axis_names": ["y", "x"],
                    "value_offset": 0.0, "value_scale": 1.0, "bit_depth": 8, "source": "photo.png"}),
@@ -180,12 +187,13 @@ def make_seeds(folder: Path) -> dict[str, Seed]:
             field.bias.fill_(-0.3)  # the SDF then crosses zero somewhere
         field.history = {"steps": 10, "seconds": 1.5, "device": "cpu", "metrics": {"psnr": 30.0, "iou": 0.9}}
         quantization = "int8" if name == "image" else "fp16"
-        path = folder / f"v1_{name}.finr"
+        stem = name.replace(" ", "_")
+        path = folder / f"v1_{stem}.finr"
         codec.write(path, *field.to_parts(), quantization=quantization, keep_fp32=field.precision_critical())
-        out[f"v1 {name}"] = Seed(path, 1, name)
-        path = folder / f"v2_{name}.finr"
+        out[f"v1 {name}"] = Seed(path, 1, info["kind"])
+        path = folder / f"v2_{stem}.finr"
         field.save(path, quantization=quantization)
-        out[f"v2 {name}"] = Seed(path, 2, name)
+        out[f"v2 {name}"] = Seed(path, 2, info["kind"])
         if name == "sdf":
             path = folder / "v2_sdf_editable.finr"
             field.save(path, quantization=quantization, editable=True)
