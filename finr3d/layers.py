@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["assign_layers", "MAX_LAYERS", "OVERLAP_FRACTION", "MIN_LAYER_SHARE"]
+__all__ = ["assign_layers", "MAX_LAYERS", "MAX_PARTS", "OVERLAP_FRACTION", "MIN_LAYER_SHARE"]
 
 #: Most SDF channels a mesh is split into; parts beyond are put on the layer they overlap least.
 MAX_LAYERS = 4
@@ -30,6 +30,8 @@ OVERLAP_FRACTION = 0.01
 #: A layer beyond the first with less than this share of the surface area is merged into the layer it overlaps
 #: least: a channel costs model capacity and fit time, and such a layer hides at most that share of the surface.
 MIN_LAYER_SHARE = 0.01
+#: Parts, largest first, tested for interpenetration; smaller ones stay on layer 0 (the union).
+MAX_PARTS = 256
 _MIN_SAMPLES, _MAX_SAMPLES = 64, 4000
 
 
@@ -63,7 +65,9 @@ def assign_layers(vertices, faces, *, max_layers: int = MAX_LAYERS, threshold: f
         ``layers`` (L), ``parts`` (face-connected parts), ``overlaps`` (pairs
         of parts found interpenetrating), ``area_share`` (per layer) and
         ``merged`` (parts put on a layer they overlap because ``max_layers``
-        was reached or their layer was below ``min_share``).
+        was reached or their layer was below ``min_share``) and
+        ``tested_parts`` (the :data:`MAX_PARTS` largest parts are tested;
+        smaller ones stay on layer 0, the union).
     """
     import trimesh
 
@@ -88,67 +92,77 @@ def assign_layers(vertices, faces, *, max_layers: int = MAX_LAYERS, threshold: f
     total = float(area.sum()) or 1.0
     order = np.argsort(-area, kind="stable")
     rng_seed = int(seed)
-    faces_of = [f[part == p] for p in range(n_parts)]
-    boxes = []
-    points = []
-    for p in range(n_parts):
-        used = v[np.unique(faces_of[p])]
-        boxes.append((used.min(axis=0), used.max(axis=0)))
+    # the largest parts only: beyond MAX_PARTS the rest stay on layer 0 (the union), and the pairwise tests and
+    # the one search structure per part they need stay bounded
+    tested = order[:MAX_PARTS]
+    sort = np.argsort(part, kind="stable")
+    starts = np.searchsorted(part[sort], np.arange(n_parts + 1))
+
+    def part_mesh(p: int):
+        faces_p = f[sort[starts[p]:starts[p + 1]]]
+        used, local = np.unique(faces_p, return_inverse=True)
+        return v[used], local.reshape(-1, 3)
+
+    boxes = np.zeros((n_parts, 2, 3))
+    points = {}
+    for p in tested:
+        pv, pf = part_mesh(p)
+        boxes[p] = pv.min(axis=0), pv.max(axis=0)
         n = int(np.clip(area[p] / total * int(samples), _MIN_SAMPLES, _MAX_SAMPLES))
         if area[p] > 0:
-            pts, _ = trimesh.sample.sample_surface(trimesh.Trimesh(v, faces_of[p], process=False), n, seed=rng_seed)
+            pts, _ = trimesh.sample.sample_surface(trimesh.Trimesh(pv, pf, process=False), n, seed=rng_seed)
         else:  # degenerate part: its vertices stand in for samples
-            pts = used
-        points.append(np.asarray(pts, np.float64))
-    queries: dict[int, MeshQuery] = {}
-
-    def inside_share(a: int, b: int) -> float:
-        lo = np.maximum(boxes[a][0], boxes[b][0])
-        hi = np.minimum(boxes[a][1], boxes[b][1])
-        if (lo > hi).any():
-            return 0.0
-        pts = points[a]
-        pts = pts[np.all((pts >= boxes[b][0]) & (pts <= boxes[b][1]), axis=1)]  # outside b's box: outside b
-        if len(pts) == 0:
-            return 0.0
-        if b not in queries:
-            queries[b] = MeshQuery(v, faces_of[b], sign="winding", seed=rng_seed)
-        return float(np.sum(np.abs(queries[b].winding(pts)) > 0.5)) / len(points[a])
-
-    overlap = np.zeros((n_parts, n_parts), np.float64)  # share of a's surface inside b, symmetrised by max
-    for i, a in enumerate(order):
-        for b in order[i + 1:]:
-            s = max(inside_share(a, b), inside_share(b, a))
-            overlap[a, b] = overlap[b, a] = s
+            pts = pv
+        points[p] = np.asarray(pts, np.float64)
+    lo, hi = boxes[tested, 0], boxes[tested, 1]
+    touch = np.all((lo[:, None] <= hi[None, :]) & (lo[None, :] <= hi[:, None]), axis=2)  # boxes that meet
+    np.fill_diagonal(touch, False)
+    t = len(tested)
+    # overlap[i, j]: share of tested[i]'s surface inside tested[j]'s solid, symmetrised by max
+    overlap = np.zeros((t, t), np.float64)
+    for j, b in enumerate(tested):  # one part's search structure at a time (open3d scenes are not free)
+        query = None
+        for i in np.flatnonzero(touch[j]):
+            pts = points[tested[i]]
+            inside = pts[np.all((pts >= boxes[b, 0]) & (pts <= boxes[b, 1]), axis=1)]  # outside b's box: outside b
+            if len(inside) == 0:
+                continue
+            if query is None:
+                query = MeshQuery(*part_mesh(b), sign="winding", seed=rng_seed)
+            share = float(np.sum(np.abs(query.winding(inside)) > 0.5)) / len(pts)
+            overlap[i, j] = overlap[j, i] = max(overlap[i, j], share)
+        del query
     clash = overlap > float(threshold)
-    layer = -np.ones(n_parts, np.int64)
+    tested_area = area[tested]
+    lay = -np.ones(t, np.int64)  # layer of each tested part (largest first)
     merged = 0
-    for p in order:
-        taken = {int(layer[q]) for q in np.flatnonzero(clash[p]) if layer[q] >= 0}
+
+    def cost(i: int, k: int) -> float:  # how much of the parts on layer k tested part i overlaps
+        return float(np.sum(overlap[i, lay == k] * tested_area[lay == k]))
+
+    for i in range(t):
+        taken = {int(k) for k in lay[clash[i]] if k >= 0}
         free = [k for k in range(int(max_layers)) if k not in taken]
         if free:
-            layer[p] = free[0]
+            lay[i] = free[0]
         else:  # every layer holds a part this one overlaps: the layer it overlaps least
-            weights = [sum(overlap[p, q] * area[q] for q in np.flatnonzero(layer == k)) for k in range(int(max_layers))]
-            layer[p] = int(np.argmin(weights))
+            lay[i] = min(range(int(max_layers)), key=lambda k: cost(i, k))
             merged += 1
-    def cost(p: int, k: int) -> float:
-        return float(sum(overlap[p, q] * area[q] for q in np.flatnonzero(layer == k)))
-
-    while int(layer.max()) > 0:  # fold the smallest thin layer into the others, part by part
-        shares = np.array([area[layer == k].sum() for k in range(int(layer.max()) + 1)]) / total
+    while int(lay.max()) > 0:  # fold the smallest thin layer into the others, part by part
+        shares = np.array([tested_area[lay == k].sum() for k in range(int(lay.max()) + 1)]) / total
         small = [k for k in range(1, len(shares)) if shares[k] < float(min_share)]
         if not small:
             break
         k = min(small, key=lambda j: shares[j])
-        for p in np.flatnonzero(layer == k):
-            others = [j for j in range(len(shares)) if j != k]
-            layer[p] = min(others, key=lambda j: cost(p, j))
+        for i in np.flatnonzero(lay == k):
+            lay[i] = min((j for j in range(len(shares)) if j != k), key=lambda j: cost(i, j))
             merged += 1
-        layer[layer > k] -= 1
+        lay[lay > k] -= 1
+    layer = np.zeros(n_parts, np.int64)  # parts beyond MAX_PARTS stay on layer 0 (the union)
+    layer[tested] = lay
     n_layers = int(layer.max()) + 1
     labels = layer[part]
     info = {"layers": n_layers, "parts": n_parts, "overlaps": int(np.triu(clash, 1).sum()),
             "area_share": [round(float(area[layer == k].sum()) / total, 4) for k in range(n_layers)],
-            "merged": merged}
+            "merged": merged, "tested_parts": t}
     return labels, info

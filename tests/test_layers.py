@@ -80,6 +80,21 @@ def test_assign_layers_separates_only_interpenetrating_parts():
         assign_layers(mesh.vertices, mesh.faces, max_layers=0)
 
 
+def test_assign_layers_tests_only_the_largest_parts(monkeypatch):
+    import finr3d.layers as layers_module
+
+    # a chain of boxes, each sunk into the next, largest first: without a cap they alternate between two layers
+    boxes = [_box((0.4 - 0.02 * i,) * 3, (-0.8 + 0.3 * i, 0.0, 0.0)) for i in range(6)]
+    chain = trimesh.util.concatenate(boxes)
+    labels, info = assign_layers(chain.vertices, chain.faces)
+    assert info["layers"] == 2 and info["tested_parts"] == 6
+    monkeypatch.setattr(layers_module, "MAX_PARTS", 3)  # the three largest are tested, the rest stay in the union
+    labels, info = assign_layers(chain.vertices, chain.faces)
+    assert info["tested_parts"] == 3 and info["layers"] == 2
+    per_box = labels.reshape(6, 12)[:, 0]  # concatenate keeps each box's 12 faces together, in order
+    assert list(per_box) == [0, 1, 0, 0, 0, 0]
+
+
 def test_layered_target_keeps_the_hidden_surfaces():
     mesh = _body_and_knob()
     layered = SDFTarget(mesh, resolution=40)
