@@ -53,6 +53,7 @@ AUTO_RESOLUTIONS = (128, 256)
 #: meshes are at 0-0.6 %, ogre, suzanne and teapot at 2.1-3.3 % (benchmarks/RESULTS.md, "Finer ground truth").
 AUTO_SURFACE_FRACTION = 0.01
 _WINDING_MARGIN = 0.3  # |w| this close to 1/2 is re-tested on the finer level, not inherited
+_LAYER_VALUES = 2 * 512**3  # grid values all layers may take together: 4 layers to 256^3, 2 at 512^3, 1 beyond
 
 
 # --------------------------------------------------------------------------- SDF grid
@@ -332,7 +333,8 @@ class SDFTarget(GridTarget):
         ``~/.cache/finr3d``), keyed by the mesh content and these settings.
     layers : "auto" or int
         ``"auto"`` (the default): the mesh's parts that interpenetrate go to
-        different layers (:func:`finr3d.layers.assign_layers`, at most 4), each
+        different layers (:func:`finr3d.layers.assign_layers`, at most 4; 2 at
+        512^3, 1 above, to bound memory), each
         an SDF channel of its own, so that the surfaces inside the union of the
         solids (eyes set into a head, a spout pushed into a body) survive; a
         mesh of one part, or of parts side by side, is one layer. An integer
@@ -437,6 +439,8 @@ class SDFTarget(GridTarget):
             fine = None  # the exact, untruncated grid has no band
         if fine or self.truncation is None:
             max_layers = 1  # the local detail codes one channel
+        # every layer is a full R^3 grid (and its float32 field copy): at most _LAYER_VALUES values in all
+        max_layers = max(1, min(max_layers, _LAYER_VALUES // self.resolution**3))
         self.detail_resolution = fine
         fine_h = 2.0 / (fine - 1) if fine else 0.0
         self.detail_band = float(detail_band) if detail_band is not None else 2.5 * fine_h

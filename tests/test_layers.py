@@ -113,6 +113,11 @@ def test_layered_target_keeps_the_hidden_surfaces():
     again = SDFTarget(mesh, resolution=40)  # the cache keeps every layer
     assert again.report["cache"] == "hit" and again.layers == 2
     np.testing.assert_array_equal(again.data.numpy(), layered.data.numpy())
+    import finr3d.sdf as sdf_module
+
+    with pytest.MonkeyPatch.context() as mp:  # layers are full grids: a memory bound keeps fine grids to one
+        mp.setattr(sdf_module, "_LAYER_VALUES", 40**3)
+        assert SDFTarget(mesh, resolution=40, cache=False).layers == 1
     with pytest.raises(ValueError, match="layers must be"):
         SDFTarget(mesh, resolution=16, layers=5, cache=False)
     with pytest.raises(ValueError, match="layers must be"):
