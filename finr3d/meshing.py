@@ -105,12 +105,14 @@ def extract_arrays(field, resolution=256, *, rank=None, level: float = 0.0, boun
     sdf = info.get("kind") == "sdf"
     layers = int(getattr(field, "channels", info.get("channels", 1)) or 1) if sdf else 1
     trim = None
-    if sdf and info.get("trim") and info.get("truncation"):
-        from finr3d.profiles import profile_of, to_distance
-
-        profile, truncation = profile_of(info), np.float32(info["truncation"])
+    if sdf and info.get("trim"):
+        # distances in normalized units from the signal's (world) ones: a file without metadata has no
+        # truncation, but always its value scale and placement
+        matrix = info.get("world_from_normalized")
+        unit = abs(float(np.linalg.det(np.asarray(matrix, np.float64)[:3, :3]))) ** (1 / 3) if matrix is not None else 1.0
+        unit = unit if np.isfinite(unit) and unit > 0 else 1.0
         step = (box[:, 1] - box[:, 0]) / (np.asarray(shape) - 1)
-        trim = (lambda v: to_distance(v, truncation, profile), step, TRIM_JUMP)
+        trim = (lambda v: to_signal(v, info) / unit, step, TRIM_JUMP)
 
     def planes(i0: int, i1: int) -> np.ndarray:
         out = field.grid([torch.from_numpy(axes[0][i0:i1]), *yz], rank=rank, squeeze=False)

@@ -170,7 +170,9 @@ def test_layered_open_field_round_trips_its_layers_and_trim_flag(tmp_path):
         via_numpy = codec.decode_grid(path, resolution=20)  # numpy only, every layer
         assert via_numpy.shape == (20, 20, 20, 2)
         np.testing.assert_allclose(via_numpy, via_torch, atol=1e-5)
-        assert len(extract_mesh(loaded, 32).faces) > 0
+        trimmed = extract_mesh(loaded, 32)
+        loaded.target_info["trim"] = False
+        assert len(extract_mesh(loaded, 32).faces) > len(trimmed.faces) > 0  # the open knob's cap is dropped
     editable = tmp_path / "editable.finr"
     field.save(editable, editable=True)
     assert finr3d.load(editable).target_info["trim"] is True
