@@ -512,10 +512,9 @@ def unpack_field(raw) -> FieldSpec:
         raise _bad(f"ndim {ndim}, modes {n_modes}, channels {channels} out of range")
     if flags & ~(FLAG_COMPACT | FLAG_RAW | FLAG_AFFINE | FLAG_TANH | FLAG_TRIM) or reserved:
         raise _bad(f"unknown flags 0x{flags:02x} (upgrade finr3d if the file is newer)")
-    if flags & FLAG_TANH and KIND_NAMES.get(kind) != "sdf":
-        raise _bad("the tanh profile flag is set on a field that is not an SDF")
-    if flags & FLAG_TRIM and KIND_NAMES.get(kind) != "sdf":
-        raise _bad("the open-mesh trim flag is set on a field that is not an SDF")
+    for flag, name in ((FLAG_TANH, "tanh profile"), (FLAG_TRIM, "open-mesh trim")):  # SDF-only flags
+        if flags & flag and KIND_NAMES.get(kind) != "sdf":
+            raise _bad(f"the {name} flag is set on a field that is not an SDF")
     if not (math.isfinite(step) and step >= 0) or (bool(flags & FLAG_RAW) != (step == 0) and flags & FLAG_COMPACT):
         raise _bad(f"invalid step {step}")
     decomposition = DECOMPOSITION_NAMES[dec]

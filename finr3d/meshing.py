@@ -108,8 +108,10 @@ def extract_arrays(field, resolution=256, *, rank=None, level: float = 0.0, boun
     if sdf and info.get("trim"):
         # distances in normalized units from the signal's (world) ones: a file without metadata has no
         # truncation, but always its value scale and placement
+        from finr3d.placement import linear_scale
+
         matrix = info.get("world_from_normalized")
-        unit = abs(float(np.linalg.det(np.asarray(matrix, np.float64)[:3, :3]))) ** (1 / 3) if matrix is not None else 1.0
+        unit = linear_scale(matrix) if matrix is not None else 1.0
         unit = unit if np.isfinite(unit) and unit > 0 else 1.0
         step = (box[:, 1] - box[:, 0]) / (np.asarray(shape) - 1)
         trim = (lambda v: to_signal(v, info) / unit, step, TRIM_JUMP)

@@ -38,6 +38,12 @@ def placement_delta(now, before) -> np.ndarray:
     return _matrix(now, "the new placement") @ np.linalg.inv(_matrix(before, "the old placement"))
 
 
+def linear_scale(matrix) -> float:
+    """``|det A|^(1/3)`` of a placement's linear part: world units per normalized unit (an SDF's distances scale
+    by it, :func:`move_info`)."""
+    return float(abs(np.linalg.det(np.asarray(matrix, np.float64)[:3, :3])) ** (1.0 / 3.0))
+
+
 def move_info(info: dict, delta) -> dict:
     """A copy of ``target_info`` moved by the 4x4 transform ``delta`` (world units to world units).
 
@@ -52,7 +58,7 @@ def move_info(info: dict, delta) -> dict:
         return out
     world = np.asarray(out.get("world_from_normalized", np.eye(4)), np.float64)
     out["world_from_normalized"] = (d @ world).tolist()
-    scale = abs(np.linalg.det(d[:3, :3])) ** (1.0 / 3.0)
+    scale = linear_scale(d)
     if "value_scale" in out:
         out["value_scale"] = float(out["value_scale"]) * scale
     return out

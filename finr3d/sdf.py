@@ -264,16 +264,11 @@ def _read_cache(path: Path, resolution: int, truncation: float | None, fine: int
             meta = json.loads(bytes(z["meta"]).decode())
             fine_grid = np.asarray(z["fine"]) if fine else None
         bound = math.inf if truncation is None else truncation * (1 + 1e-5)
-        if grid.ndim == 4 and 2 <= grid.shape[3] <= 4:  # one SDF per layer (_layer_grids)
-            grid_check = grid[..., 0]
-        else:
-            grid_check = grid
-        for g, n in [(grid_check, resolution)] + ([(fine_grid, fine)] if fine else []):
-            if (g.shape != (n,) * 3 or g.dtype != np.float32 or not np.isfinite(g).all()
-                    or np.abs(g).max() > bound):
+        layered = grid.ndim == 4 and 2 <= grid.shape[3] <= 4  # one SDF per layer (_layer_grids)
+        for g, n in [(grid, resolution)] + ([(fine_grid, fine)] if fine else []):
+            if (g.shape[:3] != (n,) * 3 or g.ndim != (4 if layered and g is grid else 3)
+                    or g.dtype != np.float32 or not np.isfinite(g).all() or np.abs(g).max() > bound):
                 raise ValueError("unexpected contents")
-        if not np.isfinite(grid).all() or np.abs(grid).max() > bound:
-            raise ValueError("unexpected contents")
         if not isinstance(meta, dict):
             raise ValueError("unexpected contents")
         return grid, meta, fine_grid
@@ -789,20 +784,14 @@ def _check_layers(value) -> int:
 
 def _layer_grids(mesh, normalized, labels, layer_info, resolution: int, clip, sign: str):
     """``(R, R, R, L)`` truncated SDF grids, one per layer of :func:`finr3d.layers.assign_layers`, and their info."""
-    import trimesh
-
     t0 = time.perf_counter()
     n_layers = int(layer_info["layers"])
     grids = np.empty((resolution,) * 3 + (n_layers,), np.float32)
     band = signs = islands = 0.0
     methods = []
     for k in range(n_layers):
-        faces = mesh.faces[labels == k]
-        sub_sign = sign
-        if sign == "auto":
-            sub_sign = _auto_sign(mesh_report(trimesh.Trimesh(mesh.vertices, faces, process=False)))
-        methods.append(sub_sign)
-        query = MeshQuery(normalized, faces, sign=sub_sign)
+        query = MeshQuery(normalized, mesh.faces[labels == k], sign=sign)  # "auto": by the layer's own report
+        methods.append(query.sign_method)
         grids[..., k], info = sdf_grid(query, resolution, truncation=clip)
         band += info["band_fraction"]
         signs += info["sign_fraction"]

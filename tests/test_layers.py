@@ -9,7 +9,6 @@ import trimesh
 
 import finr3d
 from finr3d import codec, compact
-from finr3d.errors import FormatError
 from finr3d.geometry_metrics import chamfer
 from finr3d.layers import assign_layers
 from finr3d.meshing import extract_mesh
@@ -176,16 +175,6 @@ def test_layered_open_field_round_trips_its_layers_and_trim_flag(tmp_path):
     editable = tmp_path / "editable.finr"
     field.save(editable, editable=True)
     assert finr3d.load(editable).target_info["trim"] is True
-
-
-def test_trim_flag_on_a_volume_is_refused():
-    spec = compact.FieldSpec("volume", "tucker", 3, 1, [(0,), (1,), (2,)], [4] * 3, [2] * 3,
-                             np.array([[-1.0, 1.0]] * 3), 0.0, 1.0, np.zeros(1, np.float32), step=1e-3,
-                             flags=compact.FLAG_COMPACT | compact.FLAG_TRIM)
-    with pytest.raises(FormatError, match="trim flag"):
-        compact.unpack_field(compact.pack_field(spec))
-    sdf = compact.FieldSpec(**{**spec.__dict__, "kind": "sdf"})
-    assert compact.unpack_field(compact.pack_field(sdf)).flags & compact.FLAG_TRIM
 
 
 def test_cli_layers_flag(tmp_path, capsys):

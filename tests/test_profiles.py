@@ -103,14 +103,16 @@ def test_iso_level_is_a_world_distance_for_either_profile(sphere_fit):
         assert radius == pytest.approx(0.6 + level, abs=0.01), name
 
 
-def test_tanh_flag_on_a_volume_is_refused():
+@pytest.mark.parametrize("flag, message", [(compact.FLAG_TANH, "tanh profile flag"),
+                                           (compact.FLAG_TRIM, "trim flag")])
+def test_sdf_only_flags_on_a_volume_are_refused(flag, message):
     spec = compact.FieldSpec("volume", "tucker", 3, 1, [(0,), (1,), (2,)], [4] * 3, [2] * 3,
                              np.array([[-1.0, 1.0]] * 3), 0.0, 1.0, np.zeros(1, np.float32), step=1e-3,
-                             flags=compact.FLAG_COMPACT | compact.FLAG_TANH)
-    with pytest.raises(FormatError, match="tanh profile flag"):
+                             flags=compact.FLAG_COMPACT | flag)
+    with pytest.raises(FormatError, match=message):
         compact.unpack_field(compact.pack_field(spec))
     sdf = compact.FieldSpec(**{**spec.__dict__, "kind": "sdf"})
-    assert compact.unpack_field(compact.pack_field(sdf)).flags & compact.FLAG_TANH
+    assert compact.unpack_field(compact.pack_field(sdf)).flags & flag
 
 
 def test_cli_profile_flag_and_its_default(tmp_path, capsys):
