@@ -41,7 +41,7 @@ from finr3d.targets import lattice  # noqa: E402
 def mesh_of(grid, target):
     import trimesh
     res = grid.shape[0]
-    verts, faces, _ = march_slabs(lambda i0, i1: grid[i0:i1], grid.shape, 0.0)
+    verts, faces, _ = march_slabs(lambda i0, i1, out: out.__setitem__(0, grid[i0:i1]), grid.shape, 0.0)
     verts = (-1.0 + verts * (2.0 / (res - 1))) * target.scale + target.center
     return trimesh.Trimesh(verts, faces, process=False)
 

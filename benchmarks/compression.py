@@ -64,7 +64,7 @@ def grid_mesh(grid: np.ndarray, target: SDFTarget):
     import trimesh
 
     res = grid.shape[0]
-    verts, faces, _ = march_slabs(lambda i0, i1: grid[i0:i1], grid.shape, 0.0)
+    verts, faces, _ = march_slabs(lambda i0, i1, out: out.__setitem__(0, grid[i0:i1]), grid.shape, 0.0)
     if len(faces) == 0:
         raise RuntimeError("no surface")
     verts = (-1.0 + verts * (2.0 / (res - 1))) * target.scale + target.center

@@ -34,6 +34,8 @@ __all__ = ["FactorizedField", "load", "default_omega0"]
 CHUNK_ELEMENTS = 1 << 24
 #: Largest grid ``grid()`` will allocate as one array.
 MAX_GRID_ELEMENTS = 1 << 31
+#: Largest contraction of the other modes :meth:`FactorizedField.plane_reader` keeps (256 MiB of float32).
+PLANE_CACHE_VALUES = 1 << 26
 
 
 def default_omega0(backbone: str, samples: int) -> float | None:
@@ -288,6 +290,72 @@ class FactorizedField(nn.Module):
             return out
         finally:
             self.train(was_training)
+
+    @torch.no_grad()
+    def plane_reader(self, coords, rank=None, *, detail: bool = True, max_cached: int = PLANE_CACHE_VALUES):
+        """Values on the planes of a grid along axis 0, read a few planes at a time.
+
+        Every decomposition is linear in the first mode's features, so when the
+        first mode is axis 0 alone the other modes are contracted once, against
+        the identity in its place: ``(D_0, n_1, ..., n_{d-1}, C)``, at most
+        ``max_cached`` values. Each read is then one matrix product per channel,
+        written in place; otherwise each read evaluates :meth:`grid` on its planes.
+
+        Parameters
+        ----------
+        coords : d arrays of normalized coordinates (axis 0's planes and the other axes' samples)
+        rank : int or tuple, optional
+            Evaluate the rank-prefix model.
+        detail : bool
+            Add the local detail (:attr:`detail`) when the field has one.
+
+        Returns
+        -------
+        callable ``read(i0, i1, out=None)``
+            Fills and returns ``out``, a ``(C, i1 - i0, n_1, ..., n_{d-1})`` float32 array
+            (allocated when None): planes ``i0..i1-1``, channel first.
+        """
+        was_training = self.training
+        self.eval()
+        try:
+            axes = self._as_coords(coords, self.device)
+            sizes = [len(c) for c in axes]
+            rest = math.prod(sizes[1:])
+            prefix = self.prefix(rank)
+            feats = self.mode_features(axes)
+            d0 = feats[0].shape[1]
+            cached = None
+            if self.modes == [(a,) for a in range(self.ndim)] and d0 * rest * self.channels <= max_cached:
+                eye = torch.eye(d0, device=self.device, dtype=feats[0].dtype)
+                table = self._contract([eye] + feats[1:], prefix, points=False)  # (D_0, n_1.., C)
+                cached = [table[..., c].reshape(d0, rest).contiguous() for c in range(self.channels)]
+                del table
+                rows = [torch.full((1, rest), float(b), device=self.device) for b in self.bias.reshape(-1)]
+        finally:
+            self.train(was_training)
+        lattice0 = axes[0]
+        numpy_axes = [a.detach().cpu().numpy() for a in axes]
+        use_detail = detail and self.detail is not None
+
+        @torch.no_grad()
+        def read(i0: int, i1: int, out=None) -> np.ndarray:
+            if out is None:
+                out = np.empty([self.channels, i1 - i0, *sizes[1:]], np.float32)
+            if cached is not None and self.device.type == "cpu" and all(o.flags.c_contiguous for o in out):
+                for c in range(self.channels):  # in place: each channel's planes are one contiguous block
+                    torch.addmm(rows[c], feats[0][i0:i1], cached[c],
+                                out=torch.from_numpy(out[c].reshape(i1 - i0, rest)))
+            elif cached is not None:
+                for c in range(self.channels):
+                    out[c] = torch.addmm(rows[c], feats[0][i0:i1], cached[c]).cpu().numpy().reshape(out[c].shape)
+            else:
+                values = self.grid([lattice0[i0:i1], *axes[1:]], rank=rank, squeeze=False, detail=False)
+                out[...] = np.moveaxis(values, -1, 0)
+            if use_detail:
+                out[0] += self.detail.grid([numpy_axes[0][i0:i1], *numpy_axes[1:]]).astype(np.float32)
+            return out
+
+        return read
 
     def points(self, coords, rank=None, *, chunk: int = 1 << 16, detail: bool = True) -> torch.Tensor:
         """Values at arbitrary points.

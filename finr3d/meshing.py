@@ -116,13 +116,23 @@ def extract_arrays(field, resolution=256, *, rank=None, level: float = 0.0, boun
         step = (box[:, 1] - box[:, 0]) / (np.asarray(shape) - 1)
         trim = (lambda v: to_signal(v, info) / unit, step, TRIM_JUMP)
 
-    def planes(i0: int, i1: int) -> np.ndarray:
-        out = field.grid([torch.from_numpy(axes[0][i0:i1]), *yz], rank=rank, squeeze=False)
-        out = np.asarray(out)
+    reader = field.plane_reader if hasattr(field, "plane_reader") else None
+    if reader is not None:
+        read = reader([torch.from_numpy(a) for a in axes], rank=rank)
+    else:  # anything with grid(): evaluate each slab's planes
+        def read(i0: int, i1: int, out):
+            values = np.asarray(field.grid([torch.from_numpy(axes[0][i0:i1]), *yz], rank=rank, squeeze=False))
+            out[...] = np.moveaxis(values.reshape(i1 - i0, shape[1], shape[2], -1)[..., :layers], -1, 0)
+            return out
+
+    def planes(i0: int, i1: int, out: np.ndarray) -> np.ndarray:
+        if reader is not None and getattr(field, "channels", layers) != layers:  # meshed channels only
+            out[...] = read(i0, i1)[:layers]
+        else:
+            read(i0, i1, out)
         if callback is not None:
             callback({"phase": "mesh", "planes": int(i1), "total": int(shape[0])})
-        out = out.reshape(i1 - i0, shape[1], shape[2], -1)
-        return out[..., :layers] if layers > 1 else out[..., 0]  # a layered SDF: every layer's surface
+        return out
 
     verts, faces, (vmin, vmax) = march_slabs(planes, shape, iso, slab=slab, trim=trim, channels=layers)
     if len(faces) == 0:
@@ -155,8 +165,9 @@ def march_slabs(planes, shape, level: float, *, slab: int | None = None, trim=No
 
     Parameters
     ----------
-    planes : callable ``(i0, i1) -> (i1 - i0, n_y, n_z) array``
-        Field values on x-planes ``i0..i1-1`` (``(..., channels)`` for several channels).
+    planes : callable ``(i0, i1, out)``
+        Writes the field's values on x-planes ``i0..i1-1`` into ``out``, a
+        ``(channels, i1 - i0, n_y, n_z)`` float32 view (channel first).
     shape : (3,) int
     level : float
         Iso-value in the units ``planes`` returns.
@@ -188,18 +199,19 @@ def march_slabs(planes, shape, level: float, *, slab: int | None = None, trim=No
     verts, faces = [[] for _ in range(channels)], [[] for _ in range(channels)]
     n_verts = [0] * channels
     vmin, vmax = np.inf, -np.inf
-    prev = None  # the last plane of the previous slab, shared with this one
+    buffer = np.empty((channels, slab, ny, nz), np.float32)  # per channel: the shared plane, then the new ones
     x_planes = []
     i0 = 0
     while i0 < nx - 1:
         i1 = min(nx, i0 + slab)  # planes i0..i1-1
-        new = np.asarray(planes(i0 if prev is None else i0 + 1, i1), np.float32)
-        if channels == 1:
-            new = new[..., None]
-        block_all = new if prev is None else np.concatenate([prev, new], axis=0)
-        prev = block_all[-1:].copy()  # before any lift: the next slab lifts the same samples itself
+        if i0 == 0:
+            planes(0, i1, buffer[:, :i1])
+        else:
+            buffer[:, 0] = last  # before any lift: this slab lifts the same samples itself
+            planes(i0 + 1, i1, buffer[:, 1:i1 - i0])
+        last = buffer[:, i1 - i0 - 1].copy()
         for c in range(channels):
-            block = block_all[..., c]
+            block = buffer[c, :i1 - i0]
             lo, hi = float(block.min()), float(block.max())  # NaN propagates into both
             if not np.isfinite(lo) or not np.isfinite(hi):
                 raise SurfaceError(f"the field has NaN/Inf values in planes {i0}..{i1 - 1}; it cannot be meshed "

@@ -231,3 +231,29 @@ def test_basis_validation_modes_and_round_trip(tmp_path):
     assert [net.basis for net in back.nets] == [5, 6, 7]
     np.testing.assert_array_equal(back.grid(coords), field.grid(coords))
     assert_float32_close(field.truncate(3).grid(coords), field.grid(coords, rank=3), field_terms(field))
+
+
+@pytest.mark.parametrize("decomposition", sorted(DECOMPOSITIONS))
+@pytest.mark.parametrize("layout", ["3d", "4d", "xy+t"])
+def test_plane_reader_equals_grid(decomposition, layout):
+    """Planes read a few at a time (the other modes contracted once, or grid() per read for grouped modes),
+    at full rank and at a prefix, into a fresh array or into each channel's block of a larger buffer."""
+    ndim, modes = LAYOUTS[layout]
+    field = make(decomposition, ndim=ndim, modes=modes, channels=2, rank=5 if decomposition != "tucker" else 3)
+    coords = [torch.linspace(-1, 1, n) for n in [7, 5, 4, 3][:ndim]]
+    for rank in (None, 2):
+        full = np.moveaxis(field.grid(coords, rank=rank, squeeze=False), -1, 0)
+        read = field.plane_reader(coords, rank=rank)
+        buffer = np.full((2, 4, *full.shape[2:]), np.nan, np.float32)
+        got = []
+        for i0, i1 in ((0, 3), (3, 6), (6, 7)):
+            view = buffer[:, 1:1 + i1 - i0]  # channel c's planes are one contiguous block, the channels are not
+            assert read(i0, i1, view) is view
+            got.append(view.copy())
+            assert_float32_close(read(i0, i1), view, field_terms(field))
+        assert np.isnan(buffer[:, 0]).all()  # nothing written outside the view
+        assert_float32_close(np.concatenate(got, axis=1), full, field_terms(field))
+    # a cache over the limit falls back to grid() per read, with the same values
+    slow = field.plane_reader(coords, max_cached=1)
+    assert_float32_close(slow(2, 5), np.moveaxis(field.grid(coords, squeeze=False), -1, 0)[:, 2:5],
+                         field_terms(field))
