@@ -19,11 +19,22 @@ import torch
 
 from finr3d import codec, compact, profiles
 
-__all__ = ["PRECISION_STEPS", "encode_field", "load_parts", "can_compact", "field_spec"]
+__all__ = ["PRECISION_STEPS", "QUANTIZATION_NAMES", "auto_step", "encode_field", "load_parts", "can_compact",
+           "field_spec"]
 
 #: Quantization step (field units) of a compact file for each ``quantization`` name; fp32 is unquantized.
 #: Measured on bunny (benchmarks/compact_candidates.py): 2.5e-5 keeps the fitted Chamfer within ~10 %.
 PRECISION_STEPS = {"fp32": 0.0, "fp16": 2.5e-5, "int8": 1e-4, "int6": 2e-4, "int4": 5e-4}
+#: ``quantization`` names :func:`encode_field` takes: the steps above and ``auto`` (:func:`auto_step`, the default).
+QUANTIZATION_NAMES = ("auto", *PRECISION_STEPS)
+#: ``auto``: the quantization error a compact SDF file may add, as a share of the fit's own validation loss
+#: (``history["metrics"]["loss"]``, a near-surface weighted L1 against the ground truth). At 0.5 the file's
+#: Chamfer-L1 is within about 5 % of the network's (benchmarks/file_accuracy.py; fp16's step costs 30-45 %).
+AUTO_ERROR_SHARE = 0.5
+#: ``auto`` tries fp16's step, then halves it this many times at most.
+AUTO_HALVINGS = 4
+#: Samples per axis of the lattice ``auto`` compares the quantized and unquantized files on.
+AUTO_LATTICE = 48
 #: target keys kept in the optional metadata by default (the rest, e.g. the mesh report, with metadata="full")
 _LEAN_TARGET_DROP = ("mesh_report", "bounds", "value_offset", "value_scale", "world_from_normalized", "channels",
                      "kind", "axis_names", "profile", "trim")
@@ -119,13 +130,50 @@ def _meta_section(meta) -> tuple:
     return (codec.SECTION_META, text.encode("utf-8"), codec.ZSTD_DICT)
 
 
-def encode_field(field, *, rank=None, quantization="fp16", editable=False, detail=True, step=None,
+def auto_step(field, model=None, prep=None) -> float:
+    """The step ``quantization="auto"`` gives the compact file of ``model`` (``field`` or a prefix of it).
+
+    fp16's step (:data:`PRECISION_STEPS`), made finer for an SDF whose fit is accurate enough for that step to
+    show: the coarsest of fp16's step halved 0..:data:`AUTO_HALVINGS` times whose quantization error (the
+    file against its unquantized twin on a :data:`AUTO_LATTICE`-point lattice, weighted as the SDF loss weighs
+    the surface) is at most :data:`AUTO_ERROR_SHARE` of the fit's validation loss. A field without a recorded
+    loss, or of another kind (whose errors dwarf fp16's step), keeps fp16's step.
+    """
+    from finr3d.field import FactorizedField
+
+    model = field if model is None else model
+    step = PRECISION_STEPS["fp16"]
+    loss = (getattr(field, "history", None) or {}).get("metrics", {}).get("loss")
+    kind = (getattr(field, "target_info", None) or {}).get("kind")
+    if kind != "sdf" or not isinstance(loss, (int, float)) or not math.isfinite(loss) or loss <= 0:
+        return step
+    prep = prepared(model) if prep is None else prep
+    n = AUTO_LATTICE
+    reference = FactorizedField.from_file(_compact_blob(model, 0.0, prep)).grid(n, squeeze=False, detail=False)
+    weight = 1.0 + 4.0 * np.exp(-np.abs(reference) / 0.25)  # finr3d.sdf.SDFTarget.loss's near-surface weight
+    for _ in range(AUTO_HALVINGS):
+        values = FactorizedField.from_file(_compact_blob(model, step, prep)).grid(n, squeeze=False, detail=False)
+        error = float((weight * np.abs(values - reference)).sum() / weight.sum())
+        if error <= AUTO_ERROR_SHARE * loss:
+            return step
+        step /= 2
+    return step
+
+
+def _compact_blob(model, step: float, prep) -> bytes:
+    return codec.encode_v2(_compact_sections(model, float(step), prep))
+
+
+def encode_field(field, *, rank=None, quantization="auto", editable=False, detail=True, step=None,
                  metadata=True) -> bytes:
     """The bytes of the ``.finr`` file ``field.save(rank=..., ...)`` writes."""
+    if quantization not in QUANTIZATION_NAMES:
+        raise ValueError(f"unknown quantization {quantization!r}; use one of {QUANTIZATION_NAMES}")
     model = field if rank is None else field.truncate(rank)
     reason = None if editable else can_compact(model)
     sections = []
     if editable or reason:
+        quantization = "fp16" if quantization == "auto" else quantization  # the weights: fp16 as before
         if quantization not in codec.QUANTIZATIONS:
             raise ValueError(f"unknown quantization {quantization!r}; use one of {codec.QUANTIZATIONS}")
         header, tensors = model.to_parts()
@@ -133,13 +181,12 @@ def encode_field(field, *, rank=None, quantization="fp16", editable=False, detai
         sections.append((codec.SECTION_FIELD, compact.pack_field(field_spec(model)), False))
         sections.append((codec.SECTION_WEIGHTS, weights, False))
     else:
+        prep = prepared(model)
         if step is None:
-            if quantization not in PRECISION_STEPS:
-                raise ValueError(f"unknown quantization {quantization!r}; use one of {tuple(PRECISION_STEPS)}")
-            step = PRECISION_STEPS[quantization]
+            step = auto_step(field, model, prep) if quantization == "auto" else PRECISION_STEPS[quantization]
         if not (isinstance(step, (int, float)) and math.isfinite(step) and step >= 0):
             raise ValueError(f"step must be a finite number >= 0, got {step!r}")
-        sections += _compact_sections(model, float(step))
+        sections += _compact_sections(model, float(step), prep)
         meta = _meta(model, metadata)
         if meta is not None:
             sections.append(_meta_section(meta))

@@ -466,7 +466,7 @@ class FactorizedField(nn.Module):
         tensors = {k: v.detach().float().cpu().numpy() for k, v in model.state_dict().items()}
         return header, tensors
 
-    def encode(self, rank=None, quantization: str = "fp16", *, editable: bool = False, detail: bool = True,
+    def encode(self, rank=None, quantization: str = "auto", *, editable: bool = False, detail: bool = True,
                step: float | None = None, metadata: bool = True) -> bytes:
         """The exact bytes :meth:`save` writes, without touching the disk (sweeps size files with it)."""
         from finr3d import compact_io
@@ -474,11 +474,11 @@ class FactorizedField(nn.Module):
         return compact_io.encode_field(self, rank=rank, quantization=quantization, editable=editable,
                                        detail=detail, step=step, metadata=metadata)
 
-    def file_bytes(self, rank=None, quantization: str = "fp16", **options) -> int:
+    def file_bytes(self, rank=None, quantization: str = "auto", **options) -> int:
         """Bytes of the file ``save(path, rank=rank, quantization=quantization, **options)`` would write."""
         return len(self.encode(rank, quantization, **options))
 
-    def save(self, path, rank=None, quantization: str = "fp16", *, overwrite: bool = True, editable: bool = False,
+    def save(self, path, rank=None, quantization: str = "auto", *, overwrite: bool = True, editable: bool = False,
              detail: bool = True, step: float | None = None, metadata: bool = True) -> int:
         """Write a ``.finr`` file holding the prefix model at ``rank``; returns the bytes written.
 
@@ -486,11 +486,13 @@ class FactorizedField(nn.Module):
         networks are baked into cosine coefficients of their factor curves on
         the stored samples and quantized with one step (``quantization`` picks
         it: fp32 stores the baked coefficients unquantized, fp16 / int8 / int6 /
-        int4 are ever coarser steps, ``step`` sets it in field units), so a
-        lower rank or a coarser step gives a much smaller file. Between the
+        int4 are ever coarser steps, ``step`` sets it in field units; ``auto``,
+        the default, is fp16's step, finer for an SDF whose fit it would blur:
+        :func:`finr3d.compact_io.auto_step`), so a lower rank or a coarser step
+        gives a much smaller file. Between the
         stored samples the loaded field is the cosine interpolant of the
         networks' curves. ``editable=True`` keeps the network weights instead
-        (a resumable, fine-tunable file, ``quantization`` as in version 1).
+        (a resumable, fine-tunable file, ``quantization`` as in version 1; ``auto`` is fp16).
         ``detail=False`` leaves out the local detail. ``metadata=False`` drops the
         optional metadata (fit history, source). The write is atomic.
         """

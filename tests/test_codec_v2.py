@@ -556,3 +556,39 @@ def test_meta_is_coded_with_the_built_in_dictionary_and_round_trips():
     codec._V2_SECTION.pack_into(bad, at, kind, 3, 0, stored, decoded)
     with pytest.raises(FormatError, match="unknown compression"):
         codec.decode_field(resign(bytes(bad)))
+
+
+def test_auto_quantization_refines_the_step_only_for_an_accurate_sdf_fit():
+    """``auto`` (the default) is fp16's step unless an SDF's recorded fit loss is small enough for that step's
+    error to show; then the coarsest halving whose error is within the share of the loss; never coarser."""
+    from finr3d.compact_io import AUTO_ERROR_SHARE, AUTO_HALVINGS, AUTO_LATTICE, PRECISION_STEPS, auto_step
+
+    fp16 = PRECISION_STEPS["fp16"]
+    field = make("tucker", rank=6, shape=(17, 18, 19))
+    assert auto_step(field) == fp16  # no recorded loss: fp16
+    assert field.encode() == field.encode(quantization="fp16")
+
+    def error(step):  # the file at ``step`` against its unquantized twin, weighted as auto weighs it
+        ref = FactorizedField.from_file(field.encode(quantization="fp32", metadata=False)).grid(AUTO_LATTICE)
+        got = FactorizedField.from_file(field.encode(step=step, metadata=False)).grid(AUTO_LATTICE)
+        w = 1 + 4 * np.exp(-np.abs(ref) / 0.25)
+        return float((w * np.abs(got - ref)).sum() / w.sum())
+
+    e16 = error(fp16)
+    assert e16 > 0
+    field.history = {"metrics": {"loss": 10 * e16 / AUTO_ERROR_SHARE}}  # a loose fit: fp16 is fine
+    assert auto_step(field) == fp16
+    field.history = {"metrics": {"loss": 0.6 * e16 / AUTO_ERROR_SHARE}}  # fp16 would add more than the share
+    step = auto_step(field)
+    assert step < fp16 and error(step) <= 0.6 * e16 and error(2 * step) > 0.6 * e16
+    assert field.encode() == field.encode(step=step)
+    assert len(field.encode()) > len(field.encode(quantization="fp16"))
+    field.history = {"metrics": {"loss": 1e-12}}  # nothing reaches it: the finest step tried
+    assert auto_step(field) == fp16 / 2 ** AUTO_HALVINGS
+    volume = make("tucker", rank=6, shape=(17, 18, 19), kind="volume")
+    volume.history = {"metrics": {"loss": 1e-12}}
+    assert auto_step(volume) == fp16  # other kinds: their errors dwarf fp16's step
+    # an editable file keeps fp16 weights under auto
+    assert field.encode(editable=True) == field.encode(editable=True, quantization="fp16")
+    with pytest.raises(ValueError, match="unknown quantization"):
+        field.encode(quantization="int3")

@@ -51,9 +51,10 @@ def add_arguments(p) -> None:
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: all cores)")
     p.add_argument("--progress", default="bar", choices=["bar", "json", "none"],
                    help="progress display: a bar on stderr, JSON lines on stdout, or none (default bar)")
-    p.add_argument("--quantization", default="fp16",
+    p.add_argument("--quantization", default="auto",
                    help="precision of the compact file (fp32 unquantized; fp16, int8, int6, int4 ever coarser "
-                        "steps), or of the weights with --editable (default fp16)")
+                        "steps; auto: fp16, finer for a mesh whose fit fp16 would blur), or of the weights with "
+                        "--editable (auto: fp16) (default auto)")
     p.add_argument("--editable", action="store_true",
                    help="keep the per-axis network weights (a resumable, fine-tunable file; larger)")
     a = p.add_argument_group("automatic rank and quantization (trains nested ranks, then picks from the rate-quality curve)")
@@ -140,8 +141,10 @@ def run(args) -> int:
     from finr3d import codec
 
     out = check_output(args.output, {".finr"}, force=args.force)
-    if args.quantization not in codec.QUANTIZATIONS:  # now, not after the fit at save time
-        raise ValueError(f"--quantization {args.quantization!r} is not one of {', '.join(codec.QUANTIZATIONS)}")
+    from finr3d.compact_io import QUANTIZATION_NAMES
+
+    if args.quantization not in QUANTIZATION_NAMES:  # now, not after the fit at save time
+        raise ValueError(f"--quantization {args.quantization!r} is not one of {', '.join(QUANTIZATION_NAMES)}")
     if args.threads is not None:
         if not 1 <= args.threads <= 1024:
             raise ValueError(f"--threads must be between 1 and 1024, got {args.threads}")
