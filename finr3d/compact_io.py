@@ -139,8 +139,6 @@ def auto_step(field, model=None, prep=None) -> float:
     the surface) is at most :data:`AUTO_ERROR_SHARE` of the fit's validation loss. A field without a recorded
     loss, or of another kind (whose errors dwarf fp16's step), keeps fp16's step.
     """
-    from finr3d.field import FactorizedField
-
     model = field if model is None else model
     step = PRECISION_STEPS["fp16"]
     loss = (getattr(field, "history", None) or {}).get("metrics", {}).get("loss")
@@ -149,10 +147,10 @@ def auto_step(field, model=None, prep=None) -> float:
         return step
     prep = prepared(model) if prep is None else prep
     n = AUTO_LATTICE
-    reference = FactorizedField.from_file(_compact_blob(model, 0.0, prep)).grid(n, squeeze=False, detail=False)
+    reference = codec.decode_grid(_compact_blob(model, 0.0, prep), n, squeeze=False, detail=False)
     weight = 1.0 + 4.0 * np.exp(-np.abs(reference) / 0.25)  # finr3d.sdf.SDFTarget.loss's near-surface weight
     for _ in range(AUTO_HALVINGS):
-        values = FactorizedField.from_file(_compact_blob(model, step, prep)).grid(n, squeeze=False, detail=False)
+        values = codec.decode_grid(_compact_blob(model, step, prep), n, squeeze=False, detail=False)
         error = float((weight * np.abs(values - reference)).sum() / weight.sum())
         if error <= AUTO_ERROR_SHARE * loss:
             return step

@@ -569,8 +569,8 @@ def test_auto_quantization_refines_the_step_only_for_an_accurate_sdf_fit():
     assert field.encode() == field.encode(quantization="fp16")
 
     def error(step):  # the file at ``step`` against its unquantized twin, weighted as auto weighs it
-        ref = FactorizedField.from_file(field.encode(quantization="fp32", metadata=False)).grid(AUTO_LATTICE)
-        got = FactorizedField.from_file(field.encode(step=step, metadata=False)).grid(AUTO_LATTICE)
+        ref = codec.decode_grid(field.encode(quantization="fp32", metadata=False), AUTO_LATTICE)
+        got = codec.decode_grid(field.encode(step=step, metadata=False), AUTO_LATTICE)
         w = 1 + 4 * np.exp(-np.abs(ref) / 0.25)
         return float((w * np.abs(got - ref)).sum() / w.sum())
 
