@@ -592,3 +592,19 @@ def test_auto_quantization_refines_the_step_only_for_an_accurate_sdf_fit():
     assert field.encode(editable=True) == field.encode(editable=True, quantization="fp16")
     with pytest.raises(ValueError, match="unknown quantization"):
         field.encode(quantization="int3")
+
+
+def test_blender_bridge_shows_the_bytes_an_auto_export_writes(tmp_path):
+    """The panel's info line sizes the file its export writes, under ``auto`` too (the same step at each rank)."""
+    from blender_addon import bridge
+    from finr3d.compact_io import PRECISION_STEPS, auto_step
+
+    field = make("tucker", rank=6, shape=(17, 18, 19))
+    field.history = {"metrics": {"loss": 1e-9}}  # an accurate fit: auto refines the step
+    assert auto_step(field) < PRECISION_STEPS["fp16"]
+    field.save(tmp_path / "f.finr", quantization="fp32")
+    _, _, info = bridge._preview_here(tmp_path / "f.finr", 3, 24, "auto")
+    written = bridge._export_here(tmp_path / "f.finr", tmp_path / "out.finr", 3, "auto", False, None)
+    assert info["bytes"] == written["bytes"] == (tmp_path / "out.finr").stat().st_size
+    assert written["bytes"] > bridge._export_here(tmp_path / "f.finr", tmp_path / "fp16.finr", 3, "fp16", False,
+                                                  None)["bytes"]

@@ -26,6 +26,8 @@ BACKBONES = [
     ("relu", "ReLU", "Fourier features and ReLU"),
 ]
 QUANTIZATIONS = [
+    ("auto", "auto", "fp16's step, finer where the fit is accurate enough to show it: keeps the fit's accuracy "
+                     "(a larger file; sizing it takes up to a second)"),
     ("fp32", "fp32", "32-bit floats (no loss)"),
     ("fp16", "fp16", "16-bit floats"),
     ("int8", "int8", "8-bit integers with per-row scales"),
