@@ -65,11 +65,12 @@ class Preset:
 
 PRESETS: dict[str, Preset] = {
     "sdf": Preset(
-        "sdf", {"decomposition": "tucker", "rank": 48, "width": 128, "backbone": "siren"},
+        "sdf", {"decomposition": "tucker", "rank": 64, "width": 128, "backbone": "siren"},
         {"init": "closed_form", "jitter": True},
         distill_fraction=0.9,
-        evidence="benchmarks/sdf_fit.py: Tucker r48 from a HOSVD start, 90 % of the budget distilling "
-                 "(RESULTS.md, 'SDF distillation share')"),
+        evidence="benchmarks/sdf_fit.py: Tucker from a HOSVD start, 90 % of the budget distilling (RESULTS.md, "
+                 "'SDF distillation share'); rank 64, not 48: benchmarks/file_accuracy.py (RESULTS.md, 'Tucker "
+                 "rank 64 for meshes')"),
     "image": Preset(
         "image", {"decomposition": "tucker", "rank": 128, "width": 128, "backbone": "siren"},
         {"init": "closed_form", "lr": 1e-3},

@@ -557,10 +557,13 @@ def test_a_turned_object_fits_as_well_as_the_same_mesh_unturned(addon, tmp_path)
     assert job.wait(bpy.context.scene) == "done", job.status_text()
     obj = job.finish(bpy.context)
     field = finr3d.load(bpy.path.abspath(obj["finr3d_path"]))
-    # the mesh preset (Tucker rank 48); the compact file keeps at most one rank per stored sample (32 here)
+    # the mesh preset (Tucker); the compact file keeps at most one rank per stored sample (32 here)
+    from finr3d.presets import PRESETS
+
+    rank = PRESETS["sdf"].field["rank"]
     trained = finr3d.codec.describe_file(bpy.path.abspath(obj["finr3d_path"]))["trained"]
-    assert field.config.decomposition == "tucker" and trained["ranks"] == [48, 48, 48], trained
-    assert field.max_rank == min(48, budget["resolution"])
+    assert field.config.decomposition == "tucker" and trained["ranks"] == [rank] * 3, trained
+    assert field.max_rank == min(rank, budget["resolution"])
 
     local = np.array([v.co for v in box.data.vertices], np.float64)
     faces = np.array([p.vertices[:] for p in box.data.polygons])
