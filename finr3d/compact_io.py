@@ -150,7 +150,7 @@ def auto_step(field, model=None, prep=None) -> float:
     n = AUTO_LATTICE
     try:
         reference = codec.decode_grid(_compact_blob(model, 0.0, prep), n, squeeze=False, detail=False)
-        weight = 1.0 + 4.0 * np.exp(-np.abs(reference) / 0.25)  # finr3d.sdf.SDFTarget.loss's near-surface weight
+        weight = profiles.surface_weight(reference)  # as the SDF loss the share is of weighs the surface
         for _ in range(AUTO_HALVINGS):
             values = codec.decode_grid(_compact_blob(model, step, prep), n, squeeze=False, detail=False)
             error = float((weight * np.abs(values - reference)).sum() / weight.sum())

@@ -27,12 +27,20 @@ import math
 import numpy as np
 
 __all__ = ["PROFILES", "DEFAULT_PROFILE", "TANH_REACH", "check", "saturation", "reach", "to_field", "to_distance",
-           "profile_of", "is_tanh", "to_signal", "from_signal"]
+           "profile_of", "is_tanh", "to_signal", "from_signal", "surface_weight"]
 
 PROFILES = ("clamp", "tanh")
 DEFAULT_PROFILE = "tanh"
 #: exact distances of a tanh profile reach this many truncations (the grid is clamped there: tanh(2) = 0.964)
 TANH_REACH = 2.0
+
+
+def surface_weight(values):
+    """``1 + 4 exp(-|v| / 0.25)`` of field values ``v``: how much an SDF's loss weighs each sample, most at the
+    surface (``finr3d.sdf.SDFTarget.loss``; ``compact_io.auto_step`` weighs quantization errors the same way).
+    Numpy arrays or torch tensors (their own ``exp``), of the same type."""
+    x = -abs(values) / 0.25
+    return 1.0 + 4.0 * (x.exp() if hasattr(x, "exp") else np.exp(x))
 
 
 def check(profile: str) -> str:

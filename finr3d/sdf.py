@@ -661,7 +661,7 @@ class SDFTarget(GridTarget):
         sat = self.saturation * (1.0 - 1e-6)
         e = torch.where(truth >= sat, e.clamp(max=0.0), e)
         e = torch.where(truth <= -sat, e.clamp(min=0.0), e)
-        w = 1.0 + 4.0 * torch.exp(-truth.abs() / 0.25)
+        w = profiles.surface_weight(truth)
         return (w * e.abs()).sum() / w.sum()
 
     def metric(self, pred: torch.Tensor, truth: torch.Tensor) -> dict[str, float]:
