@@ -173,6 +173,16 @@ def test_register_unregister_twice(addon):
             assert hasattr(bpy.ops.finr3d, op)
 
 
+def test_panel_quantization_default_is_the_api_default(addon):
+    """The panel exports what ``save()`` and ``finr3d fit`` write by default (int8 had doubled the fit's error)."""
+    import inspect
+
+    from finr3d.field import FactorizedField
+
+    default = inspect.signature(FactorizedField.save).parameters["quantization"].default
+    assert bpy.context.scene.finr3d.quantization == default == "auto"
+
+
 def test_extension_zip_installs(addon, tmp_path):
     sys.path.insert(0, str(ROOT / "scripts"))
     try:

@@ -71,8 +71,9 @@ class FINR3D_PG_settings(bpy.types.PropertyGroup):
         name="Resolution", default=128, min=16, max=1024, soft_max=256,
         description="Samples per axis of the signed-distance ground truth and of the preview mesh")
     quantization: bpy.props.EnumProperty(
-        name="Quantization", items=QUANTIZATIONS, default="int8",
-        description="How weights are stored when exporting (and for the size shown in the info line)")
+        name="Quantization", items=QUANTIZATIONS, default="auto",
+        description="How weights are stored when exporting (and for the size shown in the info line); auto, the "
+                    "default of finr3d fit and save(), keeps the fit's accuracy")
     nested_ranks: bpy.props.BoolProperty(
         name="Nested ranks", default=True,
         description="Also train random rank prefixes, so that every rank on the slider is a good model")
