@@ -1,9 +1,21 @@
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# Under pytest-xdist each worker gets its own temporary folder (inherited by the subprocesses it starts), so a
+# test that checks "no finr3d-fit-* folder left behind" does not see another worker's fit in progress.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    _worker_tmp = Path(tempfile.gettempdir()) / f"finr3d-tests-{os.environ['PYTEST_XDIST_WORKER']}-{os.getpid()}"
+    _worker_tmp.mkdir(parents=True, exist_ok=True)
+    os.environ["TMPDIR"] = str(_worker_tmp)
+    tempfile.tempdir = None  # re-read TMPDIR
+    atexit.register(shutil.rmtree, _worker_tmp, ignore_errors=True)
 
 
 def shared_dir() -> Path:
