@@ -39,7 +39,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from volume_fit import LEVELS, SHARED, VOLUMES, load_volume  # noqa: E402
+from volume_fit import LEVELS, SHARED, VOLUMES, load_volume, psnr  # noqa: E402
 
 
 def interp_code(x: np.ndarray, step: float) -> tuple[int, np.ndarray]:
@@ -78,10 +78,6 @@ def interp_code(x: np.ndarray, step: float) -> tuple[int, np.ndarray]:
     return len(zstandard.ZstdCompressor(level=19).compress(raw)), d
 
 
-def psnr(a, ref) -> float:
-    return float(20 * np.log10(1.0 / np.sqrt(np.mean((np.clip(a, 0, 1) - ref) ** 2))))
-
-
 def smallest_residual(base, ref, level, coder) -> int | None:
     """Bytes of the cheapest residual (step bisected) that brings ``base`` to ``level`` dB, or None."""
     from finr3d.local_detail import fit_local_detail
@@ -95,7 +91,7 @@ def smallest_residual(base, ref, level, coder) -> int | None:
         else:
             d = fit_local_detail(res, step=s, predictor="none", brick=8)
             nbytes, dec = len(d.to_bytes()), d.dense()
-        if psnr(base + dec, ref) >= level:
+        if psnr(np.clip(base + dec, 0, 1), ref) >= level:  # clipped as VolumeTarget.evaluate clips
             lo, best = s, nbytes
         else:
             hi = s
@@ -134,7 +130,8 @@ def main(argv=None) -> int:
             model = field.truncate(prefix)
             for s, blob in zip(steps, compact_io.encode_steps(model, steps)):
                 base = codec.decode_grid(blob, resolution=ref.shape).astype(np.float64)
-                c = {"ranks": list(model.ranks), "step": s, "field_bytes": len(blob), "field_psnr": psnr(base, ref)}
+                c = {"ranks": list(model.ranks), "step": s, "field_bytes": len(blob),
+                     "field_psnr": psnr(np.clip(base, 0, 1), ref)}
                 for lv in LEVELS:
                     for coder in ("interp", "detail"):
                         r = 0 if c["field_psnr"] >= lv else smallest_residual(base, ref, lv, coder)
