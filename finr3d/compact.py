@@ -333,8 +333,10 @@ def decode_codes(blob: memoryview, groups: np.ndarray, n_groups: int, *, bounded
         return out
     if bound == 0:
         raise FormatError("a code block with alphabet bound 0 has nonzero groups; the file is damaged")
-    if len(rest) % 4 or not len(rest):
+    if len(rest) % 4:
         raise FormatError("code section length is not a whole number of ANS words; the file is damaged")
+    # no words at all is a valid stream: the encoder's state can end where it began (one code of -1 under a
+    # wide Laplace, say), and decoding from the empty coder gives those codes back
     words = np.frombuffer(bytes(rest), dtype="<u4").astype(np.uint32)
     scale = _scales_from_codes(u[groups[live]])
     try:

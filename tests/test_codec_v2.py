@@ -465,6 +465,29 @@ def test_best_fit_scales_beat_mean_scales_on_sparse_groups():
     assert np.array_equal(compact.decode_codes(memoryview(compact.encode_codes(codes, groups, 1)), groups, 1), codes)
 
 
+@pytest.mark.parametrize("bounded", [True, False])
+def test_a_code_stream_of_no_words_decodes(bounded):
+    """One code of -1 leaves the ANS coder's state where it began, so it writes no words; such a section
+    (written by every release with the ANS coders, e.g. a rank-(1, 3, 2) prefix of a noisy volume at a coarse
+    step) must decode, not be called damaged."""
+    codes, groups = np.array([-1], np.int64), np.zeros(1, np.int64)
+    blob = compact.encode_codes(codes, groups, 1, bounded=bounded)
+    if bounded:
+        assert len(blob) == 2  # the head alone (bit length, group scale): no ANS words
+    assert np.array_equal(compact.decode_codes(memoryview(blob), groups, 1, bounded=bounded), codes)
+    with pytest.raises(FormatError, match="whole number of ANS words"):
+        compact.decode_codes(memoryview(blob + b"\x00\x01"), groups, 1, bounded=bounded)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(-3, 3), min_size=1, max_size=6), st.integers(1, 3))
+def test_short_code_streams_round_trip(values, n_groups):
+    codes = np.array(values, np.int64)
+    groups = np.arange(len(codes), dtype=np.int64) % n_groups
+    blob = compact.encode_codes(codes, groups, n_groups)
+    assert np.array_equal(compact.decode_codes(memoryview(blob), groups, n_groups), codes)
+
+
 def test_bounded_coder_rejects_a_hostile_alphabet_bound():
     codes = np.array([0, 1, -2, 0, 3], np.int64)
     groups = np.zeros(5, np.int64)
