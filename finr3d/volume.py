@@ -36,7 +36,7 @@ from finr3d.targets import (FRAME_SUFFIXES, MAX_SAMPLES, Target, _is_frame_file,
                             is_volume_folder, lattice, lerp_axes, psnr)
 
 __all__ = ["VolumeTarget", "read_volume", "parse_axes", "parse_layout", "ssim_volume", "frame_field",
-           "FRAME_SUFFIXES", "AXIS_LETTERS"]
+           "FRAME_SUFFIXES", "AXIS_LETTERS", "hosvd_psnr_bounds", "goal_rank", "GOAL_RANKS", "GOAL_MARGIN_DB"]
 
 #: Letters ``axes`` may use: time, the three space axes (array order z, y, x) and channels.
 AXIS_LETTERS = "tzyxc"
@@ -540,6 +540,87 @@ class VolumeTarget(Target):
         from finr3d.placement import voxel_frame
 
         return voxel_frame(self.shape)
+
+
+# ---------------------------------------------------------------------------
+# The Tucker rank a PSNR goal needs
+# ---------------------------------------------------------------------------
+
+#: Uniform Tucker ranks a 3-D volume fit with ``--target-psnr`` may rise to when the preset's rank cannot reach
+#: the goal (each capped at its mode's size). 128 is the largest measured: on a 192 x 160 x 128 CT-like phantom
+#: a rank-128 Tucker with a per-sample cosine basis reaches 39.3 dB in 2000 steps (its best file 39.0 dB),
+#: where the preset's rank 48 holds 24.4 dB (benchmarks/volume_ct_phantom.py, RESULTS.md 'A CT-like volume');
+#: its 2.1M-value core already takes 12 steps a second on one core, and a larger one fits slower still.
+GOAL_RANKS = (48, 64, 96, 128)
+#: Head room over the goal that the HOSVD bound must show: quantization and the networks' fit lose some.
+GOAL_MARGIN_DB = 1.0
+
+
+def hosvd_psnr_bounds(values: torch.Tensor, ranks: Sequence[int], modes=None) -> dict[int, float]:
+    """Guaranteed PSNR (peak 1) of a truncated HOSVD of ``values`` (N_0, ..., N_{d-1}, C) at each uniform rank.
+
+    The squared error of a truncated HOSVD is at most the sum over modes of the discarded eigenvalues of each
+    mode's Gram matrix (De Lathauwer et al. 2000, property 10), so this bound needs one symmetric
+    eigensolve per mode and no reconstruction; it is 0.4-3 dB below the true truncation on the shared volumes
+    and the CT-like phantom. The channel mode is kept whole, as :func:`finr3d.closed_form.hosvd` does.
+    """
+    x = values.double()  # one float64 copy (128 MiB for the 256^3 sub-lattice of a large volume), centred in place
+    x -= x.mean()
+    n = x.numel()
+    spaces = x.ndim - 1
+    tails = []
+    for m in range(spaces):
+        mat = torch.movedim(x, m, 0).reshape(x.shape[m], -1)
+        ev = torch.linalg.eigvalsh(mat @ mat.T).flip(0).clamp_min(0)
+        tails.append(torch.cat([ev.flip(0).cumsum(0).flip(0), ev.new_zeros(1)]))  # tails[r] = sum of ev[r:]
+    out = {}
+    for r in ranks:
+        sse = float(sum(t[min(int(r), len(t) - 1)] for t in tails))
+        out[int(r)] = float("inf") if sse <= 0 else 10 * math.log10(n / sse)
+    return out
+
+
+def goal_rank(target, psnr_goal: float, *, ranks: Sequence[int] = GOAL_RANKS, margin: float = GOAL_MARGIN_DB,
+              max_samples: int = 1 << 24) -> Optional[dict]:
+    """Field settings a 3-D volume fit needs for a PSNR goal its preset's rank cannot reach, or None.
+
+    Only a target on the 3-D volume preset (a Tucker) is considered. The HOSVD bound
+    (:func:`hosvd_psnr_bounds`, on the same evenly spaced sub-lattice of at most ``max_samples`` voxels the
+    closed-form start sees) is taken at the preset's rank; when it is below ``psnr_goal + margin``, the
+    smallest rank of ``ranks`` whose bound is not, or the largest one, is returned, with a cosine basis as
+    long as each axis (``basis="grid"``: a few dozen network features cannot hold a hundred jagged singular
+    vectors; on the CT-like phantom the HOSVD start keeps 29.0 dB with it and 24.4 dB without). The dict
+    also carries the bounds (``bounds``), whether the goal looks reachable (``reachable``) and a one-line
+    ``message`` for the user.
+    """
+    from finr3d.presets import PRESETS
+
+    preset = PRESETS["volume"]
+    if getattr(target, "preset", None) is not preset or len(target.shape) != 3:
+        return None
+    base = int(preset.field["rank"])
+    _, values = target.dense(max_samples=max_samples)
+    ladder = sorted({base, *(int(r) for r in ranks)})
+    bounds = hosvd_psnr_bounds(values, ladder)
+    need = float(psnr_goal) + margin
+    if bounds[base] >= need:
+        return None
+    higher = [r for r in ladder if r > base]
+    if not higher:
+        return None
+    pick = next((r for r in higher if bounds[r] >= need), higher[-1])
+    reachable = bounds[pick] >= need
+    ranks_out = tuple(min(pick, n) for n in target.shape)
+    bound = "exact: full rank" if math.isinf(bounds[pick]) else f"bound {bounds[pick]:.1f} dB"
+    message = (f"a Tucker of rank {base} reaches at most {bounds[base]:.1f} dB on this volume (its HOSVD bound); "
+               f"fitting rank {pick} with a cosine basis per sample ({bound})")
+    if not reachable:
+        message += (f": below {psnr_goal:g} dB + {margin:g} dB head room, so the goal will likely be missed; "
+                    "this volume is not low-rank (a lower --target-psnr, or --rank to go higher)")
+    return {"settings": {"decomposition": "tucker", "rank": ranks_out, "basis": "grid"},
+            # JSON has no infinity: an exact (full-rank) bound is written as null
+            "bounds": {str(k): (None if math.isinf(v) else round(v, 3)) for k, v in bounds.items()},
+            "reachable": reachable, "message": message}
 
 
 def _psnr_from_mse(mse: float, data_range: float) -> float:

@@ -331,3 +331,67 @@ def test_a_clip_fit_with_a_goal_takes_the_compact_structure(tmp_path, capsys):
         got[name] = finr3d.load(out).config.decomposition
     capsys.readouterr()
     assert got == {"plain": "cp", "goal": COMPACT_TIMED_VOLUME["decomposition"], "explicit": "cp"}
+
+
+# --------------------------------------------------------------------- the rank a PSNR goal needs
+def _noise_volume(shape=(56, 52, 50), seed=0):
+    """White noise: no rank below the mode sizes represents it well."""
+    return np.random.default_rng(seed).random(shape).astype(np.float32)
+
+
+def test_the_hosvd_bound_never_promises_more_than_the_truncation_gives():
+    from finr3d.closed_form import hosvd
+    from finr3d.volume import hosvd_psnr_bounds
+
+    rng = np.random.default_rng(1)
+    z, y, x = np.meshgrid(*[np.linspace(-1, 1, n) for n in (20, 18, 16)], indexing="ij")
+    vol = np.exp(-3 * (x - 0.4 * y) ** 2 - 5 * z**2) + 0.05 * rng.standard_normal(x.shape)  # not separable
+    values = torch.tensor(vol, dtype=torch.float32)[..., None]
+    bounds = hosvd_psnr_bounds(values, [2, 4, 8, 20])
+    centred = values.double() - values.double().mean()
+    for r in (2, 4, 8):
+        factors, core = hosvd(centred.float(), [r, r, r])
+        rec = core
+        for m, u in enumerate(factors):
+            rec = torch.movedim(torch.tensordot(rec, u, dims=([m], [1])), -1, m)
+        truth = 10 * math.log10(centred.numel() / float(((rec.double() - centred) ** 2).sum()))
+        assert bounds[r] <= truth + 0.01  # a guarantee (float32 factors: a hundredth of a dB of slack)
+        assert bounds[r] >= truth - 6.0  # and not vacuous: at most the sum of three modes' tails
+    assert bounds[2] < bounds[4] < bounds[8] and math.isinf(bounds[20])  # rank >= every mode: exact
+
+
+def test_a_psnr_goal_raises_the_volume_rank_only_where_the_preset_cannot_reach_it():
+    from finr3d.volume import goal_rank
+
+    z, y, x = np.meshgrid(*[np.linspace(-1, 1, n) for n in (56, 52, 50)], indexing="ij")
+    smooth = VolumeTarget((np.exp(-4 * (x**2 + y**2 + z**2)) + 0.5 * np.cos(2 * x) * y).astype(np.float32))
+    assert goal_rank(smooth, 45.0) is None  # rank 2 is exact: the preset's 48 is plenty
+    noise = VolumeTarget(_noise_volume())
+    goal = goal_rank(noise, 30.0)
+    assert goal["settings"] == {"decomposition": "tucker", "rank": (56, 52, 50), "basis": "grid"}  # capped per mode
+    assert goal["reachable"] and goal["bounds"]["64"] is None  # full rank: exact (null in JSON)
+    assert goal["bounds"]["48"] < 31.0
+    short = goal_rank(noise, 30.0, ranks=(49,))
+    assert short["settings"]["rank"] == (49, 49, 49) and not short["reachable"]
+    assert "likely be missed" in short["message"] and "not low-rank" in short["message"]
+    json.dumps(goal["bounds"], allow_nan=False)  # the fit history must stay strict JSON
+    clip = VolumeTarget(blob_clip(3, 8), axes="tzyx")
+    assert goal_rank(clip, 80.0) is None  # a time-varying volume keeps its own goal structure
+
+
+def test_fit_with_an_unreachable_preset_rank_fits_the_rank_the_goal_needs(tmp_path, capsys):
+    src = tmp_path / "noise.npy"
+    np.save(src, _noise_volume())
+    out = tmp_path / "n.finr"
+    assert main(["fit", str(src), "-o", str(out), "--target-psnr", "17", "--width", "16", "--steps", "40",
+                 "--progress", "none"]) == 0
+    err = capsys.readouterr().err
+    assert "reaches at most" in err and "fitting rank 64" in err
+    field = finr3d.load(out)
+    assert field.config.decomposition == "tucker" and field.config.basis not in (0, "0")  # "grid": one term a sample
+    assert max(field.history["auto_rank"]["ranks"]) > 48  # the file keeps more than the preset's rank could
+    explicit = tmp_path / "e.finr"
+    assert main(["fit", str(src), "-o", str(explicit), "--target-psnr", "10", "--rank", "8", "--decomposition",
+                 "tucker", "--width", "16", "--steps", "3", "--progress", "none"]) == 0
+    assert "reaches at most" not in capsys.readouterr().err  # an explicit rank is the user's
+    assert max(finr3d.load(explicit).ranks) <= 8

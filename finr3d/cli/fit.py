@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from finr3d.config import FieldConfig, FitConfig, field_docs
 from finr3d.presets import help_by_kind
@@ -59,7 +60,10 @@ def add_arguments(p) -> None:
                    help="keep the per-axis network weights (a resumable, fine-tunable file; larger)")
     a = p.add_argument_group("automatic rank and quantization (trains nested ranks, then picks from the rate-quality curve)")
     a.add_argument("--budget-kb", type=float, help="the best model whose .finr file fits in this many KiB")
-    a.add_argument("--target-psnr", type=float, help="the smallest model with at least this PSNR (images, volumes, video)")
+    a.add_argument("--target-psnr", type=float,
+                   help="the smallest model with at least this PSNR (images, volumes, video); a 3-D volume whose "
+                        "HOSVD spectrum shows the default rank cannot reach it is fitted at a higher Tucker rank "
+                        "(up to 128, said on stderr)")
     a.add_argument("--target-chamfer", type=float,
                    help="the smallest model with at most this Chamfer-L1 (meshes; fraction of the bbox diagonal)")
     g = p.add_argument_group("meshes (SDF)")
@@ -218,8 +222,22 @@ def run(args) -> int:
             from finr3d.presets import goal_structure
 
             options.update(goal_structure(target))  # e.g. a clip: the 4-D Tucker that codes small, not fast CP
+        goal = None
+        if args.target_psnr is not None and kind == "volume" and not {"decomposition", "rank", "basis"} & set(options):
+            from finr3d.volume import goal_rank
+
+            goal = goal_rank(target, args.target_psnr)  # a volume that is not low-rank: a higher rank up front
+            if goal is not None:
+                options.update(goal["settings"])
+                if args.progress == "json":
+                    print(__import__("json").dumps({"phase": "goal_rank", **{k: v for k, v in goal.items()}},
+                                                   default=list), flush=True)
+                else:
+                    print(f"finr3d fit: {goal['message']}", file=sys.stderr, flush=True)
         field = finr3d.fit(target, callback=progress if args.progress != "none" else None, **options)
         field.history["target_seconds"] = prepare
+        if goal is not None:
+            field.history["goal_rank"] = {k: v for k, v in goal.items() if k != "settings"}
     finally:
         progress.close()
     rank, quantization = None, args.quantization
