@@ -36,7 +36,8 @@ from finr3d.targets import (FRAME_SUFFIXES, MAX_SAMPLES, Target, _is_frame_file,
                             is_volume_folder, lattice, lerp_axes, psnr)
 
 __all__ = ["VolumeTarget", "read_volume", "parse_axes", "parse_layout", "ssim_volume", "frame_field",
-           "FRAME_SUFFIXES", "AXIS_LETTERS", "hosvd_psnr_bounds", "goal_rank", "GOAL_RANKS", "GOAL_MARGIN_DB"]
+           "FRAME_SUFFIXES", "AXIS_LETTERS", "hosvd_psnr_bounds", "goal_rank", "GOAL_RANKS", "GOAL_MARGIN_DB",
+           "CLIP_SLACK_DB"]
 
 #: Letters ``axes`` may use: time, the three space axes (array order z, y, x) and channels.
 AXIS_LETTERS = "tzyxc"
@@ -554,30 +555,44 @@ class VolumeTarget(Target):
 GOAL_RANKS = (48, 64, 96, 128)
 #: Head room over the goal that the HOSVD bound must show: quantization and the networks' fit lose some.
 GOAL_MARGIN_DB = 1.0
+#: How far over the spectrum's ceiling (:func:`hosvd_psnr_bounds` with ``ceiling``) a goal may be before the fit
+#: is refused up front: clipping to the value range can lift a field a little above the ceiling.
+CLIP_SLACK_DB = 1.0
 
 
-def hosvd_psnr_bounds(values: torch.Tensor, ranks: Sequence[int], modes=None) -> dict[int, float]:
-    """Guaranteed PSNR (peak 1) of a truncated HOSVD of ``values`` (N_0, ..., N_{d-1}, C) at each uniform rank.
-
-    The squared error of a truncated HOSVD is at most the sum over modes of the discarded eigenvalues of each
-    mode's Gram matrix (De Lathauwer et al. 2000, property 10), so this bound needs one symmetric
-    eigensolve per mode and no reconstruction; it is 0.4-3 dB below the true truncation on the shared volumes
-    and the CT-like phantom. The channel mode is kept whole, as :func:`finr3d.closed_form.hosvd` does.
-    """
+def _mode_tails(values: torch.Tensor) -> tuple[list[torch.Tensor], int]:
+    """Per space mode of ``values`` (N_0, ..., N_{d-1}, C), centred: ``tails[r]`` = the sum of the Gram matrix's
+    eigenvalues from the r-th on (what a rank-r truncation of that unfolding leaves out); and the value count."""
     x = values.double()  # one float64 copy (128 MiB for the 256^3 sub-lattice of a large volume), centred in place
     x -= x.mean()
-    n = x.numel()
-    spaces = x.ndim - 1
     tails = []
-    for m in range(spaces):
+    for m in range(x.ndim - 1):
         mat = torch.movedim(x, m, 0).reshape(x.shape[m], -1)
         ev = torch.linalg.eigvalsh(mat @ mat.T).flip(0).clamp_min(0)
-        tails.append(torch.cat([ev.flip(0).cumsum(0).flip(0), ev.new_zeros(1)]))  # tails[r] = sum of ev[r:]
-    out = {}
-    for r in ranks:
-        sse = float(sum(t[min(int(r), len(t) - 1)] for t in tails))
-        out[int(r)] = float("inf") if sse <= 0 else 10 * math.log10(n / sse)
-    return out
+        tails.append(torch.cat([ev.flip(0).cumsum(0).flip(0), ev.new_zeros(1)]))
+    return tails, x.numel()
+
+
+def _tail_psnr(sse: float, n: int) -> float:
+    return float("inf") if sse <= 0 else 10 * math.log10(n / sse)
+
+
+def hosvd_psnr_bounds(values: torch.Tensor, ranks: Sequence[int], *, ceiling: bool = False) -> dict[int, float]:
+    """Guaranteed PSNR (peak 1) of a truncated HOSVD of ``values`` (N_0, ..., N_{d-1}, C) at each uniform rank,
+    or with ``ceiling`` the most that any Tucker of that rank can reach.
+
+    The squared error of a truncated HOSVD is at most the sum over modes of the discarded eigenvalues of each
+    mode's Gram matrix (De Lathauwer et al. 2000, property 10): that is the bound, one symmetric eigensolve per
+    mode and no reconstruction, 0.4-3 dB below the true truncation on the shared volumes and the CT-like
+    phantom. No rank-r Tucker, HOSVD or not, has a smaller error than the largest of those per-mode sums (each
+    unfolding of it has rank r: Eckart-Young), the ceiling; it is at most 10 log10(3) = 4.8 dB above the bound
+    (take rank r + 1 for a Tucker plus a constant, as a field is).
+    Both hold before predictions are clipped to the value range, which can only lower the error a little.
+    The channel mode is kept whole, as :func:`finr3d.closed_form.hosvd` does.
+    """
+    tails, n = _mode_tails(values)
+    combine = max if ceiling else sum
+    return {int(r): _tail_psnr(float(combine(t[min(int(r), len(t) - 1)] for t in tails)), n) for r in ranks}
 
 
 def goal_rank(target, psnr_goal: float, *, ranks: Sequence[int] = GOAL_RANKS, margin: float = GOAL_MARGIN_DB,
@@ -591,7 +606,9 @@ def goal_rank(target, psnr_goal: float, *, ranks: Sequence[int] = GOAL_RANKS, ma
     long as each axis (``basis="grid"``: a few dozen network features cannot hold a hundred jagged singular
     vectors; on the CT-like phantom the HOSVD start keeps 29.0 dB with it and 24.4 dB without). The dict
     also carries the bounds (``bounds``), whether the goal looks reachable (``reachable``) and a one-line
-    ``message`` for the user.
+    ``message`` for the user. A goal more than :data:`CLIP_SLACK_DB` over the ceiling of the largest rank, which
+    no fit of it could reach, gives ``{"impossible": True, "ceiling", "message"}`` instead: refuse it before
+    minutes of fitting.
     """
     from finr3d.presets import PRESETS
 
@@ -601,13 +618,23 @@ def goal_rank(target, psnr_goal: float, *, ranks: Sequence[int] = GOAL_RANKS, ma
     base = int(preset.field["rank"])
     _, values = target.dense(max_samples=max_samples)
     ladder = sorted({base, *(int(r) for r in ranks)})
-    bounds = hosvd_psnr_bounds(values, ladder)
+    tails, n = _mode_tails(values)
+    bounds = {r: _tail_psnr(float(sum(t[min(r, len(t) - 1)] for t in tails)), n) for r in ladder}
     need = float(psnr_goal) + margin
     if bounds[base] >= need:
         return None
     higher = [r for r in ladder if r > base]
     if not higher:
         return None
+    top = higher[-1]
+    # the field is a rank-r Tucker plus a constant: around the mean, each unfolding has rank r + 1 at most
+    ceiling = _tail_psnr(float(max(t[min(top + 1, len(t) - 1)] for t in tails)), n)
+    if psnr_goal > ceiling + CLIP_SLACK_DB:
+        return {"impossible": True, "ceiling": round(ceiling, 3),
+                "message": f"no Tucker of rank up to {top} can reach {psnr_goal:g} dB on this volume: its spectrum "
+                           f"caps every such field at {ceiling:.1f} dB (Eckart-Young on each mode); ask for less "
+                           f"with --target-psnr (at rank {top} an HOSVD guarantees {bounds[top]:.1f} dB), or give "
+                           "--rank yourself"}
     pick = next((r for r in higher if bounds[r] >= need), higher[-1])
     reachable = bounds[pick] >= need
     ranks_out = tuple(min(pick, n) for n in target.shape)

@@ -371,12 +371,41 @@ def test_a_psnr_goal_raises_the_volume_rank_only_where_the_preset_cannot_reach_i
     assert goal["settings"] == {"decomposition": "tucker", "rank": (56, 52, 50), "basis": "grid"}  # capped per mode
     assert goal["reachable"] and goal["bounds"]["64"] is None  # full rank: exact (null in JSON)
     assert goal["bounds"]["48"] < 31.0
-    short = goal_rank(noise, 30.0, ranks=(49,))
+    short = goal_rank(noise, 20.0, ranks=(49,))  # over rank 49's guarantee (~18 dB), under its ceiling (~22 dB)
     assert short["settings"]["rank"] == (49, 49, 49) and not short["reachable"]
     assert "likely be missed" in short["message"] and "not low-rank" in short["message"]
     json.dumps(goal["bounds"], allow_nan=False)  # the fit history must stay strict JSON
+    hopeless = goal_rank(noise, 60.0, ranks=(49,))  # a flat spectrum: no rank-49 Tucker comes near 60 dB
+    assert hopeless["impossible"] and hopeless["ceiling"] < 59.0 and "no Tucker of rank up to 49" in hopeless["message"]
     clip = VolumeTarget(blob_clip(3, 8), axes="tzyx")
     assert goal_rank(clip, 80.0) is None  # a time-varying volume keeps its own goal structure
+
+
+def test_the_hosvd_ceiling_is_a_true_ceiling_and_at_most_4_8_db_over_the_bound():
+    from finr3d.closed_form import hosvd
+    from finr3d.volume import hosvd_psnr_bounds
+
+    values = torch.tensor(_noise_volume((20, 18, 16)))[..., None]
+    low, high = hosvd_psnr_bounds(values, [4, 8], ceiling=False), hosvd_psnr_bounds(values, [4, 8], ceiling=True)
+    centred = values.double() - values.double().mean()
+    for r in (4, 8):
+        factors, core = hosvd(centred.float(), [r, r, r])
+        rec = core
+        for m, u in enumerate(factors):
+            rec = torch.movedim(torch.tensordot(rec, u, dims=([m], [1])), -1, m)
+        truth = 10 * math.log10(centred.numel() / float(((rec.double() - centred) ** 2).sum()))
+        assert low[r] - 0.01 <= truth <= high[r] + 0.01
+        assert high[r] - low[r] <= 10 * math.log10(3) + 1e-9
+
+
+def test_a_goal_no_tucker_can_reach_is_refused_before_the_fit(tmp_path, capsys):
+    src = tmp_path / "noise.npy"
+    np.save(src, _noise_volume((136, 132, 130)))  # every mode over the largest goal rank, 128
+    out = tmp_path / "n.finr"
+    assert main(["fit", str(src), "-o", str(out), "--target-psnr", "40", "--progress", "none"]) == 2
+    err = capsys.readouterr().err
+    assert "no Tucker of rank up to 128 can reach 40 dB" in err and "--rank" in err
+    assert "steps" not in err and not out.exists()  # refused up front: no fit ran, nothing written
 
 
 def test_fit_with_an_unreachable_preset_rank_fits_the_rank_the_goal_needs(tmp_path, capsys):

@@ -63,7 +63,7 @@ def add_arguments(p) -> None:
     a.add_argument("--target-psnr", type=float,
                    help="the smallest model with at least this PSNR (images, volumes, video); a 3-D volume whose "
                         "HOSVD spectrum shows the default rank cannot reach it is fitted at a higher Tucker rank "
-                        "(up to 128, said on stderr)")
+                        "(up to 128, said on stderr); one that no Tucker of rank 128 can reach is refused before the fit")
     a.add_argument("--target-chamfer", type=float,
                    help="the smallest model with at most this Chamfer-L1 (meshes; fraction of the bbox diagonal)")
     g = p.add_argument_group("meshes (SDF)")
@@ -227,6 +227,8 @@ def run(args) -> int:
             from finr3d.volume import goal_rank
 
             goal = goal_rank(target, args.target_psnr)  # a volume that is not low-rank: a higher rank up front
+            if goal is not None and goal.get("impossible"):
+                raise ValueError(goal["message"])
             if goal is not None:
                 options.update(goal["settings"])
                 if args.progress == "json":
