@@ -76,11 +76,12 @@ def load_clip(spec: str) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- codecs
-def sz3_points(x):
+def sz3_points(x, bounds=None):
+    """SZ3 (ABS error bounds, ``bounds``; default 0.1 ... 1e-4, 28 of them) on ``x``: bytes and PSNR of each."""
     from pysz import sz, szConfig, szErrorBoundMode
 
     out = []
-    for eb in np.geomspace(0.1, 1e-4, 28):
+    for eb in np.geomspace(0.1, 1e-4, 28) if bounds is None else bounds:
         cfg = szConfig()
         cfg.errorBoundMode = szErrorBoundMode.ABS
         cfg.absErrorBound = float(eb)

@@ -577,6 +577,11 @@ def _tail_psnr(sse: float, n: int) -> float:
     return float("inf") if sse <= 0 else 10 * math.log10(n / sse)
 
 
+def _tails_psnr(tails: list[torch.Tensor], n: int, rank: int, combine=sum) -> float:
+    """PSNR of the per-mode tails at ``rank``, summed (the HOSVD guarantee) or their largest (``combine=max``)."""
+    return _tail_psnr(float(combine(t[min(int(rank), len(t) - 1)] for t in tails)), n)
+
+
 def hosvd_psnr_bounds(values: torch.Tensor, ranks: Sequence[int], *, ceiling: bool = False) -> dict[int, float]:
     """Guaranteed PSNR (peak 1) of a truncated HOSVD of ``values`` (N_0, ..., N_{d-1}, C) at each uniform rank,
     or with ``ceiling`` the most that any Tucker of that rank can reach.
@@ -592,7 +597,7 @@ def hosvd_psnr_bounds(values: torch.Tensor, ranks: Sequence[int], *, ceiling: bo
     """
     tails, n = _mode_tails(values)
     combine = max if ceiling else sum
-    return {int(r): _tail_psnr(float(combine(t[min(int(r), len(t) - 1)] for t in tails)), n) for r in ranks}
+    return {int(r): _tails_psnr(tails, n, r, combine) for r in ranks}
 
 
 def goal_rank(target, psnr_goal: float, *, ranks: Sequence[int] = GOAL_RANKS, margin: float = GOAL_MARGIN_DB,
@@ -619,7 +624,7 @@ def goal_rank(target, psnr_goal: float, *, ranks: Sequence[int] = GOAL_RANKS, ma
     _, values = target.dense(max_samples=max_samples)
     ladder = sorted({base, *(int(r) for r in ranks)})
     tails, n = _mode_tails(values)
-    bounds = {r: _tail_psnr(float(sum(t[min(r, len(t) - 1)] for t in tails)), n) for r in ladder}
+    bounds = {r: _tails_psnr(tails, n, r) for r in ladder}
     need = float(psnr_goal) + margin
     if bounds[base] >= need:
         return None
@@ -628,7 +633,7 @@ def goal_rank(target, psnr_goal: float, *, ranks: Sequence[int] = GOAL_RANKS, ma
         return None
     top = higher[-1]
     # the field is a rank-r Tucker plus a constant: around the mean, each unfolding has rank r + 1 at most
-    ceiling = _tail_psnr(float(max(t[min(top + 1, len(t) - 1)] for t in tails)), n)
+    ceiling = _tails_psnr(tails, n, top + 1, max)
     if psnr_goal > ceiling + CLIP_SLACK_DB:
         return {"impossible": True, "ceiling": round(ceiling, 3),
                 "message": f"no Tucker of rank up to {top} can reach {psnr_goal:g} dB on this volume: its spectrum "
@@ -637,7 +642,7 @@ def goal_rank(target, psnr_goal: float, *, ranks: Sequence[int] = GOAL_RANKS, ma
                            "--rank yourself"}
     pick = next((r for r in higher if bounds[r] >= need), higher[-1])
     reachable = bounds[pick] >= need
-    ranks_out = tuple(min(pick, n) for n in target.shape)
+    ranks_out = tuple(min(pick, size) for size in target.shape)
     bound = "exact: full rank" if math.isinf(bounds[pick]) else f"bound {bounds[pick]:.1f} dB"
     message = (f"a Tucker of rank {base} reaches at most {bounds[base]:.1f} dB on this volume (its HOSVD bound); "
                f"fitting rank {pick} with a cosine basis per sample ({bound})")

@@ -232,8 +232,7 @@ def run(args) -> int:
             if goal is not None:
                 options.update(goal["settings"])
                 if args.progress == "json":
-                    print(__import__("json").dumps({"phase": "goal_rank", **{k: v for k, v in goal.items()}},
-                                                   default=list), flush=True)
+                    print(__import__("json").dumps({"phase": "goal_rank", **goal}), flush=True)
                 else:
                     print(f"finr3d fit: {goal['message']}", file=sys.stderr, flush=True)
         field = finr3d.fit(target, callback=progress if args.progress != "none" else None, **options)
