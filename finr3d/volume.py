@@ -644,7 +644,7 @@ def goal_rank(target, psnr_goal: float, *, ranks: Sequence[int] = GOAL_RANKS, ma
     reachable = bounds[pick] >= need
     ranks_out = tuple(min(pick, size) for size in target.shape)
     bound = "exact: full rank" if math.isinf(bounds[pick]) else f"bound {bounds[pick]:.1f} dB"
-    message = (f"a Tucker of rank {base} reaches at most {bounds[base]:.1f} dB on this volume (its HOSVD bound); "
+    message = (f"at rank {base} an HOSVD guarantees only {bounds[base]:.1f} dB on this volume (its error bound); "
                f"fitting rank {pick} with a cosine basis per sample ({bound})")
     if not reachable:
         message += (f": below {psnr_goal:g} dB + {margin:g} dB head room, so the goal will likely be missed; "

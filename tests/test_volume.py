@@ -415,12 +415,12 @@ def test_fit_with_an_unreachable_preset_rank_fits_the_rank_the_goal_needs(tmp_pa
     assert main(["fit", str(src), "-o", str(out), "--target-psnr", "17", "--width", "16", "--steps", "40",
                  "--progress", "none"]) == 0
     err = capsys.readouterr().err
-    assert "reaches at most" in err and "fitting rank 64" in err
+    assert "guarantees only" in err and "fitting rank 64" in err
     field = finr3d.load(out)
     assert field.config.decomposition == "tucker" and field.config.basis not in (0, "0")  # "grid": one term a sample
     assert max(field.history["auto_rank"]["ranks"]) > 48  # the file keeps more than the preset's rank could
     explicit = tmp_path / "e.finr"
     assert main(["fit", str(src), "-o", str(explicit), "--target-psnr", "10", "--rank", "8", "--decomposition",
                  "tucker", "--width", "16", "--steps", "3", "--progress", "none"]) == 0
-    assert "reaches at most" not in capsys.readouterr().err  # an explicit rank is the user's
+    assert "guarantees only" not in capsys.readouterr().err  # an explicit rank is the user's
     assert max(finr3d.load(explicit).ranks) <= 8
