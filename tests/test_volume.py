@@ -368,7 +368,8 @@ def test_a_psnr_goal_raises_the_volume_rank_only_where_the_preset_cannot_reach_i
     assert goal_rank(smooth, 45.0) is None  # rank 2 is exact: the preset's 48 is plenty
     noise = VolumeTarget(_noise_volume())
     goal = goal_rank(noise, 30.0)
-    assert goal["settings"] == {"decomposition": "tucker", "rank": (56, 52, 50), "basis": "grid"}  # capped per mode
+    assert goal["settings"] == {"decomposition": "tucker", "rank": (56, 52, 50), "basis": "grid",  # capped per mode
+                                "nested_ranks": False}  # the goal's rank is kept whole: no prefix training
     assert goal["reachable"] and goal["bounds"]["64"] is None  # full rank: exact (null in JSON)
     assert goal["bounds"]["48"] < 31.0
     short = goal_rank(noise, 20.0, ranks=(49,))  # over rank 49's guarantee (~18 dB), under its ceiling (~22 dB)
@@ -408,12 +409,18 @@ def test_a_goal_no_tucker_can_reach_is_refused_before_the_fit(tmp_path, capsys):
     assert "steps" not in err and not out.exists()  # refused up front: no fit ran, nothing written
 
 
-def test_fit_with_an_unreachable_preset_rank_fits_the_rank_the_goal_needs(tmp_path, capsys):
+def test_fit_with_an_unreachable_preset_rank_fits_the_rank_the_goal_needs(tmp_path, capsys, monkeypatch):
     src = tmp_path / "noise.npy"
     np.save(src, _noise_volume())
     out = tmp_path / "n.finr"
+    seen, real_fit = [], finr3d.fit
+    monkeypatch.setattr(finr3d, "fit", lambda *a, **kw: seen.append(kw) or real_fit(*a, **kw))
     assert main(["fit", str(src), "-o", str(out), "--target-psnr", "17", "--width", "16", "--steps", "40",
                  "--progress", "none"]) == 0
+    assert seen[-1]["nested_ranks"] is False  # the goal's rank: no nested steps (they cost its full-rank quality)
+    assert main(["fit", str(src), "-o", str(tmp_path / "k.finr"), "--target-psnr", "17", "--width", "16",
+                 "--steps", "2", "--nested-ranks", "--progress", "none"]) == 0
+    assert seen[-1]["nested_ranks"] is True  # ... unless the user asks for them
     err = capsys.readouterr().err
     assert "guarantees only" in err and "fitting rank 64" in err
     field = finr3d.load(out)

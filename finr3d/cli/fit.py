@@ -230,7 +230,8 @@ def run(args) -> int:
             if goal is not None and goal.get("impossible"):
                 raise ValueError(goal["message"])
             if goal is not None:
-                options.update(goal["settings"])
+                options.update({k: v for k, v in goal["settings"].items()
+                                if not (k == "nested_ranks" and args.nested_ranks)})  # an explicit flag is the user's
                 if args.progress == "json":
                     print(__import__("json").dumps({"phase": "goal_rank", **goal}), flush=True)
                 else:
