@@ -230,8 +230,9 @@ def run(args) -> int:
             if goal is not None and goal.get("impossible"):
                 raise ValueError(goal["message"])
             if goal is not None:
-                options.update({k: v for k, v in goal["settings"].items()
-                                if not (k == "nested_ranks" and args.nested_ranks)})  # an explicit flag is the user's
+                # what the user set wins (a goal is only sought without --decomposition/--rank/--basis; this
+                # keeps an explicit --nested-ranks)
+                options.update({k: v for k, v in goal["settings"].items() if getattr(args, k, None) is None})
                 if args.progress == "json":
                     print(__import__("json").dumps({"phase": "goal_rank", **goal}), flush=True)
                 else:
