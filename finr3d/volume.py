@@ -614,8 +614,9 @@ def goal_rank(target, psnr_goal: float, *, ranks: Sequence[int] = GOAL_RANKS, ma
     rank quality and time). The dict
     also carries the bounds (``bounds``), whether the goal looks reachable (``reachable``) and a one-line
     ``message`` for the user. A goal more than :data:`CLIP_SLACK_DB` over the ceiling of the largest rank, which
-    no fit of it could reach, gives ``{"impossible": True, "ceiling", "message"}`` instead: refuse it before
-    minutes of fitting.
+    no fit of it could reach, gives ``{"impossible": True, "ceiling", "message", "settings"}`` instead: a file
+    goal is refused before minutes of fitting (``finr3d fit --target-psnr``); an early-stop goal
+    (``finr3d.fit(target_metric=...)``) takes ``settings``, the largest rank, which comes closest.
     """
     from finr3d.presets import PRESETS
 
@@ -636,8 +637,11 @@ def goal_rank(target, psnr_goal: float, *, ranks: Sequence[int] = GOAL_RANKS, ma
     top = higher[-1]
     # the field is a rank-r Tucker plus a constant: around the mean, each unfolding has rank r + 1 at most
     ceiling = _tails_psnr(tails, n, top + 1, max)
+    top_settings = {"decomposition": "tucker", "rank": tuple(min(top, size) for size in target.shape),
+                    "basis": "grid", "nested_ranks": False}
     if psnr_goal > ceiling + CLIP_SLACK_DB:
-        return {"impossible": True, "ceiling": round(ceiling, 3),
+        # ``settings``: the closest a fit can come (what an early-stop goal of finr3d.fit takes; the CLI refuses)
+        return {"impossible": True, "ceiling": round(ceiling, 3), "settings": top_settings,
                 "message": f"no Tucker of rank up to {top} can reach {psnr_goal:g} dB on this volume: its spectrum "
                            f"caps every such field at {ceiling:.1f} dB (Eckart-Young on each mode); ask for less "
                            f"with --target-psnr (at rank {top} an HOSVD guarantees {bounds[top]:.1f} dB), or give "

@@ -115,6 +115,18 @@ def test_early_stop_at_target_metric():
     assert field.history["psnr"] >= 22.0
 
 
+def test_a_start_that_already_reaches_the_target_metric_takes_no_step():
+    # a rank-2 volume: the HOSVD start of the volume preset is near exact, far over 30 dB
+    from finr3d.volume import VolumeTarget
+
+    z, y, x = np.meshgrid(*[np.linspace(-1, 1, n) for n in (20, 18, 16)], indexing="ij")
+    target = VolumeTarget((np.exp(-(x**2 + y**2)) * np.cos(z)).astype(np.float32))
+    field = finr3d.fit(target, steps=500, seed=0, target_metric=30.0)  # the preset width: its readout holds it
+    h = field.history
+    assert h["stopped"] == "target_metric" and h["steps"] == 0 and h["psnr"] >= 30.0
+    assert len(h["curve"]) == 1  # the start's validation, and no refinement after it
+
+
 def test_cancel_via_callback_keeps_best_state():
     target = ImageTarget(smooth_image(24, 20))
     with pytest.raises(FitCancelled) as info:

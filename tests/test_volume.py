@@ -382,6 +382,36 @@ def test_a_psnr_goal_raises_the_volume_rank_only_where_the_preset_cannot_reach_i
     assert goal_rank(clip, 80.0) is None  # a time-varying volume keeps its own goal structure
 
 
+def test_an_early_stop_goal_of_the_api_fits_the_rank_it_needs_as_the_cli_does(monkeypatch):
+    # finr3d.fit(target_metric=...) on a volume its preset's rank cannot hold: the goal's rank, as the CLI's
+    # --target-psnr takes, instead of 2000 steps that can never reach it (the speed benchmark's finr3d side)
+    import functools
+    import warnings
+
+    import finr3d.volume
+
+    noise = _noise_volume()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a goal the chosen rank reaches: no warning
+        field = finr3d.fit(VolumeTarget(noise), target_metric=30.0, steps=4, width=8)
+    assert tuple(field.ranks) == (56, 52, 50) and field.config.basis == "grid"  # rank 64, capped: exact
+    assert field.history["fit_config"]["nested_ranks"] is False
+    goal = field.history["goal_rank"]
+    assert goal["reachable"] and goal["bounds"]["48"] < 30.0 and "settings" not in goal
+    json.dumps(goal, allow_nan=False)
+    # a structure from the caller wins; no goal keeps the preset
+    mine = finr3d.fit(VolumeTarget(noise), target_metric=30.0, steps=2, rank=4, width=8)
+    assert tuple(mine.ranks) == (4,) and "goal_rank" not in mine.history  # a CP of rank 4, as given
+    plain = finr3d.fit(VolumeTarget(noise), steps=2, width=8)
+    assert tuple(plain.ranks) == (48, 48, 48) and "goal_rank" not in plain.history
+    # a goal over every rank's ceiling: the largest rank, which comes closest, and a warning (an early stop
+    # is not refused, as the CLI's file goal is)
+    monkeypatch.setattr(finr3d.volume, "goal_rank", functools.partial(finr3d.volume.goal_rank, ranks=(49,)))
+    with pytest.warns(UserWarning, match="no Tucker of rank up to 49"):
+        far = finr3d.fit(VolumeTarget(noise), target_metric=60.0, steps=2, width=8)
+    assert tuple(far.ranks) == (49, 49, 49) and far.history["goal_rank"]["impossible"]
+
+
 def test_the_hosvd_ceiling_is_a_true_ceiling_and_at_most_4_8_db_over_the_bound():
     from finr3d.closed_form import hosvd
     from finr3d.volume import hosvd_psnr_bounds
