@@ -26,6 +26,11 @@ CANDIDATES = {
     # the hidden layers at a fraction of the rate after the HOSVD readout (eighth session)
     "tucker r48 w128 hidden_lr 0.3": {"decomposition": "tucker", "rank": 48, "width": 128, "hidden_lr": 0.3},
     "tucker r48 w128 hidden_lr 0.1": {"decomposition": "tucker", "rank": 48, "width": 128, "hidden_lr": 0.1},
+    # a smaller Adam rate after the HOSVD start (tenth session): the start is near an optimum, and lr 2e-3 shakes
+    # it down by 10-15 dB in the first second on neghip and the phantom before it recovers
+    "tucker r48 w128 lr 1e-3": {"decomposition": "tucker", "rank": 48, "width": 128, "lr": 1e-3},
+    "tucker r48 w128 lr 5e-4": {"decomposition": "tucker", "rank": 48, "width": 128, "lr": 5e-4},
+    "tucker r48 w128 lr 2e-4": {"decomposition": "tucker", "rank": 48, "width": 128, "lr": 2e-4},
 }
 #: seconds into the fit at which the validation curve is read (time to quality, not only the end)
 EARLY = (1.0, 2.0, 5.0)

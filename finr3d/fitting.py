@@ -517,7 +517,7 @@ def fit(source, *, kind: str = "auto", callback=None, target_options: Optional[d
             defaults.pop("decomposition", None)  # a rank given for the generic default keeps its meaning
         fcfg = dataclasses.replace(fcfg, **defaults).validate()
     if fit_config is None:
-        fit_defaults = {k: v for k, v in fit_settings(preset).items() if k not in options}
+        fit_defaults = {k: v for k, v in fit_settings(preset, fcfg.decomposition).items() if k not in options}
         tcfg = dataclasses.replace(tcfg, **fit_defaults).validate()
     t_goal = time.perf_counter()
     goal = _goal_rank(target, tcfg, field_options) if field_config is None else None

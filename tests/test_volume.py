@@ -439,6 +439,35 @@ def test_a_goal_no_tucker_can_reach_is_refused_before_the_fit(tmp_path, capsys):
     assert "steps" not in err and not out.exists()  # refused up front: no fit ran, nothing written
 
 
+def test_the_volume_presets_learning_rate_belongs_to_its_tucker():
+    # 2e-4 after the HOSVD start of the preset's Tucker (RESULTS.md, 'The volume preset's learning rate'); a
+    # structure the caller picks keeps the generic rate, and a rate the caller gives wins
+    from finr3d.config import FitConfig
+
+    vol = VolumeTarget(uint8_volume(12))
+    lr = lambda **kw: finr3d.fit(vol, steps=1, width=8, **kw).history["fit_config"]["lr"]  # noqa: E731
+    assert lr() == 2e-4
+    assert lr(rank=8) == FitConfig().lr == 2e-3  # the generic CP
+    assert lr(decomposition="cp", rank=8) == 2e-3
+    assert lr(lr=1e-3) == 1e-3
+
+
+def test_a_plain_fit_held_low_by_the_preset_rank_says_how_to_ask_for_more(tmp_path, capsys):
+    noise, smooth = tmp_path / "noise.npy", tmp_path / "smooth.npy"
+    np.save(noise, _noise_volume())
+    z, y, x = np.meshgrid(*[np.linspace(-1, 1, n) for n in (24, 22, 20)], indexing="ij")
+    np.save(smooth, (np.exp(-(x**2 + y**2)) * np.cos(z)).astype(np.float32))
+    assert main(["fit", str(noise), "-o", str(tmp_path / "n.finr"), "--steps", "2", "--progress", "none"]) == 0
+    err = capsys.readouterr().err
+    assert "not low-rank" in err and "--target-psnr" in err  # white noise: rank 48 of 50-56 samples holds ~13 dB
+    assert main(["fit", str(smooth), "-o", str(tmp_path / "s.finr"), "--steps", "2", "--progress", "none"]) == 0
+    assert "not low-rank" not in capsys.readouterr().err  # a rank-1 volume: 2 steps end low, but not for rank
+    # a structure the user chose is theirs: no advice
+    assert main(["fit", str(noise), "-o", str(tmp_path / "m.finr"), "--steps", "2", "--rank", "4",
+                 "--progress", "none"]) == 0
+    assert "not low-rank" not in capsys.readouterr().err
+
+
 def test_fit_with_an_unreachable_preset_rank_fits_the_rank_the_goal_needs(tmp_path, capsys, monkeypatch):
     src = tmp_path / "noise.npy"
     np.save(src, _noise_volume())

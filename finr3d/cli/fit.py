@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Optional
 
 from finr3d.config import FieldConfig, FitConfig, field_docs
 from finr3d.presets import help_by_kind
@@ -243,6 +244,7 @@ def run(args) -> int:
             field.history["goal_rank"] = {k: v for k, v in goal.items() if k != "settings"}
     finally:
         progress.close()
+    hint = _low_rank_hint(target, kind, options, auto, field.history)  # before options become the file's
     rank, quantization = None, args.quantization
     if auto:
         from finr3d.sweep import choose_rank
@@ -294,4 +296,35 @@ def run(args) -> int:
         print(f"wrote {out} ({nbytes:,} bytes, {params:,} parameters, "
               f"{h.get('steps')} steps in {h.get('seconds', 0):.1f} s; {metric} {h.get(metric, float('nan')):.4g})",
               file=sys.stdout)
+        if hint:
+            print(f"finr3d fit: {hint}", file=sys.stderr)
     return 0
+
+
+#: A plain fit of a 3-D volume that ends below this PSNR (dB, on the value range) says how to ask for more.
+HINT_BELOW_DB = 40.0
+
+
+def _low_rank_hint(target, kind: str, options: dict, auto, history: dict) -> Optional[str]:
+    """One line for a plain 3-D volume fit that ended under :data:`HINT_BELOW_DB` because the preset's rank caps
+    it (a volume that is not low-rank, such as CT or MRI: the CT-like phantom ends near 29 dB at rank 48), or
+    None. The cap is the spectrum's ceiling (:func:`finr3d.volume.hosvd_psnr_bounds`): a short fit of a low-rank
+    volume that ends low for want of steps gets no such advice."""
+    from finr3d.presets import PRESETS
+
+    psnr = history.get("psnr")
+    if (kind != "volume" or auto or {"decomposition", "rank", "basis"} & set(options) or psnr is None
+            or "goal_rank" in history  # --target-metric took the rank its goal needs already
+            or getattr(target, "preset", None) is not PRESETS["volume"] or len(target.shape) != 3
+            or not psnr < HINT_BELOW_DB):
+        return None
+    from finr3d.volume import hosvd_psnr_bounds
+
+    rank = int(PRESETS["volume"].field["rank"])
+    _, values = target.dense(max_samples=1 << 24)
+    ceiling = hosvd_psnr_bounds(values, [rank + 1], ceiling=True)[rank + 1]  # a Tucker plus a constant
+    if ceiling >= HINT_BELOW_DB:
+        return None
+    return (f"this volume is not low-rank: no Tucker of the preset's rank {rank} can pass {ceiling:.1f} dB on it "
+            f"(the fit holds {psnr:.1f}); --target-psnr LEVEL fits the higher rank a level needs (up to 128) "
+            "and says up front whether the level is in reach")
