@@ -120,7 +120,7 @@ class FitConfig:
     """Gradient-norm clip."""
 
     target_metric: Optional[float] = None
-    """Stop early once the target's main metric (PSNR for signals, IoU for SDFs) reaches this value."""
+    """Stop early once the target's main metric (PSNR for signals, IoU for SDFs) reaches this value; on a 3-D volume with no rank given, also fit the Tucker rank the PSNR needs (finr3d.volume.goal_rank)."""
 
     eval_every: int = 25
     """Steps between evaluations on the validation grid (best-state tracking and rollback)."""
