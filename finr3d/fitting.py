@@ -459,8 +459,8 @@ def _goal_rank(target: Target, tcfg: FitConfig, field_options: dict) -> Optional
 
     Only without a structure from the caller (decomposition, rank or basis). On a volume that is not low-rank
     the preset's rank cannot reach the goal at all (a CT-like phantom: rank 48 holds 24.4 dB, where a SIREN
-    reaches 28.7 dB in 120 s); a goal no rank of :data:`finr3d.volume.GOAL_RANKS` can reach takes the largest,
-    which comes closest, with a warning.
+    reaches 28.7 dB in 120 s); a goal no Tucker within :data:`finr3d.volume.GOAL_RANKS`' core size can reach
+    takes the largest core, which comes closest, with a warning.
     """
     if tcfg.target_metric is None or {"decomposition", "rank", "basis"} & set(field_options):
         return None

@@ -63,8 +63,9 @@ def add_arguments(p) -> None:
     a.add_argument("--budget-kb", type=float, help="the best model whose .finr file fits in this many KiB")
     a.add_argument("--target-psnr", type=float,
                    help="the smallest model with at least this PSNR (images, volumes, video); a 3-D volume whose "
-                        "HOSVD spectrum shows the default rank cannot reach it is fitted at a higher Tucker rank "
-                        "(up to 128, said on stderr); one that no Tucker of rank 128 can reach is refused before the fit")
+                        "HOSVD spectrum shows the default rank cannot reach it is fitted at the per-mode Tucker ranks "
+                        "it needs (a core of up to 128^3 values, said on stderr); one that no such Tucker can reach "
+                        "is refused before the fit")
     a.add_argument("--target-chamfer", type=float,
                    help="the smallest model with at most this Chamfer-L1 (meshes; fraction of the bbox diagonal)")
     g = p.add_argument_group("meshes (SDF)")
@@ -326,5 +327,5 @@ def _low_rank_hint(target, kind: str, options: dict, auto, history: dict) -> Opt
     if ceiling >= HINT_BELOW_DB:
         return None
     return (f"this volume is not low-rank: no Tucker of the preset's rank {rank} can pass {ceiling:.1f} dB on it "
-            f"(the fit holds {psnr:.1f}); --target-psnr LEVEL fits the higher rank a level needs (up to 128) "
+            f"(the fit holds {psnr:.1f}); --target-psnr LEVEL fits the per-mode ranks a level needs (a core of up to 128^3 values) "
             "and says up front whether the level is in reach")
