@@ -556,7 +556,7 @@ class VolumeTarget(Target):
 GOAL_RANKS = (48, 64, 96, 128)
 #: Head room over the goal that the HOSVD bound must show: quantization and the networks' fit lose some. 2 dB,
 #: not the 1 dB of the eighth session: on the CT-like phantom the files at 30 / 35 / 40 dB are 0-9 % smaller with
-#: it, and at 45 dB the 1-dB ranks missed the goal (best file 44.8 dB) where the 2-dB ranks reach it in 0.89x
+#: it, and at 45 dB the 1-dB ranks missed the goal (best file 44.8 dB) where the 2-dB ranks reach it in 0.89-0.90x
 #: SZ3's bytes (tenth session; RESULTS.md 'A CT-like volume').
 GOAL_MARGIN_DB = 2.0
 #: How far over the spectrum's ceiling (:func:`hosvd_psnr_bounds` with ``ceiling``) a goal may be before the fit
