@@ -399,9 +399,16 @@ def reads_out_exactly(field, target) -> bool:
     closed-form CP then moves into the networks without loss, and the closed-form
     phase keeps sweeping CP-ALS instead of distilling by gradient steps.
     """
-    return (field.config.decomposition == "cp" and not field.independent
-            and all(len(axes) == 1 and getattr(net, "basis", 0) >= target.shape[axes[0]]
-                    for axes, net in zip(field.modes, field.nets)))
+    return field.config.decomposition == "cp" and not field.independent and _cosines_cover_every_axis(field, target)
+
+
+def _read_out_on_axis(net, coords: torch.Tensor, fine: torch.Tensor, feats: torch.Tensor, ridge: float) -> None:
+    """Put factor curves ``feats`` (decomposed at the 1-D ``coords``) into ``net``'s cosine readout on the axis's
+    stored samples ``fine``, spline-interpolated there first when ``coords`` is a sub-lattice of it."""
+    c, x = coords.reshape(-1), fine.reshape(-1)
+    if len(c) != len(x) or not torch.allclose(c, x):
+        feats = _spline_to(c, feats, x)
+    readout(net, x[:, None].to(net.out.weight.device), feats.to(net.out.weight.device), ridge, hidden=False)
 
 
 def _set_cp(field, factors: list[torch.Tensor], coords: list[torch.Tensor], fine: list[torch.Tensor],
@@ -414,10 +421,7 @@ def _set_cp(field, factors: list[torch.Tensor], coords: list[torch.Tensor], fine
     feats, w = _unit_rms_cp(*cp_normalized(factors))
     with torch.no_grad():
         for m, f in enumerate(feats):
-            c, x = coords[m].reshape(-1), fine[m].reshape(-1)
-            if len(c) != len(x) or not torch.allclose(c, x):
-                f = _spline_to(c, f, x)
-            readout(field.nets[m], x[:, None].to(field.device), f.to(field.device), ridge, hidden=False)
+            _read_out_on_axis(field.nets[m], coords[m], fine[m], f, ridge)
         field.blocks[0].mixing_parameter().copy_(w.to(field.device))
 
 
@@ -588,11 +592,7 @@ def closed_form_start(field, target, *, seconds: Optional[float], steps: Optiona
         t_read = time.perf_counter()
         with torch.no_grad():
             for m, (axes, f) in enumerate(zip(field.modes, targets)):
-                c, x = mode_coords[m].reshape(-1), target.axis_coords(axes[0]).reshape(-1)
-                if len(c) != len(x) or not torch.allclose(c, x):
-                    f = _spline_to(c, f, x)  # a factor of a sub-lattice: onto every stored sample first
-                readout(field.nets[m], x[:, None].to(field.device), f.to(field.device), GRID_READOUT_RIDGE,
-                        hidden=False)
+                _read_out_on_axis(field.nets[m], mode_coords[m], target.axis_coords(axes[0]), f, GRID_READOUT_RIDGE)
         info = {"distill_steps": 0, "distill_seconds": 0.0, "distill_loss": float("nan"),
                 "readout_seconds": time.perf_counter() - t_read}
     else:

@@ -582,8 +582,9 @@ def _tail_psnr(sse: float, n: int) -> float:
 
 
 def _tails_psnr(tails: list[torch.Tensor], n: int, rank: int, combine=sum) -> float:
-    """PSNR of the per-mode tails at ``rank``, summed (the HOSVD guarantee) or their largest (``combine=max``)."""
-    return _tail_psnr(float(combine(t[min(int(rank), len(t) - 1)] for t in tails)), n)
+    """PSNR of the per-mode tails at ``rank`` in every mode, summed (the HOSVD guarantee) or their largest
+    (``combine=max``)."""
+    return _tails_psnr_at(tails, n, [rank] * len(tails), combine)
 
 
 def hosvd_psnr_bounds(values: torch.Tensor, ranks: Sequence[int], *, ceiling: bool = False) -> dict[int, float]:
@@ -674,9 +675,9 @@ def _goal_settings(ranks: Sequence[int]) -> dict:
     return {"decomposition": "tucker", "rank": tuple(int(r) for r in ranks), "basis": "grid", "nested_ranks": False}
 
 
-def _tails_psnr_at(tails: list[torch.Tensor], n: int, ranks: Sequence[int]) -> float:
-    """The HOSVD guarantee (summed per-mode tails) at per-mode ``ranks``."""
-    return _tail_psnr(float(sum(t[min(int(r), len(t) - 1)] for t, r in zip(tails, ranks))), n)
+def _tails_psnr_at(tails: list[torch.Tensor], n: int, ranks: Sequence[int], combine=sum) -> float:
+    """PSNR of the per-mode tails at per-mode ``ranks``, summed (the HOSVD guarantee) or their largest."""
+    return _tail_psnr(float(combine(t[min(int(r), len(t) - 1)] for t, r in zip(tails, ranks))), n)
 
 
 def _allocate_ranks(tails: list[torch.Tensor], sse: float, cap: int) -> tuple[int, ...]:

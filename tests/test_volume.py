@@ -339,8 +339,19 @@ def _noise_volume(shape=(56, 52, 50), seed=0):
     return np.random.default_rng(seed).random(shape).astype(np.float32)
 
 
-def test_the_hosvd_bound_never_promises_more_than_the_truncation_gives():
+def _truncation_psnr(values: torch.Tensor, ranks) -> float:
+    """PSNR (peak 1) of the truncated HOSVD of ``values`` (N_0, ..., N_{d-1}, C) at per-mode ``ranks``, around
+    its mean, as the fit's start sees it."""
     from finr3d.closed_form import hosvd
+
+    centred = values.double() - values.double().mean()
+    factors, rec = hosvd(centred.float(), list(ranks))
+    for m, u in enumerate(factors):
+        rec = torch.movedim(torch.tensordot(rec, u, dims=([m], [1])), -1, m)
+    return 10 * math.log10(centred.numel() / float(((rec.double() - centred) ** 2).sum()))
+
+
+def test_the_hosvd_bound_never_promises_more_than_the_truncation_gives():
     from finr3d.volume import hosvd_psnr_bounds
 
     rng = np.random.default_rng(1)
@@ -348,13 +359,8 @@ def test_the_hosvd_bound_never_promises_more_than_the_truncation_gives():
     vol = np.exp(-3 * (x - 0.4 * y) ** 2 - 5 * z**2) + 0.05 * rng.standard_normal(x.shape)  # not separable
     values = torch.tensor(vol, dtype=torch.float32)[..., None]
     bounds = hosvd_psnr_bounds(values, [2, 4, 8, 20])
-    centred = values.double() - values.double().mean()
     for r in (2, 4, 8):
-        factors, core = hosvd(centred.float(), [r, r, r])
-        rec = core
-        for m, u in enumerate(factors):
-            rec = torch.movedim(torch.tensordot(rec, u, dims=([m], [1])), -1, m)
-        truth = 10 * math.log10(centred.numel() / float(((rec.double() - centred) ** 2).sum()))
+        truth = _truncation_psnr(values, [r, r, r])
         assert bounds[r] <= truth + 0.01  # a guarantee (float32 factors: a hundredth of a dB of slack)
         assert bounds[r] >= truth - 6.0  # and not vacuous: at most the sum of three modes' tails
     assert bounds[2] < bounds[4] < bounds[8] and math.isinf(bounds[20])  # rank >= every mode: exact
@@ -416,7 +422,6 @@ def test_an_early_stop_goal_of_the_api_fits_the_rank_it_needs_as_the_cli_does(mo
 def test_a_goal_rank_is_per_mode_and_its_bound_holds():
     # mode 0 has rank 2 (two profiles times two random slabs), modes 1 and 2 are full: the goal's ranks follow
     # the spectrum of each mode instead of one rank for all, and the HOSVD at them keeps the promised PSNR
-    from finr3d.closed_form import hosvd
     from finr3d.volume import goal_rank
 
     rng = np.random.default_rng(1)
@@ -428,13 +433,7 @@ def test_a_goal_rank_is_per_mode_and_its_bound_holds():
     ranks = goal["settings"]["rank"]
     assert ranks[0] <= 3 and min(ranks[1:]) >= 48  # 3: two profiles and the mean
     assert goal["reachable"] and goal["bound"] >= 46.0
-    _, values = target.dense()
-    centred = values.double() - values.double().mean()
-    factors, core = hosvd(centred.float(), list(ranks))
-    rec = core
-    for m, u in enumerate(factors):
-        rec = torch.movedim(torch.tensordot(rec, u, dims=([m], [1])), -1, m)
-    truth = 10 * math.log10(centred.numel() / float(((rec.double() - centred) ** 2).sum()))
+    truth = _truncation_psnr(target.dense()[1], ranks)
     assert truth >= goal["bound"] - 0.01  # a guarantee (float32 factors: a hundredth of a dB of slack)
     uniform = max(ranks)  # one rank for all would need the largest mode's rank everywhere
     assert math.prod(ranks) < 0.2 * uniform ** 3
@@ -444,8 +443,6 @@ def test_a_grid_basis_tucker_starts_at_its_hosvd_truncation():
     # a cosine basis as long as each axis reads the HOSVD factors out exactly on the samples: the start is the
     # truncation itself. The old ridge (0.1) onto spline-upsampled curves started this jagged rank-6 volume at
     # 30.7 dB (10 dB short on the CT-like phantom); the exact readout's 1e-3 ridge leaves it near 62 dB
-    from finr3d.closed_form import hosvd
-
     rng = np.random.default_rng(0)
     core, factors = rng.normal(size=(6, 6, 6)), [rng.normal(size=(n, 6)) for n in (20, 18, 16)]  # jagged factors
     vol = np.einsum("abc,xa,yb,zc->xyz", core, *factors) + 1e-4 * rng.normal(size=(20, 18, 16))
@@ -458,29 +455,17 @@ def test_a_grid_basis_tucker_starts_at_its_hosvd_truncation():
     noise = VolumeTarget(_noise_volume((20, 18, 16)))
     ranks = (9, 7, 5)
     field = finr3d.fit(noise, steps=1, decomposition="tucker", rank=ranks, basis="grid", width=8, nested_ranks=False)
-    _, values = noise.dense()
-    centred = values.double() - values.double().mean()
-    u, g = hosvd(centred.float(), list(ranks))
-    rec = g
-    for m, f in enumerate(u):
-        rec = torch.movedim(torch.tensordot(rec, f, dims=([m], [1])), -1, m)
-    truth = 10 * math.log10(centred.numel() / float(((rec.double() - centred) ** 2).sum()))
+    truth = _truncation_psnr(noise.dense()[1], ranks)
     assert abs(field.history["curve"][0]["psnr"] - truth) < 0.1
 
 
 def test_the_hosvd_ceiling_is_a_true_ceiling_and_at_most_4_8_db_over_the_bound():
-    from finr3d.closed_form import hosvd
     from finr3d.volume import hosvd_psnr_bounds
 
     values = torch.tensor(_noise_volume((20, 18, 16)))[..., None]
     low, high = hosvd_psnr_bounds(values, [4, 8], ceiling=False), hosvd_psnr_bounds(values, [4, 8], ceiling=True)
-    centred = values.double() - values.double().mean()
     for r in (4, 8):
-        factors, core = hosvd(centred.float(), [r, r, r])
-        rec = core
-        for m, u in enumerate(factors):
-            rec = torch.movedim(torch.tensordot(rec, u, dims=([m], [1])), -1, m)
-        truth = 10 * math.log10(centred.numel() / float(((rec.double() - centred) ** 2).sum()))
+        truth = _truncation_psnr(values, [r, r, r])
         assert low[r] - 0.01 <= truth <= high[r] + 0.01
         assert high[r] - low[r] <= 10 * math.log10(3) + 1e-9
 
