@@ -525,8 +525,10 @@ def fit(source, *, kind: str = "auto", callback=None, target_options: Optional[d
         goal["seconds"] = time.perf_counter() - t_goal  # part of the preparation: a benchmark counts it
         settings = goal["settings"]
         fcfg = dataclasses.replace(fcfg, **{k: v for k, v in settings.items() if k in _FIELD_KEYS}).validate()
-        tcfg = dataclasses.replace(tcfg, **{k: v for k, v in settings.items()
-                                            if k in _FIT_KEYS and k not in options}).validate()
+        from finr3d.volume import goal_overrides
+
+        tcfg = dataclasses.replace(tcfg, **{k: v for k, v in goal_overrides(settings, options).items()
+                                            if k in _FIT_KEYS}).validate()
     device = resolve_device(tcfg.device)
     torch.manual_seed(tcfg.seed)  # the networks' init is part of the seeded result
     field = build_field(target, fcfg).to(device)

@@ -45,6 +45,14 @@ AXIS_LETTERS = "tzyxc"
 SLAB_VALUES = 1 << 24
 #: Voxels per SSIM slab (scikit-image holds about a dozen float64 copies of a slab and its halo)
 SSIM_SLAB_VALUES = 1 << 21
+#: float64 values a slab of :meth:`VolumeTarget.mode_grams` and :meth:`VolumeTarget.hosvd` holds (32 MiB)
+GRAM_SLAB_VALUES = 1 << 22
+#: Values up to which a 3-D volume's spectrum (:func:`goal_rank`) and its exact Tucker start read every stored
+#: sample (:meth:`VolumeTarget.mode_grams`): about 33 s of Gram products on one core at this size (1.0 TFlop;
+#: 42M values took 3.1 s). Larger volumes fall back to an evenly spaced sub-lattice of :data:`SPECTRUM_SAMPLES`.
+EVERY_SAMPLE_LIMIT = 1 << 28
+#: Samples of the sub-lattice a spectrum is read on where every sample is not (a float64 copy: 128 MiB).
+SPECTRUM_SAMPLES = 1 << 24
 #: Side of the SSIM window (7^3 voxels, scikit-image's default for 3-D).
 SSIM_WINDOW = 7
 
@@ -461,6 +469,76 @@ class VolumeTarget(Target):
         coords = [lattice(n)[i] for n, i in zip(self.shape, idx)]
         return coords, self.sample_indices(idx)
 
+    def _slabs(self, axis: int, *, centred: bool = True, values: Optional[int] = None):
+        """``(start, slab)`` along ``axis``: every stored sample once, as float64 in the field's units (centred on
+        each channel's mean, :meth:`channel_means`, unless ``centred`` is False); about ``values`` values a slab."""
+        n = self.shape[axis]
+        step = max(1, (values or GRAM_SLAB_VALUES) // max(1, math.prod(self.array.shape) // n))
+        mean = self.channel_means() if centred else None
+        for s0 in range(0, n, step):
+            index = [slice(None)] * self.array.ndim
+            index[axis] = slice(s0, min(n, s0 + step))
+            slab = torch.from_numpy(np.asarray(self.array[tuple(index)], np.float64))
+            slab -= self.value_offset
+            slab /= self.value_scale
+            if mean is not None:
+                slab -= mean
+            yield s0, slab
+
+    def channel_means(self) -> torch.Tensor:
+        """Each channel's mean over every stored sample in the field's units (float64, computed once by slabs)."""
+        if not hasattr(self, "_channel_means"):
+            total = torch.zeros(self.channels, dtype=torch.float64)
+            for _, slab in self._slabs(0, centred=False):
+                total += slab.reshape(-1, self.channels).sum(0)
+            self._channel_means = total / math.prod(self.shape)
+        return self._channel_means
+
+    def mode_grams(self) -> list[torch.Tensor]:
+        """Per axis ``m``, the Gram matrix ``X_(m) X_(m)^T`` (float64, ``(N_m, N_m)``) of the volume's unfolding
+        on every stored sample, centred on each channel's mean, channels kept in the columns.
+
+        Read a slab at a time (at most :data:`GRAM_SLAB_VALUES` float64 values at once, never a float copy of the
+        whole volume): axis 0's slabs give every other axis's Gram, axis 1's give axis 0's. Computed once and
+        kept (``N_m^2`` values each). A sub-lattice's spectrum is not the volume's: on a 512 x 512 x 160 CT-like
+        volume the 117 x 377 x 377 sub-lattice of 2^24 samples put the HOSVD bound of ranks (49, 168, 161) at
+        35.0 dB, where every sample gives 32.2 dB.
+        """
+        if getattr(self, "_mode_grams", None) is None:
+            d = len(self.shape)
+            grams = [torch.zeros(n, n, dtype=torch.float64) for n in self.shape]
+            for _, slab in self._slabs(0):
+                for m in range(1, d):
+                    mat = torch.movedim(slab, m, 0).reshape(self.shape[m], -1)
+                    grams[m] += mat @ mat.T
+            for _, slab in self._slabs(1):
+                mat = slab.reshape(self.shape[0], -1)
+                grams[0] += mat @ mat.T
+            self._mode_grams = grams
+        return self._mode_grams
+
+    def hosvd(self, ranks: Sequence[int]) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Truncated HOSVD on every stored sample (channels kept whole, centred on :meth:`channel_means`):
+        factors ``U_m`` (float64, ``(N_m, R_m)``, orthonormal columns, the leading eigenvectors of
+        :meth:`mode_grams`) and the core ``X x_m U_m^T`` of shape ``(R_0, ..., R_{d-1}, C)``, projected a slab
+        of axis 0 at a time. The same truncation :func:`finr3d.closed_form.hosvd` takes of a dense array."""
+        factors, gen = [], torch.Generator().manual_seed(0)
+        for g, r in zip(self.mode_grams(), ranks):
+            _, vecs = torch.linalg.eigh(g)
+            u = vecs.flip(-1)[:, :int(r)]
+            if u.shape[1] < int(r):  # more ranks than samples: small noise columns, as closed_form.hosvd pads
+                u = torch.cat([u, 1e-3 * torch.randn(u.shape[0], int(r) - u.shape[1], generator=gen,
+                                                     dtype=u.dtype)], dim=1)
+            factors.append(u.contiguous())
+        core = None
+        for s0, slab in self._slabs(0):
+            part = slab
+            for m in range(1, len(self.shape)):  # contract axes 1.. with their factors, keep the slab's rows
+                part = torch.movedim(torch.tensordot(part, factors[m], dims=([m], [0])), -1, m)
+            part = torch.tensordot(factors[0][s0:s0 + part.shape[0]], part, dims=([0], [0]))
+            core = part if core is None else core + part
+        return factors, core
+
     def evaluate(self, field, rank=None, *, ssim: bool = True) -> dict:
         """PSNR on the source's value range and 3-D SSIM, computed slab by slab.
 
@@ -559,6 +637,13 @@ GOAL_RANKS = (48, 64, 96, 128)
 #: it, and at 45 dB the 1-dB ranks missed the goal (best file 44.8 dB) where the 2-dB ranks reach it in 0.89-0.90x
 #: SZ3's bytes (tenth session; RESULTS.md 'A CT-like volume').
 GOAL_MARGIN_DB = 2.0
+#: Adam steps a goal's fit takes after its start when that start is the HOSVD truncation of every voxel (a
+#: cosine basis as long as each axis reads the factors out exactly: :func:`finr3d.closed_form.closed_form_start`).
+#: None: a field that holds any factor curve on the samples can only gain what a better Tucker of the same ranks
+#: holds (HOOI over HOSVD, tenths of a dB), and Adam did not find it. The 2000 steps after such a start never
+#: passed it: the CT-like phantom at 40 dB (42.61 dB, the start), the 4-D clip (51.18 dB), and a 512 x 512 x 160
+#: CT-like volume at ranks (66, 186, 170) (35.46 dB of validation, 139 s for nothing; eleventh session).
+GOAL_STEPS_AFTER_EXACT_START = 0
 #: How far over the spectrum's ceiling (:func:`hosvd_psnr_bounds` with ``ceiling``) a goal may be before the fit
 #: is refused up front: clipping to the value range can lift a field a little above the ceiling.
 CLIP_SLACK_DB = 1.0
@@ -569,12 +654,21 @@ def _mode_tails(values: torch.Tensor) -> tuple[list[torch.Tensor], int]:
     eigenvalues from the r-th on (what a rank-r truncation of that unfolding leaves out); and the value count."""
     x = values.double()  # one float64 copy (128 MiB for the 256^3 sub-lattice of a large volume), centred in place
     x -= x.mean()
-    tails = []
+    grams = []
     for m in range(x.ndim - 1):
         mat = torch.movedim(x, m, 0).reshape(x.shape[m], -1)
-        ev = torch.linalg.eigvalsh(mat @ mat.T).flip(0).clamp_min(0)
-        tails.append(torch.cat([ev.flip(0).cumsum(0).flip(0), ev.new_zeros(1)]))
-    return tails, x.numel()
+        grams.append(mat @ mat.T)
+    return _tails_from_grams(grams), x.numel()
+
+
+def _tails_from_grams(grams: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """``tails[m][r]``: the sum of mode ``m``'s Gram eigenvalues from the r-th on (float64, one more entry than
+    the mode's size, the last 0)."""
+    tails = []
+    for g in grams:
+        ev = torch.linalg.eigvalsh(g.double()).clamp_min(0)  # ascending
+        tails.append(torch.cat([ev.cumsum(0).flip(0), ev.new_zeros(1)]))
+    return tails
 
 
 def _tail_psnr(sse: float, n: int) -> float:
@@ -606,12 +700,14 @@ def hosvd_psnr_bounds(values: torch.Tensor, ranks: Sequence[int], *, ceiling: bo
 
 
 def goal_rank(target, psnr_goal: float, *, ranks: Sequence[int] = GOAL_RANKS, margin: float = GOAL_MARGIN_DB,
-              max_samples: int = 1 << 24) -> Optional[dict]:
+              max_samples: Optional[int] = None) -> Optional[dict]:
     """Field settings a 3-D volume fit needs for a PSNR goal its preset's rank cannot reach, or None.
 
     Only a target on the 3-D volume preset (a Tucker) is considered. The HOSVD bound
-    (:func:`hosvd_psnr_bounds`, on the same evenly spaced sub-lattice of at most ``max_samples`` voxels the
-    closed-form start sees) is taken at the preset's rank; when it is below ``psnr_goal + margin``, per-mode
+    (:func:`hosvd_psnr_bounds`; on every stored voxel, :meth:`VolumeTarget.mode_grams`, as the closed-form
+    start of the goal's field decomposes it, up to :data:`EVERY_SAMPLE_LIMIT` values; with ``max_samples``, or
+    past that limit, on an evenly spaced sub-lattice of at most ``max_samples`` or :data:`SPECTRUM_SAMPLES`) is
+    taken at the preset's rank; when it is below ``psnr_goal + margin``, per-mode
     ranks whose bound is not are returned (:func:`_allocate_ranks`: each mode grows where its spectrum pays
     most, within ``max(ranks)**3`` core values; the largest such core when none reaches it), with a cosine basis as
     long as each axis (``basis="grid"``: a few dozen network features cannot hold a hundred jagged singular
@@ -631,9 +727,12 @@ def goal_rank(target, psnr_goal: float, *, ranks: Sequence[int] = GOAL_RANKS, ma
     if getattr(target, "preset", None) is not preset or len(target.shape) != 3:
         return None
     base = int(preset.field["rank"])
-    _, values = target.dense(max_samples=max_samples)
     ladder = sorted({base, *(int(r) for r in ranks)})
-    tails, n = _mode_tails(values)
+    every_sample = max_samples is None and math.prod(target.shape) * target.channels <= EVERY_SAMPLE_LIMIT
+    if every_sample:
+        tails, n = _tails_from_grams(target.mode_grams()), math.prod(target.shape) * target.channels
+    else:
+        tails, n = _mode_tails(target.dense(max_samples=max_samples or SPECTRUM_SAMPLES)[1])
     bounds = {r: _tails_psnr(tails, n, r) for r in ladder}
     need = float(psnr_goal) + margin
     if bounds[base] >= need:
@@ -642,13 +741,13 @@ def goal_rank(target, psnr_goal: float, *, ranks: Sequence[int] = GOAL_RANKS, ma
     if not higher:
         return None
     top = higher[-1]
-    sizes = [len(t) - 1 for t in tails]  # the sub-lattice the start sees: no mode's rank can pass it
+    sizes = [len(t) - 1 for t in tails]  # the lattice the spectrum saw: no mode's rank can pass it
     cap = math.prod(min(top, m) for m in sizes)  # core values of a uniform rank-`top` Tucker: the compute limit
     ceiling = _allocation_ceiling(tails, n, cap)
     if psnr_goal > ceiling + CLIP_SLACK_DB:
         at_cap = _allocate_ranks(tails, 0.0, cap)
         # ``settings``: the closest a fit can come (what an early-stop goal of finr3d.fit takes; the CLI refuses)
-        return {"impossible": True, "ceiling": round(ceiling, 3), "settings": _goal_settings(at_cap),
+        return {"impossible": True, "ceiling": round(ceiling, 3), "settings": _goal_settings(at_cap, every_sample),
                 "message": f"no Tucker of at most {top}^3 core values can reach {psnr_goal:g} dB on this volume: "
                            f"its spectrum caps every such field at {ceiling:.1f} dB (Eckart-Young on each mode); "
                            f"ask for less with --target-psnr (ranks {list(at_cap)} guarantee "
@@ -662,17 +761,29 @@ def goal_rank(target, psnr_goal: float, *, ranks: Sequence[int] = GOAL_RANKS, ma
     if not reachable:
         message += (f": below {psnr_goal:g} dB + {margin:g} dB head room, so the goal will likely be missed; "
                     "this volume is not low-rank (a lower --target-psnr, or --rank to go higher)")
-    return {"settings": _goal_settings(pick),
+    return {"settings": _goal_settings(pick, every_sample),
             # JSON has no infinity: an exact (full-rank) bound is written as null
             "bounds": {str(k): (None if math.isinf(v) else round(v, 3)) for k, v in bounds.items()},
             "bound": None if math.isinf(pick_bound) else round(pick_bound, 3),
             "reachable": reachable, "message": message}
 
 
-def _goal_settings(ranks: Sequence[int]) -> dict:
+def _goal_settings(ranks: Sequence[int], exact: bool) -> dict:
     # no nested ranks: the rank is the goal's, so the file keeps it whole, and nested steps cost the full rank
     # quality (the CT-like phantom at rank 128: validation 39.3 dB with them, 40.8 dB without, in 2000 steps)
-    return {"decomposition": "tucker", "rank": tuple(int(r) for r in ranks), "basis": "grid", "nested_ranks": False}
+    settings = {"decomposition": "tucker", "rank": tuple(int(r) for r in ranks), "basis": "grid",
+                "nested_ranks": False}
+    if exact:
+        settings["steps"] = GOAL_STEPS_AFTER_EXACT_START
+    return settings
+
+
+def goal_overrides(settings: dict, given) -> dict:
+    """The goal ``settings`` (:func:`goal_rank`) that what the caller set (the keys in ``given``) leaves: anything
+    set wins, one key at a time, and a budget in seconds also keeps the goal from setting the steps (the two are
+    one budget)."""
+    given = set(given)
+    return {k: v for k, v in settings.items() if k not in given and not (k == "steps" and "seconds" in given)}
 
 
 def _tails_psnr_at(tails: list[torch.Tensor], n: int, ranks: Sequence[int], combine=sum) -> float:

@@ -375,7 +375,9 @@ def test_a_psnr_goal_raises_the_volume_rank_only_where_the_preset_cannot_reach_i
     noise = VolumeTarget(_noise_volume())
     goal = goal_rank(noise, 30.0)
     assert goal["settings"] == {"decomposition": "tucker", "rank": (56, 52, 50), "basis": "grid",  # capped per mode
-                                "nested_ranks": False}  # the goal's rank is kept whole: no prefix training
+                                "nested_ranks": False,  # the goal's rank is kept whole: no prefix training
+                                "steps": 0}  # its start is the truncation of every voxel: Adam adds nothing
+    assert "steps" not in goal_rank(noise, 30.0, max_samples=140_000)["settings"]  # a sub-lattice's start is not
     assert goal["reachable"] and goal["bounds"]["64"] is None  # full rank: exact (null in JSON)
     assert goal["bounds"]["48"] < 31.0
     short = goal_rank(noise, 20.0, ranks=(49,))  # over rank 49's guarantee (~18 dB), under its ceiling (~22 dB)
@@ -406,6 +408,12 @@ def test_an_early_stop_goal_of_the_api_fits_the_rank_it_needs_as_the_cli_does(mo
     goal = field.history["goal_rank"]
     assert goal["reachable"] and goal["bounds"]["48"] < 30.0 and "settings" not in goal
     json.dumps(goal, allow_nan=False)
+    # with no budget given the goal's fit takes no step after its exact start; a budget in seconds keeps its steps
+    bare = finr3d.fit(VolumeTarget(noise), target_metric=30.0, width=8)
+    assert bare.history["steps"] == 0 and tuple(bare.ranks) == (56, 52, 50)
+    # (99 dB: full ranks promise it exactly, and the float32 start falls short, so it cannot stop the fit)
+    timed = finr3d.fit(VolumeTarget(noise), target_metric=99.0, seconds=0.5, width=8)
+    assert timed.history["steps"] > 0
     # a structure from the caller wins; no goal keeps the preset
     mine = finr3d.fit(VolumeTarget(noise), target_metric=30.0, steps=2, rank=4, width=8)
     assert tuple(mine.ranks) == (4,) and "goal_rank" not in mine.history  # a CP of rank 4, as given
@@ -457,6 +465,69 @@ def test_a_grid_basis_tucker_starts_at_its_hosvd_truncation():
     field = finr3d.fit(noise, steps=1, decomposition="tucker", rank=ranks, basis="grid", width=8, nested_ranks=False)
     truth = _truncation_psnr(noise.dense()[1], ranks)
     assert abs(field.history["curve"][0]["psnr"] - truth) < 0.1
+
+
+def test_the_grams_and_hosvd_of_every_sample_match_the_dense_ones_slab_by_slab(monkeypatch):
+    # a large volume's spectrum and start come from every stored sample, a slab at a time: the same Gram
+    # matrices and the same truncation as a dense float64 copy would give, with channels kept whole
+    import finr3d.volume
+    from finr3d.closed_form import hosvd
+
+    monkeypatch.setattr(finr3d.volume, "GRAM_SLAB_VALUES", 50)  # slabs of one or two planes
+    rng = np.random.default_rng(3)
+    raw = (rng.random((9, 11, 13, 2)) * 1000).astype(np.uint16)
+    target = VolumeTarget(raw, axes="zyxc")
+    x = (torch.from_numpy(raw.astype(np.float64)) - target.value_offset) / target.value_scale
+    x -= x.reshape(-1, 2).mean(0)  # each channel around its own mean, as the field's bias takes it
+    for m, gram in enumerate(target.mode_grams()):
+        mat = torch.movedim(x, m, 0).reshape(x.shape[m], -1)
+        assert torch.allclose(gram, mat @ mat.T, rtol=1e-12, atol=1e-9)
+    ranks = (4, 5, 6)
+    factors, core = target.hosvd(ranks)
+    assert core.shape == (4, 5, 6, 2) and [tuple(u.shape) for u in factors] == [(9, 4), (11, 5), (13, 6)]
+
+    def sse(fs, c):
+        rec = torch.einsum("abcd,ia,jb,kc->ijkd", c.double(), *[u.double() for u in fs])
+        return float(((rec - x) ** 2).sum())
+
+    dense = sse(*hosvd(x.float(), list(ranks)))
+    assert abs(sse(factors, core) - dense) <= 1e-5 * dense  # float32 of the dense path's factors
+
+
+def test_a_goal_reads_the_spectrum_of_every_voxel_not_a_sub_lattice():
+    # the bound a goal's ranks promise holds on the whole volume. On a 512 x 512 x 160 CT-like volume the
+    # spectrum of its 2^24-sample sub-lattice promised 35.0 dB for ranks (49, 168, 161) where the volume gives
+    # 32.2, so a --target-psnr 33 fit missed; a sub-lattice sees fewer samples per axis and caps no rank
+    from finr3d.volume import goal_rank
+
+    target = VolumeTarget(_noise_volume((72, 66, 60)))
+    full = goal_rank(target, 16.0)
+    truth = _truncation_psnr(target.dense()[1], full["settings"]["rank"])
+    assert full["reachable"] and truth >= full["bound"] - 0.01
+    # the old reading, on every other sample: rank 48 spans that 36 x 33 x 30 sub-lattice exactly, so the
+    # preset looked enough; the whole volume at rank 48 stays far under the goal
+    assert goal_rank(target, 16.0, max_samples=72 * 66 * 60 // 8) is None
+    assert _truncation_psnr(target.dense()[1], (48, 48, 48)) < 16.0 - 1.0
+
+
+def test_a_grid_basis_tucker_on_a_volume_over_the_start_cap_starts_at_the_whole_truncation(monkeypatch):
+    # a volume larger than the preset's closed-form sub-lattice: the exact start takes the HOSVD of every
+    # sample (slab by slab) instead of one decomposed on the sub-lattice and splined onto the axes
+    import dataclasses
+
+    from finr3d import presets
+
+    small = dataclasses.replace(presets.PRESETS["volume"], closed_form_samples=2000)
+    monkeypatch.setitem(presets.PRESETS, "volume", small)
+    noise = VolumeTarget(_noise_volume((20, 18, 16)))
+    ranks = (9, 7, 5)
+    field = finr3d.fit(noise, steps=1, decomposition="tucker", rank=ranks, basis="grid", width=8, nested_ranks=False)
+    assert field.history["decomposition_samples"] == 20 * 18 * 16
+    truth = _truncation_psnr(noise.dense()[1], ranks)
+    assert abs(field.history["curve"][0]["psnr"] - truth) < 0.1
+    # a basis shorter than the axes keeps the sub-lattice (its factors are distilled, not read out)
+    short = finr3d.fit(noise, steps=1, decomposition="tucker", rank=ranks, basis=8, width=8, nested_ranks=False)
+    assert short.history["decomposition_samples"] <= 2000
 
 
 def test_the_hosvd_ceiling_is_a_true_ceiling_and_at_most_4_8_db_over_the_bound():

@@ -233,8 +233,11 @@ def run(args) -> int:
                 raise ValueError(goal["message"])
             if goal is not None:
                 # what the user set wins (a goal is only sought without --decomposition/--rank/--basis; this
-                # keeps an explicit --nested-ranks)
-                options.update({k: v for k, v in goal["settings"].items() if getattr(args, k, None) is None})
+                # keeps an explicit --nested-ranks, --steps or --seconds)
+                from finr3d.volume import goal_overrides
+
+                given = {k for k in vars(args) if getattr(args, k) is not None}
+                options.update(goal_overrides(goal["settings"], given))
                 if args.progress == "json":
                     print(__import__("json").dumps({"phase": "goal_rank", **goal}), flush=True)
                 else:
@@ -319,10 +322,12 @@ def _low_rank_hint(target, kind: str, options: dict, auto, history: dict) -> Opt
             or getattr(target, "preset", None) is not PRESETS["volume"] or len(target.shape) != 3
             or not psnr < HINT_BELOW_DB):
         return None
-    from finr3d.volume import hosvd_psnr_bounds
+    from finr3d.volume import SPECTRUM_SAMPLES, hosvd_psnr_bounds
 
     rank = int(PRESETS["volume"].field["rank"])
-    _, values = target.dense(max_samples=1 << 24)
+    # a sub-lattice (fewer samples per axis) usually shows a higher ceiling than the whole volume: the hint errs
+    # toward silence, and costs a fraction of the Gram products of every sample
+    _, values = target.dense(max_samples=SPECTRUM_SAMPLES)
     ceiling = hosvd_psnr_bounds(values, [rank + 1], ceiling=True)[rank + 1]  # a Tucker plus a constant
     if ceiling >= HINT_BELOW_DB:
         return None
