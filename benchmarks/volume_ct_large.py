@@ -8,6 +8,11 @@ wall time, peak RSS (``resource.getrusage`` of the child), the file's bytes, its
 3-D SSIM, and what the fit printed on stderr (the not-low-rank hint).
 
     OMP_NUM_THREADS=1 taskset -c 1 python benchmarks/volume_ct_large.py
+    OMP_NUM_THREADS=1 taskset -c 1 python benchmarks/volume_ct_large.py --lrs "" --goals 33,35,40 \
+        --out benchmarks/volume_ct_large_goals.json
+
+The second runs ``finr3d fit ct.nii.gz --target-psnr LEVEL`` instead, each level in its own child, and keeps
+the stderr lines (the goal's ranks and bound, or why it was refused).
 
 Results go to ``benchmarks/volume_ct_large.json``; RESULTS.md quotes them.
 """
@@ -51,6 +56,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shape", default="160,512,512", help="z,y,x voxels of the phantom")
     p.add_argument("--lrs", default="default,2e-3", help="comma-separated: 'default' (the preset) or a rate")
+    p.add_argument("--goals", default="", help="comma-separated --target-psnr levels, one goal fit each")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--tmp", default=None, help="folder for the NIfTI and the files (default: a temporary one)")
     p.add_argument("--out", default=str(HERE / "volume_ct_large.json"))
@@ -74,13 +80,17 @@ def main(argv=None) -> int:
         subprocess.run([sys.executable, __file__, "--make", str(src), "--shape", args.shape], check=True)
         result["source_bytes_int16"] = int(np.prod(shape) * 2)
         result["nifti_gz_bytes"] = src.stat().st_size
-        for lr in args.lrs.split(","):
+        runs = [("lr", lr) for lr in args.lrs.split(",") if lr] + [("goal", g) for g in args.goals.split(",") if g]
+        for what, value in runs:
             out = Path(tmp) / "ct.finr"
             argv = ["fit", str(src), "-o", str(out), "--threads", str(args.threads), "--progress", "none"]
-            argv += [] if lr == "default" else ["--lr", lr]
+            if what == "goal":
+                argv += ["--target-psnr", value]
+            elif value != "default":
+                argv += ["--lr", value]
             run, seconds, peak, err = child(argv)
-            row = {"lr": lr, "command": " ".join(["finr3d", *argv]), "seconds": seconds, "exit": run.returncode,
-                   "peak_rss_bytes": peak, "stdout": run.stdout.strip().splitlines()[-1:], "stderr": err[-2:]}
+            row = {what: value, "command": " ".join(["finr3d", *argv]), "seconds": seconds, "exit": run.returncode,
+                   "peak_rss_bytes": peak, "stdout": run.stdout.strip().splitlines()[-2:], "stderr": err[-2:]}
             if run.returncode == 0:
                 row["bytes"] = out.stat().st_size
                 ev, ev_seconds, ev_peak, _ = child(["eval", str(out), "--reference", str(src), "--json"])

@@ -529,12 +529,8 @@ def _hosvd_on_every_sample(field, target) -> bool:
     :data:`finr3d.volume.EVERY_SAMPLE_LIMIT` values (whose goal spectrum, :func:`finr3d.volume.goal_rank`, has
     read the same Gram matrices), and a Tucker with shared channels and one mode per axis, in axis order, whose
     networks each read out a cosine basis as long as their axis, so the factors go in exactly."""
-    if not (hasattr(target, "hosvd") and target.ndim == 3):  # a 3-D volume: its goal spectrum read the Grams
-        return False
-    from finr3d.volume import EVERY_SAMPLE_LIMIT
-
-    return (field.config.decomposition == "tucker" and not field.independent
-            and math.prod(target.shape) * target.channels <= EVERY_SAMPLE_LIMIT
+    return (getattr(target, "hosvd_on_every_sample", False)  # a 3-D volume: its goal spectrum read the Grams
+            and field.config.decomposition == "tucker" and not field.independent
             and [tuple(m) for m in field.modes] == [(a,) for a in range(target.ndim)]
             and _cosines_cover_every_axis(field, target))
 

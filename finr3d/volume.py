@@ -485,6 +485,12 @@ class VolumeTarget(Target):
                 slab -= mean
             yield s0, slab
 
+    @property
+    def hosvd_on_every_sample(self) -> bool:
+        """Whether this volume's goal spectrum (:func:`goal_rank`) and exact Tucker start (:meth:`hosvd`) read
+        every stored sample: a 3-D volume of at most :data:`EVERY_SAMPLE_LIMIT` values."""
+        return self.ndim == 3 and math.prod(self.shape) * self.channels <= EVERY_SAMPLE_LIMIT
+
     def channel_means(self) -> torch.Tensor:
         """Each channel's mean over every stored sample in the field's units (float64, computed once by slabs)."""
         if not hasattr(self, "_channel_means"):
@@ -728,7 +734,7 @@ def goal_rank(target, psnr_goal: float, *, ranks: Sequence[int] = GOAL_RANKS, ma
         return None
     base = int(preset.field["rank"])
     ladder = sorted({base, *(int(r) for r in ranks)})
-    every_sample = max_samples is None and math.prod(target.shape) * target.channels <= EVERY_SAMPLE_LIMIT
+    every_sample = max_samples is None and target.hosvd_on_every_sample
     if every_sample:
         tails, n = _tails_from_grams(target.mode_grams()), math.prod(target.shape) * target.channels
     else:
