@@ -12,7 +12,8 @@ wall time, peak RSS (``resource.getrusage`` of the child), the file's bytes, its
         --out benchmarks/volume_ct_large_goals.json
 
 The second runs ``finr3d fit ct.nii.gz --target-psnr LEVEL`` instead, each level in its own child, and keeps
-the stderr lines (the goal's ranks and bound, or why it was refused).
+the stderr lines (the goal's ranks and bound, or why it was refused), and SZ3's smallest file at each level
+(``volume_ct_phantom.sz3_points`` on the same values).
 
 Results go to ``benchmarks/volume_ct_large.json``; RESULTS.md quotes them.
 """
@@ -101,6 +102,17 @@ def main(argv=None) -> int:
                 out.unlink()
             result["rows"].append(row)
             print(json.dumps(row), flush=True)
+    if any(g for g in args.goals.split(",")):
+        # SZ3 at the same levels, on the same values (the phantom, min-max normalized as finr3d reads it); after
+        # every child, so its float copies never count in a fit's peak RSS
+        import volume_fit as vf
+        from volume_ct_phantom import sz3_points
+
+        t0 = time.perf_counter()
+        points = sz3_points(vf.normalized(ct_phantom(shape)))
+        result["sz3"] = points
+        result["sz3_at"] = {g: vf.smallest_at(points, float(g)) for g in args.goals.split(",") if g}
+        print(f"sz3: {result['sz3_at']} ({time.perf_counter() - t0:.1f} s)", flush=True)
     result["load_average_end"] = os.getloadavg()
     Path(args.out).write_text(json.dumps(result, indent=1))
     print(f"wrote {args.out}")

@@ -645,7 +645,7 @@ GOAL_RANKS = (48, 64, 96, 128)
 GOAL_MARGIN_DB = 2.0
 #: Adam steps a goal's fit takes after its start when that start is the HOSVD truncation of every voxel (a
 #: cosine basis as long as each axis reads the factors out exactly: :func:`finr3d.closed_form.closed_form_start`).
-#: None: a field that holds any factor curve on the samples can only gain what a better Tucker of the same ranks
+#: None at all: a field that holds any factor curve on the samples can only gain what a better Tucker of the same ranks
 #: holds (HOOI over HOSVD, tenths of a dB), and Adam did not find it. The 2000 steps after such a start never
 #: passed it: the CT-like phantom at 40 dB (42.61 dB, the start), the 4-D clip (51.18 dB), and a 512 x 512 x 160
 #: CT-like volume at ranks (66, 186, 170) (35.46 dB of validation, 139 s for nothing; eleventh session).
