@@ -1402,11 +1402,26 @@ def decode_grid(path, resolution=256, rank=None, bounds=None, *, detail: bool = 
         b = np.asarray(bounds, np.float64).reshape(spec.ndim, 2)
         axes = [_to_normalized_axis(spec, a, np.linspace(b[a, 0], b[a, 1], r) if r > 1 else b[a, :1])
                 for a, r in enumerate(res)]
-    ev = _Evaluator(ff, rank)
-    out = ev.grid(axes)
+    return decode_axes(ff, axes, rank, detail=detail, squeeze=squeeze)
+
+
+def decode_axes(path, axes, rank=None, *, detail: bool = True, squeeze: bool = True,
+                max_tensor_bytes: int | None = None) -> np.ndarray:
+    """Evaluate a ``.finr`` file (path, bytes or a decoded :class:`FieldFile`) with numpy alone on the outer
+    product of per-axis coordinates ``axes`` (normalized, ``[-1, 1]``: sample ``i`` of an axis of ``N`` stored
+    samples sits at ``-1 + 2 i / (N - 1)``), e.g. an index sub-lattice of a large volume. Returns
+    ``(len(axes[0]), ..., [C])`` float32 in field units, as :func:`decode_grid`."""
+    ff = path if isinstance(path, FieldFile) else (
+        decode_field(path, max_tensor_bytes=max_tensor_bytes) if isinstance(path, (bytes, bytearray, memoryview))
+        else read_field(path, max_tensor_bytes=max_tensor_bytes))
+    ff = _complete(ff)
+    axes = [np.asarray(a, np.float64).reshape(-1) for a in axes]
+    if len(axes) != ff.spec.ndim:
+        raise ValueError(f"give coordinates for each of the {ff.spec.ndim} axes, got {len(axes)}")
+    out = _Evaluator(ff, rank).grid(axes)
     if detail and ff.detail is not None:
         out += _load_detail(ff).grid(axes).astype(np.float32)[..., None]
-    if squeeze and spec.channels == 1:
+    if squeeze and ff.spec.channels == 1:
         out = out[..., 0]
     return out
 
