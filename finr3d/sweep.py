@@ -174,8 +174,8 @@ def _proxy_error(blob: bytes, reference) -> float:
     channels = int(getattr(reference, "channels", 1))
     if (getattr(reference, "kind", None) != "sdf" and hasattr(reference, "dense") and shape
             and math.prod(shape) * channels > PROXY_SAMPLES):
-        # a large volume: an index sub-lattice of exact samples, not three float copies of every voxel (a
-        # 512^3 CT-like volume's goal fit peaked at 2.8 GB here, and each of its 36 candidates took 5 s)
+        # a large reference: its dense sub-lattice (exact samples for volumes and clips), not three float copies
+        # of every sample (a 512^3 CT-like volume's goal fit peaked at 2.8 GB here, each candidate took 5 s)
         coords, truth = reference.dense(max_samples=max(1, PROXY_SAMPLES // channels))
         pred = codec.decode_axes(blob, [c.cpu().numpy() for c in coords], squeeze=False)
         return float(np.abs(pred - truth.numpy()).mean())
