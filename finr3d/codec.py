@@ -1354,6 +1354,14 @@ def _load_detail(ff: FieldFile):
     return LocalDetail.from_bytes(ff.detail, max_decoded_bytes=MAX_EXPANSION * ff.file_bytes + EXPANSION_SLACK)
 
 
+def _open_field(path, max_tensor_bytes: int | None) -> FieldFile:
+    """A whole :class:`FieldFile` from a path, bytes or a decoded FieldFile (the numpy decoders' input)."""
+    ff = path if isinstance(path, FieldFile) else (
+        decode_field(path, max_tensor_bytes=max_tensor_bytes) if isinstance(path, (bytes, bytearray, memoryview))
+        else read_field(path, max_tensor_bytes=max_tensor_bytes))
+    return _complete(ff)
+
+
 def decode_grid(path, resolution=256, rank=None, bounds=None, *, detail: bool = True, squeeze: bool = True,
                 max_tensor_bytes: int | None = None) -> np.ndarray:
     """Evaluate a ``.finr`` file on a grid with numpy alone (no torch).
@@ -1376,10 +1384,7 @@ def decode_grid(path, resolution=256, rank=None, bounds=None, *, detail: bool = 
     (n_0, ..., n_{d-1}[, C]) float32 array in field units, equal to
     ``finr3d.load(path).grid(resolution, rank=rank)`` to float32 tolerance.
     """
-    ff = path if isinstance(path, FieldFile) else (
-        decode_field(path, max_tensor_bytes=max_tensor_bytes) if isinstance(path, (bytes, bytearray, memoryview))
-        else read_field(path, max_tensor_bytes=max_tensor_bytes))
-    ff = _complete(ff)
+    ff = _open_field(path, max_tensor_bytes)
     spec = ff.spec
     res = [int(resolution)] * spec.ndim if isinstance(resolution, (int, np.integer)) else [int(r) for r in resolution]
     if len(res) != spec.ndim or any(not 1 <= r <= 65536 for r in res):
@@ -1402,7 +1407,7 @@ def decode_grid(path, resolution=256, rank=None, bounds=None, *, detail: bool = 
         b = np.asarray(bounds, np.float64).reshape(spec.ndim, 2)
         axes = [_to_normalized_axis(spec, a, np.linspace(b[a, 0], b[a, 1], r) if r > 1 else b[a, :1])
                 for a, r in enumerate(res)]
-    return decode_axes(ff, axes, rank, detail=detail, squeeze=squeeze)
+    return _decode_axes(ff, axes, rank, detail, squeeze)
 
 
 def decode_axes(path, axes, rank=None, *, detail: bool = True, squeeze: bool = True,
@@ -1411,13 +1416,14 @@ def decode_axes(path, axes, rank=None, *, detail: bool = True, squeeze: bool = T
     product of per-axis coordinates ``axes`` (normalized, ``[-1, 1]``: sample ``i`` of an axis of ``N`` stored
     samples sits at ``-1 + 2 i / (N - 1)``), e.g. an index sub-lattice of a large volume. Returns
     ``(len(axes[0]), ..., [C])`` float32 in field units, as :func:`decode_grid`."""
-    ff = path if isinstance(path, FieldFile) else (
-        decode_field(path, max_tensor_bytes=max_tensor_bytes) if isinstance(path, (bytes, bytearray, memoryview))
-        else read_field(path, max_tensor_bytes=max_tensor_bytes))
-    ff = _complete(ff)
+    ff = _open_field(path, max_tensor_bytes)
     axes = [np.asarray(a, np.float64).reshape(-1) for a in axes]
     if len(axes) != ff.spec.ndim:
         raise ValueError(f"give coordinates for each of the {ff.spec.ndim} axes, got {len(axes)}")
+    return _decode_axes(ff, axes, rank, detail, squeeze)
+
+
+def _decode_axes(ff: FieldFile, axes: list, rank, detail: bool, squeeze: bool) -> np.ndarray:
     out = _Evaluator(ff, rank).grid(axes)
     if detail and ff.detail is not None:
         out += _load_detail(ff).grid(axes).astype(np.float32)[..., None]
@@ -1441,10 +1447,7 @@ def decode_points(path, points, rank=None, *, detail: bool = True, normalized: b
     one-channel field (``squeeze=False``: (P, C)), in field units, as
     ``finr3d.load(path).points(normalized_points)``.
     """
-    ff = path if isinstance(path, FieldFile) else (
-        decode_field(path, max_tensor_bytes=max_tensor_bytes) if isinstance(path, (bytes, bytearray, memoryview))
-        else read_field(path, max_tensor_bytes=max_tensor_bytes))
-    ff = _complete(ff)
+    ff = _open_field(path, max_tensor_bytes)
     x = np.asarray(points, dtype=np.float64)
     if x.ndim != 2 or x.shape[1] != ff.spec.ndim:
         raise ValueError(f"points must be a (P, {ff.spec.ndim}) array, got shape {x.shape}")

@@ -163,13 +163,11 @@ def _surface_metric(field, ref_mesh, metric: str, *, resolution: int = 256, n_sa
     return float(chamfer(extract_mesh(field, resolution), ref_mesh, n_samples, seed=seed)[metric])
 
 
-def _proxy_error(blob: bytes, reference) -> float:
-    """Cheap stand-in for the metric: mean |error| of the decoded file on the reference's stored grid.
-
-    SDF: over the band (|truth| below the profile's saturation, where the surface lives); otherwise over every sample.
-    """
-    from finr3d import codec
-
+def _proxy_truth(reference) -> tuple:
+    """What :func:`_proxy_error` compares a candidate with, read once per :func:`choose_rank`: ``(axes, truth,
+    band)``, the per-axis normalized coordinates (None: the whole stored grid), the reference there
+    (``(..., C)`` float32) and, for an SDF, the band mask (|truth| below the profile's saturation, where the
+    surface lives; None otherwise)."""
     shape = tuple(getattr(reference, "shape", ()))
     channels = int(getattr(reference, "channels", 1))
     if (getattr(reference, "kind", None) != "sdf" and hasattr(reference, "dense") and shape
@@ -177,13 +175,26 @@ def _proxy_error(blob: bytes, reference) -> float:
         # a large reference: its dense sub-lattice (exact samples for volumes and clips), not three float copies
         # of every sample (a 512^3 CT-like volume's goal fit peaked at 2.8 GB here, each candidate took 5 s)
         coords, truth = reference.dense(max_samples=max(1, PROXY_SAMPLES // channels))
-        pred = codec.decode_axes(blob, [c.cpu().numpy() for c in coords], squeeze=False)
-        return float(np.abs(pred - truth.numpy()).mean())
+        return [c.cpu().numpy() for c in coords], truth.numpy(), None
     truth = reference.data.detach().cpu().numpy() if hasattr(reference.data, "detach") else np.asarray(reference.data)
-    pred = codec.decode_grid(blob, resolution=list(truth.shape[:-1]), squeeze=False)
-    err = np.abs(pred - truth)
+    band = None
     if getattr(reference, "kind", None) == "sdf":
         band = np.abs(truth) < 0.999 * float(getattr(reference, "saturation", 1.0))
+    return None, truth, band
+
+
+def _proxy_error(blob: bytes, proxy: tuple) -> float:
+    """Cheap stand-in for the metric: mean |error| of the decoded file against :func:`_proxy_truth`'s ``proxy``.
+
+    SDF: over the band; otherwise over every sample compared.
+    """
+    from finr3d import codec
+
+    axes, truth, band = proxy
+    pred = (codec.decode_grid(blob, resolution=list(truth.shape[:-1]), squeeze=False) if axes is None
+            else codec.decode_axes(blob, axes, squeeze=False))
+    err = np.abs(pred - truth)
+    if band is not None:
         return float(err[band].mean()) if band.any() else float(err.mean())
     return float(err.mean())
 
@@ -211,6 +222,7 @@ def choose_rank(field, reference, *, budget_bytes: int | None = None, target: fl
     metric = metric or ("chamfer_l1" if field.kind == "sdf" else "psnr")
     lower_better = metric.startswith("chamfer") or metric.startswith("hausdorff")
     rows = []
+    proxy = _proxy_truth(reference)
     for prefix in rank_path(field, max_points=AUTO_PREFIXES):
         model = field.truncate(prefix)
         if compact_io.can_compact(model) is None:
@@ -223,7 +235,7 @@ def choose_rank(field, reference, *, budget_bytes: int | None = None, target: fl
         for blob, (value, how) in zip(blobs, labels):
             if budget_bytes is not None and len(blob) > budget_bytes:
                 continue
-            row = {"ranks": list(model.ranks), "bytes": len(blob), "proxy": _proxy_error(blob, reference),
+            row = {"ranks": list(model.ranks), "bytes": len(blob), "proxy": _proxy_error(blob, proxy),
                    "_blob": blob}
             row.update({"step": value, "quantization": "compact"} if how == "step" else {"quantization": value})
             rows.append(row)
@@ -253,7 +265,7 @@ def choose_rank(field, reference, *, budget_bytes: int | None = None, target: fl
 
     def candidate(model, step):
         blob = compact_io.encode_steps(model, [step])[0]
-        return {"ranks": list(model.ranks), "bytes": len(blob), "proxy": _proxy_error(blob, reference),
+        return {"ranks": list(model.ranks), "bytes": len(blob), "proxy": _proxy_error(blob, proxy),
                 "_blob": blob, "step": step, "quantization": "compact"}
 
     def refined(pick, accept, better, worse):
