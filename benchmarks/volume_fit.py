@@ -173,7 +173,10 @@ def finr3d_points(x, axes, seconds, options):
         try:
             c = choose_rank(field, target, target=level)
             chosen[str(level)] = {"bytes": c["bytes"], "psnr": c["psnr"], "ranks": c["ranks"], "step": c.get("step"),
-                                  "evaluations": c["evaluations"]}
+                                  "evaluations": c["evaluations"],
+                                  # a lattice residual beside a smaller field (finr3d.lattice_residual), if one won
+                                  "residual_bytes": (c.get("detail") or {}).get("nbytes"),
+                                  "field_bytes": c.get("field_bytes", c["bytes"])}
         except ValueError as exc:  # no prefix reaches the level
             chosen[str(level)] = {"error": str(exc)}
     return pts, {"fit_seconds": fit_s, "fit_psnr": (field.history.get("metrics") or {}).get("psnr"), "ranks": list(field.ranks),

@@ -29,6 +29,7 @@ Examples
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -1109,6 +1110,8 @@ class FieldFile:
     meta: dict
     file_bytes: int
     sections: dict
+    #: the parsed detail section (:func:`_load_detail`), kept so that slab-by-slab decoders parse it once
+    detail_object: object = dataclasses.field(default=None, repr=False, compare=False)
 
 
 def _spec_from_header(header: dict):
@@ -1347,11 +1350,27 @@ class _Evaluator:
 
 
 def _load_detail(ff: FieldFile):
+    """The detail section as an object: a sparse :class:`~finr3d.local_detail.LocalDetail` (bounded by the
+    file's size, like every other section) or a :class:`~finr3d.lattice_residual.LatticeResidual`, which holds
+    a value for every node of its lattice by design, so its decoded size is checked against the memory limit
+    instead (:func:`finr3d.header_schema.check_memory`: refused up front with the size it needs)."""
     if ff.detail is None:
         return None
-    from finr3d.local_detail import LocalDetail
+    if ff.detail_object is None:
+        from finr3d import lattice_residual
 
-    return LocalDetail.from_bytes(ff.detail, max_decoded_bytes=MAX_EXPANSION * ff.file_bytes + EXPANSION_SLACK)
+        if bytes(ff.detail[:4]) == lattice_residual.MAGIC:
+            from finr3d.header_schema import check_memory, memory_limit
+
+            check_memory(lattice_residual.decoded_bytes(ff.detail), "decoding the file's lattice residual")
+            ff.detail_object = lattice_residual.LatticeResidual.from_bytes(ff.detail,
+                                                                           max_decoded_bytes=memory_limit())
+        else:
+            from finr3d.local_detail import LocalDetail
+
+            ff.detail_object = LocalDetail.from_bytes(ff.detail, max_decoded_bytes=MAX_EXPANSION * ff.file_bytes
+                                                      + EXPANSION_SLACK)
+    return ff.detail_object
 
 
 def _open_field(path, max_tensor_bytes: int | None) -> FieldFile:

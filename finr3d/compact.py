@@ -264,6 +264,12 @@ def _best_scale_codes(codes: np.ndarray, groups: np.ndarray, n_groups: int) -> n
     :func:`_group_scale_codes` takes is far too small a scale for sparse groups: their few nonzeros then cost
     tens of bits each.)
     """
+    return best_scale_bits(codes, groups, n_groups)[0]
+
+
+def best_scale_bits(codes: np.ndarray, groups: np.ndarray, n_groups: int) -> tuple[np.ndarray, float]:
+    """:func:`_best_scale_codes` and the codes' estimated length in bits under those scales (all-zero
+    groups cost nothing)."""
     a = np.abs(codes)
     n1 = np.bincount(groups, weights=(a != 0), minlength=n_groups)
     n0 = np.bincount(groups, minlength=n_groups) - n1
@@ -274,8 +280,10 @@ def _best_scale_codes(codes: np.ndarray, groups: np.ndarray, n_groups: int) -> n
     per_nonzero = 1.0 - np.log2(-np.expm1(-inv)) - 0.5 * inv / math.log(2)
     per_unit = inv / math.log(2)
     bits = n0[:, None] * per_zero + n1[:, None] * per_nonzero + s[:, None] * per_unit
-    best = (np.argmin(bits, axis=1) + 1).astype(np.uint8)
-    return np.where(n1 > 0, best, 0).astype(np.uint8)
+    pick = np.argmin(bits, axis=1)
+    best = (pick + 1).astype(np.uint8)
+    total = float(np.where(n1 > 0, bits[np.arange(n_groups), pick], 0.0).sum())
+    return np.where(n1 > 0, best, 0).astype(np.uint8), total
 
 
 def encode_codes(codes: np.ndarray, groups: np.ndarray, n_groups: int, *, bounded: bool = True) -> bytes:

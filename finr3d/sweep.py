@@ -14,7 +14,7 @@ import numpy as np
 
 from finr3d.ranks import power_of_two_ranks
 
-__all__ = ["default_ranks", "rank_sweep", "plot_sweep"]
+__all__ = ["default_ranks", "rank_sweep", "plot_sweep", "choose_rank", "residual_target", "residual_applies"]
 
 
 def default_ranks(field) -> list[int]:
@@ -199,6 +199,128 @@ def _proxy_error(blob: bytes, proxy: tuple) -> float:
     return float(err.mean())
 
 
+#: fields on the proxy's Pareto front that :func:`choose_rank` tries under a lattice residual (log-spaced in
+#: bytes, the smallest always among them), and then the best one's neighbours on the front
+RESIDUAL_CANDIDATES = 5
+#: largest lattice (nodes) a residual is tried on: its search holds the truth, a decoded field and the
+#: encoder's lattice (float32) and a pass's codes, about 6 GB at this size
+RESIDUAL_NODES_LIMIT = 1 << 27
+#: the residual's squared-error goal keeps this fraction of the target's, for float32 rounding between the
+#: encoder's error and the evaluation's
+RESIDUAL_SSE_MARGIN = 0.995
+#: a quantization step that zeroes every core value (they are in field units, the value range being 1): the
+#: constant field among the residual's candidates
+CONSTANT_STEP = 1024.0
+
+
+def residual_target(reference) -> bool:
+    """Whether a field of ``reference`` may carry a lattice residual (:mod:`finr3d.lattice_residual`): a
+    one-channel volume or clip of at most :data:`RESIDUAL_NODES_LIMIT` nodes."""
+    shape = tuple(getattr(reference, "shape", ()))
+    return (getattr(reference, "kind", None) == "volume" and int(getattr(reference, "channels", 1)) == 1
+            and bool(shape) and math.prod(shape) <= RESIDUAL_NODES_LIMIT)
+
+
+def residual_applies(field, reference) -> bool:
+    """Whether :func:`choose_rank` codes a lattice residual beside ``field``: :func:`residual_target`, and the
+    field was fitted to this reference's own lattice."""
+    fitted = (getattr(field, "target_info", None) or {}).get("shape")
+    return (residual_target(reference) and fitted is not None
+            and tuple(int(v) for v in fitted) == tuple(reference.shape))
+
+
+def _residual_rows(field, reference, front: list, *, target: float | None, budget_bytes: int | None,
+                   upto: int | None) -> list:
+    """Field + lattice residual candidates: for fields on the proxy's front (up to index ``upto``), the
+    residual that brings the decoded file to ``target`` dB (or, for a budget, the finest that fits)."""
+    import torch
+
+    from finr3d import codec, compact_io
+    from finr3d.lattice_residual import fit_lattice_residual, fit_within
+
+    shape = tuple(reference.shape)
+    truth = reference.sample_indices([torch.arange(n) for n in shape]).numpy()[..., 0]
+    n = truth.size
+    pool = [r for r in front[: (len(front) if upto is None else upto + 1)] if r.get("quantization") == "compact"]
+    if not pool:
+        return []
+    bounds = tuple(float(v) for v in reference.value_bounds)
+    # the constant field (the smallest prefix at a step that zeroes its core: its bias alone), for volumes whose
+    # structure is all local: any factor there only makes the residual harder to predict. Its residual is coded
+    # around the low end of the value range (the residual's offset), so an empty background is exactly 0 (on
+    # neghip, coding it around the bias cost 12-16 % more bytes)
+    smallest = field.truncate(tuple(pool[0]["ranks"]))
+    blob = compact_io.encode_steps(smallest, [CONSTANT_STEP])[0]
+    pool.insert(0, {"ranks": list(smallest.ranks), "bytes": len(blob), "step": CONSTANT_STEP,
+                    "quantization": "compact", "proxy": float("nan"), "_blob": blob, "_constant": True})
+    sizes = np.array([r["bytes"] for r in pool], np.float64)
+    wanted = np.geomspace(sizes[0], sizes[-1], min(RESIDUAL_CANDIDATES, len(pool)))
+    picks = sorted({int(np.argmin(np.abs(np.log(sizes) - math.log(w)))) for w in wanted})
+    out, tried = [], set()
+
+    def attempt(i):
+        if i in tried or not 0 <= i < len(pool):
+            return None
+        tried.add(i)
+        base = pool[i]
+        decoded = codec.decode_grid(base["_blob"], resolution=list(shape), squeeze=False)[..., 0]
+        residual = truth - decoded
+        model = field.truncate(tuple(base["ranks"]))
+        offset = bounds[0] - float(decoded.flat[0]) if base.get("_constant") else 0.0
+        if target is not None:
+            sse_max = RESIDUAL_SSE_MARGIN * n * float(reference.data_range) ** 2 * 10 ** (-float(target) / 10)
+            detail = fit_within(residual, sse_max, base=decoded, bounds=bounds, offset=offset)
+            del decoded
+        else:
+            del decoded
+            room = budget_bytes - base["bytes"] - 64  # the section's header and table entry
+            if room <= 0:
+                return None
+            detail = _residual_in(residual, room, lambda r, step: fit_lattice_residual(r, step=step, offset=offset))
+            if detail is None:
+                return None
+        model.detail = detail
+        blob = compact_io.encode_steps(model, [base["step"]])[0]
+        if budget_bytes is not None and len(blob) > budget_bytes:
+            return None
+        row = {"ranks": list(model.ranks), "bytes": len(blob), "step": base["step"], "quantization": "compact",
+               "field_bytes": base["bytes"], "detail": detail.describe(), "proxy": base["proxy"],
+               "_blob": blob, "_detail": detail}
+        out.append(row)
+        return row
+
+    for i in picks:
+        attempt(i)
+    if out:
+        best = min(out, key=lambda r: r["bytes"]) if target is not None else min(
+            out, key=lambda r: r["_detail"].sse)
+        i = next(k for k, r in enumerate(pool) if r["bytes"] == best["field_bytes"])
+        attempt(i - 1)
+        attempt(i + 1)
+    return out
+
+
+def _residual_in(residual, room: int, fit):
+    """The finest residual (step bisected on a log scale) whose bytes fit in ``room``, or None."""
+    spread = float(np.abs(residual).max())
+    if spread == 0.0:
+        return fit(residual, 1.0)
+    lo, hi = spread * 1e-5, spread * 2.0  # hi: every code 0 or +-1
+    best = None
+    coarse = fit(residual, hi)
+    if coarse.nbytes > room:
+        return None
+    best = coarse
+    for _ in range(10):
+        mid = math.sqrt(lo * hi)
+        d = fit(residual, mid)
+        if d.nbytes <= room:
+            best, hi = d, mid
+        else:
+            lo = mid
+    return best
+
+
 def choose_rank(field, reference, *, budget_bytes: int | None = None, target: float | None = None,
                 metric: str | None = None, steps=AUTO_STEPS, quantizations=None, **eval_options) -> dict:
     """Pick rank prefix and quantization step from the field's own rate-quality curve, after one fit.
@@ -291,6 +413,7 @@ def choose_rank(field, reference, *, budget_bytes: int | None = None, target: fl
                 bad = mid
         return best
 
+    residual = metric == "psnr" and residual_applies(field, reference)
     if budget_bytes is not None:
         pick = front[-1]
         # a finer step of the same prefix, while the file still fits
@@ -298,21 +421,37 @@ def choose_rank(field, reference, *, budget_bytes: int | None = None, target: fl
         pick = refined(pick, lambda row: row["bytes"] <= budget_bytes,
                        lambda row, best: row["proxy"] < best["proxy"], finer)
         measure(pick)
+        if residual:
+            # the same budget split between a smaller field and a lattice residual: the best PSNR wins
+            for row in _residual_rows(field, reference, front, target=None, budget_bytes=budget_bytes, upto=None):
+                rows.append(row)
+                if measure(row) > pick[metric]:
+                    pick = row
     else:
-        if not ok(front[-1]):
+        pick = None
+        if ok(front[-1]):
+            lo, hi = 0, len(front) - 1  # front[hi] meets the target; find the smallest that does
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if ok(front[mid]):
+                    hi = mid
+                else:
+                    lo = mid + 1
+            pick = front[hi]
+            # a coarser step of the same prefix, while the target still holds: a smaller file
+            coarser = lambda step: min((s for s in steps if s > step), default=None)  # noqa: E731
+            pick = refined(pick, ok, lambda row, best: row["bytes"] < best["bytes"], coarser)
+        if residual:
+            # a smaller field and a lattice residual that makes up the rest: the smallest file that holds wins
+            upto = None if pick is None else next((i for i, r in enumerate(front) if r["bytes"] >= pick["bytes"]),
+                                                  None)
+            for row in _residual_rows(field, reference, front, target=target, budget_bytes=None, upto=upto):
+                rows.append(row)
+                if (pick is None or row["bytes"] < pick["bytes"]) and ok(row):
+                    pick = row
+        if pick is None:
             raise ValueError(f"no rank reaches {metric} {target} (best {front[-1][metric]:.4g}); "
                              "fit longer or at a higher rank")
-        lo, hi = 0, len(front) - 1  # front[hi] meets the target; find the smallest that does
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if ok(front[mid]):
-                hi = mid
-            else:
-                lo = mid + 1
-        pick = front[hi]
-        # a coarser step of the same prefix, while the target still holds: a smaller file
-        coarser = lambda step: min((s for s in steps if s > step), default=None)  # noqa: E731
-        pick = refined(pick, ok, lambda row, best: row["bytes"] < best["bytes"], coarser)
-    table = [{k: v for k, v in r.items() if k != "_blob"} for r in rows]
+    table = [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
     chosen = {k: v for k, v in pick.items() if k != "_blob"}
     return {**chosen, "metric": metric, "evaluations": sum(metric in r for r in rows), "table": table}

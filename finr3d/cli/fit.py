@@ -230,7 +230,17 @@ def run(args) -> int:
 
             goal = goal_rank(target, args.target_psnr)  # a volume that is not low-rank: a higher rank up front
             if goal is not None and goal.get("impossible"):
-                raise ValueError(goal["message"])
+                from finr3d.sweep import residual_target
+                from finr3d.volume import GOAL_RANKS
+
+                if not residual_target(target):
+                    raise ValueError(goal["message"])
+                # past what a Tucker can hold: the preset's field, and a residual on the lattice codes the rest
+                # (a larger core would only cost fitting time: the file's field is chosen among its prefixes)
+                goal = {**goal, "settings": {}, "message": f"no Tucker of at most {max(GOAL_RANKS)}^3 core values "
+                        f"reaches {args.target_psnr:g} dB on this volume (its spectrum caps one at "
+                        f"{goal['ceiling']:.1f} dB): fitting the preset, and the file will carry a residual on "
+                        "the volume's lattice for the rest"}
             if goal is not None:
                 # what the user set wins (a goal is only sought without --decomposition/--rank/--basis; this
                 # keeps an explicit --nested-ranks, --steps or --seconds)
@@ -257,10 +267,14 @@ def run(args) -> int:
                              budget_bytes=None if args.budget_kb is None else int(args.budget_kb * 1024),
                              target=args.target_psnr if args.target_psnr is not None else args.target_chamfer)
         rank, quantization, step = tuple(choice["ranks"]), choice["quantization"], choice.get("step")
-        field.history["auto_rank"] = {k: v for k, v in choice.items() if k != "table"}
+        if "_detail" in choice:  # a smaller field and a lattice residual (finr3d.lattice_residual) won
+            field.detail = choice["_detail"]
+        field.history["auto_rank"] = {k: v for k, v in choice.items() if k != "table" and not k.startswith("_")}
         field.history["rank_table"] = choice["table"]
         if args.progress != "json":
             how = f"step {step:g}" if step is not None else quantization
+            if "detail" in choice:
+                how += f" with a lattice residual of {choice['detail']['nbytes']:,} bytes"
             print(f"chose ranks {list(rank)} at {how}: {choice['bytes']:,} bytes, {choice.get('params', 0):,} "
                   f"parameters, {choice['metric']} {choice[choice['metric']]:.4g} (the chosen model's own; "
                   f"{choice['evaluations']} metric evaluations)")
