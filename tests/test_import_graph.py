@@ -97,10 +97,11 @@ def test_meshes_sit_below_the_ground_truth_and_the_metrics():
 
 def test_low_layers_import_no_torch_backed_module():
     """errors, files, presets, ranks, placement, the header schema, the SDF profiles and the numpy codec (containers, compact
-    fields, local detail) stay below the model: the Blender panel and numpy-only readers import them."""
+    fields, local detail, the lattice residual) stay below the model: the Blender panel and numpy-only readers import them."""
     graph = import_graph()
     low = {"finr3d.errors", "finr3d.atomic_files", "finr3d.files", "finr3d.presets", "finr3d.ranks", "finr3d.placement",
-           "finr3d.codec", "finr3d.compact", "finr3d.local_detail", "finr3d.header_schema", "finr3d.profiles"}
+           "finr3d.codec", "finr3d.compact", "finr3d.local_detail", "finr3d.lattice_residual", "finr3d.header_schema",
+           "finr3d.profiles"}
     for name in low:
         assert graph[name] <= low, (name, graph[name] - low)
 
@@ -111,7 +112,7 @@ LAYERS = {
     "base": ["finr3d", "finr3d.errors", "finr3d.atomic_files", "finr3d.files", "finr3d.presets", "finr3d.ranks",
              "finr3d.placement", "finr3d.header_schema", "finr3d._o3d", "finr3d.shapes", "finr3d.simulation",
              "finr3d.profiles"],
-    "codec": ["finr3d.compact", "finr3d.local_detail", "finr3d.codec"],
+    "codec": ["finr3d.compact", "finr3d.local_detail", "finr3d.lattice_residual", "finr3d.codec"],
     "geometry": ["finr3d.mesh_query", "finr3d.layers", "finr3d.meshing", "finr3d.geometry_metrics"],
     "model": ["finr3d.coords", "finr3d.backbones", "finr3d.decompositions", "finr3d.config", "finr3d.compact_io",
               "finr3d.field", "finr3d.closed_form"],
