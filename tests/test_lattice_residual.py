@@ -136,8 +136,10 @@ def _valid_blob():
     (lambda b: b[:10], "truncated"),
     (lambda b: b[:8] + struct.pack("<I", 0) + b[12:], "out of range"),
     (lambda b: b[:20] + struct.pack("<d", float("nan")) + b[28:], "step"),
-    (lambda b: b[:36] + struct.pack("<I", 99) + b[40:], "passes"),
-    (lambda b: b[:40] + bytes([7]) + b[41:], "predictor"),
+    (lambda b: b[:28] + struct.pack("<d", float("inf")) + b[36:], "offset"),
+    (lambda b: b[:36] + struct.pack("<f", 0.5) + b[40:], "level factors"),
+    (lambda b: b[:44] + struct.pack("<I", 99) + b[48:], "passes"),
+    (lambda b: b[:48] + bytes([7]) + b[49:], "predictor"),
     (lambda b: b[:-2], "partial ANS word"),
     (lambda b: b + b"\0\0\0\1", "words left"),
 ])

@@ -601,7 +601,10 @@ def test_fit_with_an_unreachable_preset_rank_fits_the_rank_the_goal_needs(tmp_pa
     assert "guarantees only" in err and "fitting ranks [" in err
     field = finr3d.load(out)
     assert field.config.decomposition == "tucker" and field.config.basis not in (0, "0")  # "grid": one term a sample
-    assert max(field.history["auto_rank"]["ranks"]) > 48  # the file keeps more than the preset's rank could
+    assert max(seen[0]["rank"]) > 48  # the fit took more than the preset's rank
+    # the file keeps either more than the preset's rank could or a smaller field and a lattice residual (on white
+    # noise the residual is the smaller file)
+    assert max(field.history["auto_rank"]["ranks"]) > 48 or "detail" in field.history["auto_rank"]
     explicit = tmp_path / "e.finr"
     assert main(["fit", str(src), "-o", str(explicit), "--target-psnr", "10", "--rank", "8", "--decomposition",
                  "tucker", "--width", "16", "--steps", "3", "--progress", "none"]) == 0
