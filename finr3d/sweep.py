@@ -212,6 +212,9 @@ RESIDUAL_SSE_MARGIN = 0.995
 #: the best RESIDUAL_FINALISTS are coded on the whole lattice
 RESIDUAL_CROP_NODES = 1 << 20
 RESIDUAL_FINALISTS = 2
+#: ... unless the crop's estimate is over this multiple of the field-only choice (the smoke clip at 40 and
+#: 45 dB: the whole-lattice searches added 270 s to the rate-distortion run and lost)
+RESIDUAL_SKIP_RATIO = 1.25
 #: the level factors of a residual sized to a byte budget (the budget's step bisection takes one setting;
 #: within 3 % of the best on neghip at 40 and 45 dB and the best on the CT-like phantom at 40 dB, 37 % over it
 #: at 45 dB: a /tmp scan with steps 1.12x apart)
@@ -238,9 +241,11 @@ def residual_applies(field, reference) -> bool:
 
 
 def _residual_rows(field, reference, front: list, *, target: float | None, budget_bytes: int | None,
-                   upto: int | None) -> list:
+                   upto: int | None, to_beat: int | None = None) -> list:
     """Field + lattice residual candidates: for fields on the proxy's front (up to index ``upto``), the
-    residual that brings the decoded file to ``target`` dB (or, for a budget, the finest that fits)."""
+    residual that brings the decoded file to ``target`` dB (or, for a budget, the finest that fits).
+    ``to_beat``: the bytes of the field-only choice; on a large lattice, a finalist whose crop estimate is over
+    :data:`RESIDUAL_SKIP_RATIO` times that is not coded on the whole lattice."""
     import torch
 
     from finr3d import codec, compact_io
@@ -322,7 +327,8 @@ def _residual_rows(field, reference, front: list, *, target: float | None, budge
         estimate(first - 1)
         estimate(first + 1)
         for i in sorted(estimates, key=estimates.get)[:RESIDUAL_FINALISTS]:
-            attempt(i)
+            if to_beat is None or estimates[i] < RESIDUAL_SKIP_RATIO * to_beat:
+                attempt(i)
         return out
     for i in picks:
         attempt(i)
@@ -480,7 +486,8 @@ def choose_rank(field, reference, *, budget_bytes: int | None = None, target: fl
             # a smaller field and a lattice residual that makes up the rest: the smallest file that holds wins
             upto = None if pick is None else next((i for i, r in enumerate(front) if r["bytes"] >= pick["bytes"]),
                                                   None)
-            for row in _residual_rows(field, reference, front, target=target, budget_bytes=None, upto=upto):
+            for row in _residual_rows(field, reference, front, target=target, budget_bytes=None, upto=upto,
+                                      to_beat=None if pick is None else pick["bytes"]):
                 rows.append(row)
                 if (pick is None or row["bytes"] < pick["bytes"]) and ok(row):
                     pick = row

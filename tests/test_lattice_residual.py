@@ -242,3 +242,21 @@ def test_a_budget_split_with_a_residual_is_within_the_budget_and_no_worse():
     plain = [r for r in c["table"] if "detail" not in r and "psnr" in r]
     assert all(c["psnr"] >= r["psnr"] for r in plain)
     assert "detail" in c  # sharp local blobs: the residual's bytes buy more than the field's
+
+
+def test_a_large_lattice_ranks_its_candidates_on_a_crop_and_skips_hopeless_finalists(monkeypatch):
+    from finr3d import sweep
+
+    monkeypatch.setattr(sweep, "RESIDUAL_CROP_NODES", 1 << 13)  # this small volume takes the large-lattice path
+    local = VolumeTarget(_local_volume())
+    field = finr3d.fit(local, steps=20)
+    c = sweep.choose_rank(field, local, target=40.0)
+    assert "detail" in c and c["psnr"] >= 40.0  # the crop's ranking still finds the residual
+    coded = []
+    original = lr.fit_within
+    monkeypatch.setattr(lr, "fit_within", lambda r, *a, **kw: coded.append(r.size) or original(r, *a, **kw))
+    front = [{"ranks": list(field.truncate(1).ranks), "bytes": 400, "step": 3e-3, "quantization": "compact",
+              "proxy": 1.0, "_blob": field.truncate(1).encode(step=3e-3)}]
+    rows = sweep._residual_rows(field, local, front, target=40.0, budget_bytes=None, upto=None, to_beat=10)
+    # a field-only choice of 10 bytes: the crops are estimated, and no finalist is coded on the whole lattice
+    assert rows == [] and coded and max(coded) < local.array.size
