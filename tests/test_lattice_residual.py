@@ -260,3 +260,15 @@ def test_a_large_lattice_ranks_its_candidates_on_a_crop_and_skips_hopeless_final
     rows = sweep._residual_rows(field, local, front, target=40.0, budget_bytes=None, upto=None, to_beat=10)
     # a field-only choice of 10 bytes: the crops are estimated, and no finalist is coded on the whole lattice
     assert rows == [] and coded and max(coded) < local.array.size
+
+
+def test_a_budget_on_a_large_lattice_tries_only_the_smallest_fields(monkeypatch):
+    from finr3d import sweep
+
+    monkeypatch.setattr(sweep, "RESIDUAL_CROP_NODES", 1 << 13)
+    local = VolumeTarget(_local_volume())
+    field = finr3d.fit(local, steps=20)
+    c = sweep.choose_rank(field, local, budget_bytes=6000)
+    assert c["bytes"] <= 6000
+    tried = [r for r in c["table"] if "detail" in r]
+    assert 1 <= len(tried) <= sweep.RESIDUAL_FINALISTS
