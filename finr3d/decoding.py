@@ -84,7 +84,8 @@ def check_decode_disk(nbytes: int, folder, what: str) -> None:
 
 
 def decode_slabs(field, shape, *, rank=None):
-    """Yield ``(start, stop, values)``: the field on its grid, slab by slab along axis 0, in the signal's units.
+    """Yield ``(start, stop, values)``: the field on its grid, slab by slab along axis 0, in the signal's units
+    (a volume's clipped to its source's value range).
 
     ``values`` is ``(stop - start, n_1, ..., n_{d-1}, C)`` float32; each slab
     holds at most :data:`SLAB_VALUES` values (one plane when a plane is larger).
@@ -96,6 +97,9 @@ def decode_slabs(field, shape, *, rank=None):
     info = field.target_info or {}
     scale, offset = np.float32(info.get("value_scale", 1.0)), np.float32(info.get("value_offset", 0.0))
     squashed = is_tanh(info)
+    # a volume's field is in [0, 1] on its source's value range (VolumeTarget.value_bounds): what lies outside
+    # is error, so the decode clips there, as evaluate() does (a lattice residual's step is chosen for that)
+    clipped = info.get("kind") == "volume"
     coords = [lattice(int(n)) for n in shape]
     plane = math.prod(shape[1:]) * field.channels
     step = max(1, SLAB_VALUES // max(1, plane))
@@ -104,6 +108,8 @@ def decode_slabs(field, shape, *, rank=None):
         values = field.grid([coords[0][start:stop]] + coords[1:], rank=rank, squeeze=False)
         if squashed:  # a tanh SDF profile back to distance at the surface's slope
             values = to_distance(values, np.float32(1.0), "tanh").astype(np.float32, copy=False)
+        if clipped:
+            np.clip(values, 0.0, 1.0, out=values)
         values *= scale
         values += offset
         yield start, stop, values

@@ -272,3 +272,14 @@ def test_a_budget_on_a_large_lattice_tries_only_the_smallest_fields(monkeypatch)
     assert c["bytes"] <= 6000
     tried = [r for r in c["table"] if "detail" in r]
     assert 1 <= len(tried) <= sweep.RESIDUAL_FINALISTS
+
+
+def test_a_decoded_volume_is_clipped_to_its_sources_value_range(tmp_path):
+    from finr3d.decoding import decode_array
+
+    vol = (_local_volume((16, 14, 12)) * 200 + 20).astype(np.float32)  # source range 20 .. 220
+    field = finr3d.fit(VolumeTarget(vol), steps=3, width=8, rank=2)
+    field.detail = fit_lattice_residual(np.full(vol.shape, 0.5, np.float32), step=1e-3)  # lifts it past the top
+    out = decode_array(field)[..., 0]
+    assert out.min() >= vol.min() and out.max() <= vol.max()
+    assert np.isclose(out.max(), vol.max())  # clipped, not rescaled

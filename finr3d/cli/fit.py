@@ -311,8 +311,10 @@ def run(args) -> int:
     progress.done(**summary)
     if args.progress != "json":
         metric = h.get("metric_name", "psnr")
+        # the saved model's metric (with a goal: the chosen prefix's, not the fit's last validation)
+        value = h.get("metrics", {}).get(metric, h.get(metric, float("nan")))
         print(f"wrote {out} ({nbytes:,} bytes, {params:,} parameters, "
-              f"{h.get('steps')} steps in {h.get('seconds', 0):.1f} s; {metric} {h.get(metric, float('nan')):.4g})",
+              f"{h.get('steps')} steps in {h.get('seconds', 0):.1f} s; {metric} {value:.4g})",
               file=sys.stdout)
         if hint:
             print(f"finr3d fit: {hint}", file=sys.stderr)
