@@ -306,6 +306,8 @@ LEVEL_CHOICES = ((1.0, 1.0), (1.5, 4.0), (2.0, 4.0), (2.0, 8.0), (3.0, 9.0))
 #: the step scan: steps ``SCAN_RATIO`` apart from ``SCAN_FIRST`` to ``SCAN_LAST`` powers of it around the
 #: uniform quantizer's step for the error, stopping after ``SCAN_MISSES`` misses in a row past a hit
 SCAN_RATIO, SCAN_FIRST, SCAN_LAST, SCAN_MISSES = 1.2, -3, 16, 4
+#: steps either side of a crop's best step that a hinted scan tries (:func:`fit_within`'s ``hint``)
+HINT_SPAN = 3
 #: the level factors are chosen on a central crop of at most this many nodes (the step is then scanned on
 #: the whole lattice)
 LEVEL_CROP_NODES = 1 << 18
@@ -344,19 +346,22 @@ def crop_box(shape: Sequence[int], max_nodes: int) -> tuple:
     return tuple(out)
 
 
-def _scan(x: np.ndarray, sse_max: float, base, bounds, offset: float, levels) -> tuple[float, float, list]:
+def _scan(x: np.ndarray, sse_max: float, base, bounds, offset: float, levels, *,
+          around: float | None = None) -> tuple[float, float, list]:
     """The step (and per-pass predictors) with the fewest estimated bits among those whose error holds:
-    ``(bits, step, predictors)``, or ``(inf, 0, [])`` when no step of the scan holds."""
-    s0 = math.sqrt(12.0 * sse_max / x.size)
+    ``(bits, step, predictors)``, or ``(inf, 0, [])`` when no step of the scan holds. ``around``: scan only
+    :data:`HINT_SPAN` steps either side of this one (a crop's best step)."""
+    s0 = math.sqrt(12.0 * sse_max / x.size) if around is None else around
+    first, last = (SCAN_FIRST, SCAN_LAST) if around is None else (-HINT_SPAN, HINT_SPAN)
     alpha, beta = levels
 
     def run(step, predictors=None):
         d, _, bits, _, passes = _run_encoder(x, step, predictors=predictors, keep=False, alpha=alpha, beta=beta)
         return _sse(d, x, base, bounds, offset) <= sse_max, bits, [k for k, _, _ in passes]
 
-    _, _, predictors = run(s0 * SCAN_RATIO ** 3)
-    best, misses, k = (math.inf, 0.0, predictors), 0, SCAN_FIRST
-    while k <= SCAN_LAST:
+    _, _, predictors = run(s0 * SCAN_RATIO ** (3 if around is None else 0))
+    best, misses, k = (math.inf, 0.0, predictors), 0, first
+    while k <= last:
         step = s0 * SCAN_RATIO ** k
         ok, bits, _ = run(step, predictors)
         if ok:
@@ -367,7 +372,7 @@ def _scan(x: np.ndarray, sse_max: float, base, bounds, offset: float, levels) ->
             misses += 1
             if math.isfinite(best[0]) and misses >= SCAN_MISSES:
                 break
-            if not math.isfinite(best[0]) and k == SCAN_FIRST:
+            if not math.isfinite(best[0]) and k == first:
                 # not even the finest step of the scan holds: go finer until one does
                 for _ in range(24):
                     step /= SCAN_RATIO
@@ -390,7 +395,8 @@ def _scan(x: np.ndarray, sse_max: float, base, bounds, offset: float, levels) ->
 
 
 def fit_within(residual: np.ndarray, sse_max: float, *, base: np.ndarray | None = None,
-               bounds: tuple[float, float] | None = None, offset: float = 0.0) -> "LatticeResidual":
+               bounds: tuple[float, float] | None = None, offset: float = 0.0,
+               hint: "LatticeResidual | None" = None) -> "LatticeResidual":
     """The residual with the fewest bytes whose decoded lattice's squared error is at most ``sse_max``.
 
     The level factors (:data:`LEVEL_CHOICES`) are ranked on a central crop (:data:`LEVEL_CROP_NODES`), then for
@@ -399,7 +405,9 @@ def fit_within(residual: np.ndarray, sse_max: float, *, base: np.ndarray | None 
     bisection), with the predictors of a free run, and finally with predictors chosen afresh at the best step.
     With ``base`` (the field's decoded lattice) and ``bounds`` (the value range) the error is that of
     ``clip(base + residual)``, as a reader that clips sees it (a volume's empty background then costs almost
-    nothing). ``offset``: as in :func:`fit_lattice_residual`."""
+    nothing). ``offset``: as in :func:`fit_lattice_residual`. ``hint``: a residual of a crop of the same
+    volume (``fit_within`` on it); its level factors are taken and the step is scanned only around its step
+    (:data:`HINT_SPAN`), a third of the work on a large lattice."""
     r = _checked(residual)
     if not (math.isfinite(sse_max) and sse_max > 0):
         raise ValueError(f"the allowed squared error must be positive and finite, got {sse_max!r}")
@@ -407,15 +415,18 @@ def fit_within(residual: np.ndarray, sse_max: float, *, base: np.ndarray | None 
         raise ValueError("give both base and bounds, or neither")
     offset = float(np.float32(offset))
     shifted = r - np.float32(offset) if offset else r
-    box = crop_box(r.shape, LEVEL_CROP_NODES)
-    part, part_base = shifted[box], None if base is None else base[box]
-    share = part.size / r.size
-    scores = sorted(((_scan(part, sse_max * share, part_base, bounds, offset, lv)[0], i)
-                     for i, lv in enumerate(LEVEL_CHOICES)))
-    # the crop's two best settings, each scanned on the whole lattice (the crop ranks them roughly: on the
-    # hydrogen atom its best alone cost 15 % more than the whole lattice's best)
-    tried = [(*_scan(shifted, sse_max, base, bounds, offset, LEVEL_CHOICES[i]), LEVEL_CHOICES[i])
-             for _, i in scores[:LEVEL_FINALISTS]]
+    if hint is not None:
+        tried = [(*_scan(shifted, sse_max, base, bounds, offset, hint.levels, around=hint.step), hint.levels)]
+    else:
+        box = crop_box(r.shape, LEVEL_CROP_NODES)
+        part, part_base = shifted[box], None if base is None else base[box]
+        share = part.size / r.size
+        scores = sorted(((_scan(part, sse_max * share, part_base, bounds, offset, lv)[0], i)
+                         for i, lv in enumerate(LEVEL_CHOICES)))
+        # the crop's two best settings, each scanned on the whole lattice (the crop ranks them roughly: on the
+        # hydrogen atom its best alone cost 15 % more than the whole lattice's best)
+        tried = [(*_scan(shifted, sse_max, base, bounds, offset, LEVEL_CHOICES[i]), LEVEL_CHOICES[i])
+                 for _, i in scores[:LEVEL_FINALISTS]]
     bits, step, predictors, levels = min(tried, key=lambda t: t[0])
     if not math.isfinite(bits):
         raise ValueError("no step reaches the error; the residual is not finite-precision")

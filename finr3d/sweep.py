@@ -202,9 +202,10 @@ def _proxy_error(blob: bytes, proxy: tuple) -> float:
 #: fields on the proxy's Pareto front that :func:`choose_rank` tries under a lattice residual (log-spaced in
 #: bytes, the smallest always among them), and then the best one's neighbours on the front
 RESIDUAL_CANDIDATES = 5
-#: largest lattice (nodes) a residual is tried on: its search holds the truth, a decoded field and the
-#: encoder's lattice (float32) and a pass's codes, about 6 GB at this size
-RESIDUAL_NODES_LIMIT = 1 << 27
+#: largest lattice (nodes) a residual is tried on: its search holds the truth, a decoded field, the residual,
+#: the encoder's lattice and a pass's neighbours and codes, 66 bytes a node at its peak (2.78 GB on a
+#: 512 x 512 x 160 CT-like volume), so about 4.4 GB at this size; a 512^3 goal fit keeps its field alone
+RESIDUAL_NODES_LIMIT = 1 << 26
 #: the residual's squared-error goal keeps this fraction of the target's, for float32 rounding between the
 #: encoder's error and the evaluation's
 RESIDUAL_SSE_MARGIN = 0.995
@@ -215,6 +216,8 @@ RESIDUAL_FINALISTS = 2
 #: ... unless the crop's estimate is over this multiple of the field-only choice (the smoke clip at 40 and
 #: 45 dB: the whole-lattice searches added 270 s to the rate-distortion run and lost)
 RESIDUAL_SKIP_RATIO = 1.25
+#: ... nor a finalist whose estimate is over this multiple of the best one's
+RESIDUAL_FINALIST_RATIO = 1.1
 #: the level factors of a residual sized to a byte budget (the budget's step bisection takes one setting;
 #: within 3 % of the best on neghip at 40 and 45 dB and the best on the CT-like phantom at 40 dB, 37 % over it
 #: at 45 dB: a /tmp scan with steps 1.12x apart)
@@ -273,6 +276,8 @@ def _residual_rows(field, reference, front: list, *, target: float | None, budge
                RESIDUAL_SSE_MARGIN * n * float(reference.data_range) ** 2 * 10 ** (-float(target) / 10))
     out, tried = [], set()
 
+    hints = {}
+
     def attempt(i):
         if i in tried or not 0 <= i < len(pool):
             return None
@@ -283,7 +288,7 @@ def _residual_rows(field, reference, front: list, *, target: float | None, budge
         model = field.truncate(tuple(base["ranks"]))
         offset = bounds[0] - float(decoded.flat[0]) if base.get("_constant") else 0.0
         if target is not None:
-            detail = fit_within(residual, sse_max, base=decoded, bounds=bounds, offset=offset)
+            detail = fit_within(residual, sse_max, base=decoded, bounds=bounds, offset=offset, hint=hints.get(i))
             del decoded
         else:
             del decoded
@@ -320,14 +325,18 @@ def _residual_rows(field, reference, front: list, *, target: float | None, budge
             offset = bounds[0] - float(dec.flat[0]) if pool[i].get("_constant") else 0.0
             d = fit_within(part - dec, sse_max * share, base=dec, bounds=bounds, offset=offset)
             estimates[i] = pool[i]["bytes"] + d.nbytes / share
+            hints[i] = d  # the whole lattice's search starts from the crop's levels and step
 
         for i in picks:
             estimate(i)
         first = min(estimates, key=estimates.get)
         estimate(first - 1)
         estimate(first + 1)
-        for i in sorted(estimates, key=estimates.get)[:RESIDUAL_FINALISTS]:
-            if to_beat is None or estimates[i] < RESIDUAL_SKIP_RATIO * to_beat:
+        ranked = sorted(estimates, key=estimates.get)
+        for i in ranked[:RESIDUAL_FINALISTS]:
+            hopeless = to_beat is not None and estimates[i] >= RESIDUAL_SKIP_RATIO * to_beat
+            behind = estimates[i] > RESIDUAL_FINALIST_RATIO * estimates[ranked[0]]
+            if not (hopeless or behind):
                 attempt(i)
         return out
     if math.prod(truth[box].shape) < n:
