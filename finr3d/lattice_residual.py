@@ -306,7 +306,8 @@ LEVEL_CHOICES = ((1.0, 1.0), (1.5, 4.0), (2.0, 4.0), (2.0, 8.0), (3.0, 9.0))
 #: the step scan: steps ``SCAN_RATIO`` apart from ``SCAN_FIRST`` to ``SCAN_LAST`` powers of it around the
 #: uniform quantizer's step for the error, stopping after ``SCAN_MISSES`` misses in a row past a hit
 SCAN_RATIO, SCAN_FIRST, SCAN_LAST, SCAN_MISSES = 1.2, -3, 16, 4
-#: steps either side of a crop's best step that a hinted scan tries (:func:`fit_within`'s ``hint``)
+#: steps below a crop's best step where a hinted scan starts (:func:`fit_within`'s ``hint``); scanning only
+#: 3 steps either side missed by 1.6 dB (47 % more bytes) on a 512 x 512 x 160 CT-like volume at 35 dB
 HINT_SPAN = 3
 #: the level factors are chosen on a central crop of at most this many nodes (the step is then scanned on
 #: the whole lattice)
@@ -350,9 +351,10 @@ def _scan(x: np.ndarray, sse_max: float, base, bounds, offset: float, levels, *,
           around: float | None = None) -> tuple[float, float, list]:
     """The step (and per-pass predictors) with the fewest estimated bits among those whose error holds:
     ``(bits, step, predictors)``, or ``(inf, 0, [])`` when no step of the scan holds. ``around``: scan only
-    :data:`HINT_SPAN` steps either side of this one (a crop's best step)."""
+    from :data:`HINT_SPAN` steps below this one (a crop's best step; a central crop holds less of a volume's
+    empty border, so the whole lattice's step is often coarser) up, to the usual misses."""
     s0 = math.sqrt(12.0 * sse_max / x.size) if around is None else around
-    first, last = (SCAN_FIRST, SCAN_LAST) if around is None else (-HINT_SPAN, HINT_SPAN)
+    first, last = (SCAN_FIRST, SCAN_LAST) if around is None else (-HINT_SPAN, SCAN_LAST)
     alpha, beta = levels
 
     def run(step, predictors=None):
@@ -405,9 +407,9 @@ def fit_within(residual: np.ndarray, sse_max: float, *, base: np.ndarray | None 
     bisection), with the predictors of a free run, and finally with predictors chosen afresh at the best step.
     With ``base`` (the field's decoded lattice) and ``bounds`` (the value range) the error is that of
     ``clip(base + residual)``, as a reader that clips sees it (a volume's empty background then costs almost
-    nothing). ``offset``: as in :func:`fit_lattice_residual`. ``hint``: a residual of a crop of the same
-    volume (``fit_within`` on it); its level factors are taken and the step is scanned only around its step
-    (:data:`HINT_SPAN`), a third of the work on a large lattice."""
+    nothing). ``offset``: as in :func:`fit_lattice_residual`. ``hint``: the result of ``fit_within`` on a crop
+    of the same volume; its finalists' level factors are taken, and each step scan starts just below the
+    crop's best (:data:`HINT_SPAN`), which saves the level ranking and the scan's fine end."""
     r = _checked(residual)
     if not (math.isfinite(sse_max) and sse_max > 0):
         raise ValueError(f"the allowed squared error must be positive and finite, got {sse_max!r}")
@@ -416,7 +418,8 @@ def fit_within(residual: np.ndarray, sse_max: float, *, base: np.ndarray | None 
     offset = float(np.float32(offset))
     shifted = r - np.float32(offset) if offset else r
     if hint is not None:
-        tried = [(*_scan(shifted, sse_max, base, bounds, offset, hint.levels, around=hint.step), hint.levels)]
+        starts = getattr(hint, "finalists", None) or [(hint.levels, hint.step)]
+        tried = [(*_scan(shifted, sse_max, base, bounds, offset, lv, around=st), lv) for lv, st in starts]
     else:
         box = crop_box(r.shape, LEVEL_CROP_NODES)
         part, part_base = shifted[box], None if base is None else base[box]
@@ -432,6 +435,8 @@ def fit_within(residual: np.ndarray, sse_max: float, *, base: np.ndarray | None 
         raise ValueError("no step reaches the error; the residual is not finite-precision")
     del shifted
     out = fit_lattice_residual(r, step=step, predictors=predictors, offset=offset, levels=levels)
+    #: the settings scanned and their best steps, best first: a hint for the same search on a larger lattice
+    out.finalists = [(lv, st) for b, st, _, lv in sorted(tried, key=lambda t: t[0]) if math.isfinite(b)]
     out.sse = _sse(out.dense(), r, base, bounds)
     return out
 

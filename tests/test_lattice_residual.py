@@ -283,3 +283,21 @@ def test_a_decoded_volume_is_clipped_to_its_sources_value_range(tmp_path):
     out = decode_array(field)[..., 0]
     assert out.min() >= vol.min() and out.max() <= vol.max()
     assert np.isclose(out.max(), vol.max())  # clipped, not rescaled
+
+
+def test_a_crops_search_hints_the_whole_lattices(monkeypatch):
+    x = _blobs((48, 44, 40))
+    sse_max = x.size * 10 ** (-40 / 10)
+    box = lr.crop_box(x.shape, 1 << 13)
+    crop = fit_within(x[box], sse_max * x[box].size / x.size)
+    assert crop.finalists and crop.finalists[0] == (crop.levels, crop.step)
+    runs = []
+    real = lr._run_encoder
+    monkeypatch.setattr(lr, "_run_encoder", lambda *a, **kw: runs.append(1) or real(*a, **kw))
+    hinted = fit_within(x, sse_max, hint=crop)
+    n_hinted = len(runs)
+    runs.clear()
+    full = fit_within(x, sse_max)
+    assert hinted.sse <= sse_max and hinted.levels in [lv for lv, _ in crop.finalists]
+    assert n_hinted < len(runs)  # fewer codings of the whole lattice
+    assert hinted.nbytes <= 1.15 * full.nbytes  # and not much worse for it
