@@ -27,7 +27,8 @@ Between nodes the residual is interpolated multilinearly (node ``i`` of an axis 
 ``field(x) + residual(x)`` is defined everywhere and equals the coded volume on its own lattice.
 
 Layout (version 1, little-endian): ``magic "FLIR" | u8 version | u8 ndim | u8 code bits | u8 reserved (0) |
-u32 resolution * ndim | f64 step | f64 offset | f32 alpha | f32 beta | u32 passes | u8 predictor * passes | u8 scale code * (passes * CONTEXTS) |
+u32 resolution * ndim | f64 step | f64 offset | f32 alpha | f32 beta | u32 passes | u8 predictor * passes |
+u8 scale code * (passes * CONTEXTS) |
 u32 ANS words``. The pass count follows from the resolution and is checked.
 
 numpy and constriction only (no torch), like the other numpy-only decoders. The predictor is written here
@@ -402,9 +403,10 @@ def fit_within(residual: np.ndarray, sse_max: float, *, base: np.ndarray | None 
     """The residual with the fewest bytes whose decoded lattice's squared error is at most ``sse_max``.
 
     The level factors (:data:`LEVEL_CHOICES`) are ranked on a central crop (:data:`LEVEL_CROP_NODES`), then for
-    the best :data:`LEVEL_FINALISTS` of them the step is scanned on the whole lattice (:data:`SCAN_RATIO` apart, around the uniform quantizer's step for the
-    error, ``sqrt(12 sse_max / n)``; the error is not monotone in the step, so this is a scan, not a
-    bisection), with the predictors of a free run, and finally with predictors chosen afresh at the best step.
+    the best :data:`LEVEL_FINALISTS` of them the step is scanned on the whole lattice (:data:`SCAN_RATIO`
+    apart, around the uniform quantizer's step for the error, ``sqrt(12 sse_max / n)``; the error is not
+    monotone in the step, so this is a scan, not a bisection), with the predictors of a free run, and finally
+    with predictors chosen afresh at the best step.
     With ``base`` (the field's decoded lattice) and ``bounds`` (the value range) the error is that of
     ``clip(base + residual)``, as a reader that clips sees it (a volume's empty background then costs almost
     nothing). ``offset``: as in :func:`fit_lattice_residual`. ``hint``: the result of ``fit_within`` on a crop
@@ -493,7 +495,8 @@ class LatticeResidual:
     # ------------------------------------------------------------------ bytes
     def to_bytes(self) -> bytes:
         head = _HEAD.pack(MAGIC, VERSION, self.ndim, self.bits, 0)
-        head += struct.pack(f"<{self.ndim}I", *self.resolution) + struct.pack("<ddffI", self.step, self.offset, *self.levels, len(self.predictors))
+        head += struct.pack(f"<{self.ndim}I", *self.resolution)
+        head += struct.pack("<ddffI", self.step, self.offset, *self.levels, len(self.predictors))
         return head + bytes(self.predictors) + self._scales.tobytes() + self._words
 
     @classmethod

@@ -62,7 +62,9 @@ def test_the_predictors_pay_for_themselves():
     sigma = float(noise.std()) / step
     entropy = q.size * (0.5 * math.log2(2 * math.pi * math.e * sigma ** 2)) / 8
     assert b.nbytes < 1.05 * entropy
-    assert set(a.describe()["predictors"]) == set(lr.PREDICTORS)
+    # the per-pass choice is used: a smooth field takes an interpolating predictor somewhere, noise none
+    used = a.describe()["predictors"]
+    assert used["linear"] + used["cubic"] > 0 and sum(used.values()) == len(lr._passes(shape))
 
 
 def test_an_offset_makes_a_constant_background_free_and_exact():
