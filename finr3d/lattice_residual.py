@@ -44,6 +44,7 @@ from typing import Sequence
 
 import numpy as np
 
+from finr3d.compact import _scales_from_codes, best_scale_bits
 from finr3d.errors import FormatError
 
 __all__ = ["LatticeResidual", "fit_lattice_residual", "fit_within", "decoded_bytes", "MAGIC", "VERSION", "PREDICTORS",
@@ -142,15 +143,6 @@ def _index(ndim: int, axis: int, t) -> tuple:
     return tuple(idx)
 
 
-# --------------------------------------------------------------------------- bits
-
-
-def _best_scales(codes: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, float]:
-    from finr3d.compact import best_scale_bits
-
-    return best_scale_bits(codes, groups, CONTEXTS)
-
-
 # --------------------------------------------------------------------------- the coder
 
 
@@ -185,11 +177,11 @@ def _level_steps(resolution: Sequence[int], step: float, alpha: float, beta: flo
 
 def _run_encoder(r: np.ndarray, step: float, *, predictors: Sequence[int] | None = None, keep: bool = True,
                  alpha: float = 1.0, beta: float = 1.0):
-    """The closed loop: per pass, the predictor (the given one, or the cheapest by estimated bits), its codes
-    and contexts. Returns ``(decoded, sse, bits, anchors, passes)``: the decoded lattice (float32), its squared
-    error against ``r``, the codes' estimated length in bits, the anchor codes and per pass
-    ``(kind, codes, contexts)`` (codes and contexts only with ``keep``; the step searches need the error and
-    the bits alone)."""
+    """The closed loop: per pass, the predictor (the given one, or the cheapest by estimated bits), its codes,
+    contexts and scale codes. Returns ``(decoded, sse, bits, coded, kinds)``: the decoded lattice (float32),
+    its squared error against ``r``, the codes' estimated length in bits, ``(codes, contexts, scale codes)``
+    of the anchors and then of every pass (None for a pass without nodes; only with ``keep``: the step
+    searches need the error and the bits alone) and each pass's predictor."""
     ndim = r.ndim
     res = r.shape
     d = np.zeros(res, np.float32)
@@ -199,15 +191,17 @@ def _run_encoder(r: np.ndarray, step: float, *, predictors: Sequence[int] | None
     qa, dec = _quantize(xa, np.zeros(xa.shape, np.float32), step / ANCHOR_DIVISOR)
     d[anchors] = dec
     sse = float(np.sum(np.square(dec.astype(np.float64) - xa)))
-    total_bits = _best_scales(qa.reshape(-1), np.zeros(qa.size, np.uint8))[1]
-    out = []
+    qa, ga = qa.reshape(-1), np.zeros(qa.size, np.uint8)
+    ua, total_bits = best_scale_bits(qa, ga, CONTEXTS)
+    coded, chosen = [(qa, ga, ua) if keep else None], []
     for p, ((h, axis), s_p) in enumerate(zip(_passes(res), _level_steps(res, step, alpha, beta))):
         view = _view(ndim, h, axis)
         sub, xs = d[view], r[view]
         kinds = (predictors[p],) if predictors is not None else (0, 1, 2)
         t, left, right, left2, right2, has_4 = _neighbours(sub, axis, 2 in kinds)
         if not len(t):
-            out.append((0, None, None))
+            coded.append(None)
+            chosen.append(0)
             continue
         x = xs[_index(ndim, axis, t)]
         thr = _thresholds(s_p)
@@ -217,18 +211,19 @@ def _run_encoder(r: np.ndarray, step: float, *, predictors: Sequence[int] | None
             q, dec = _quantize(x, pred, s_p)
             del pred
             groups = _contexts(kind, left, right, thr)
-            bits = _best_scales(q.reshape(-1), groups)[1]
+            u, bits = best_scale_bits(q.reshape(-1), groups, CONTEXTS)
             if best is None or bits < best[0]:
-                best = (bits, kind, q, dec, groups)
-            del q, dec, groups
-        bits, kind, q, dec, groups = best
+                best = (bits, kind, q, dec, groups, u)
+            del q, dec, groups, u
+        bits, kind, q, dec, groups, u = best
         total_bits += bits
         del best, left, right, left2, right2
         sse += float(np.sum(np.square(dec.astype(np.float64) - x)))
         sub[_index(ndim, axis, t)] = dec  # sub is a view of d
-        out.append((kind, q.reshape(-1) if keep else None, groups if keep else None))
+        coded.append((q.reshape(-1), groups, u) if keep else None)
+        chosen.append(kind)
         del q, dec, groups, x
-    return d, sse, total_bits, qa.reshape(-1), out
+    return d, sse, total_bits, coded, chosen
 
 
 def _ans_model(bound: int):
@@ -250,8 +245,6 @@ def fit_lattice_residual(residual: np.ndarray, *, step: float, predictors: Seque
     """
     import constriction
 
-    from finr3d.compact import _scales_from_codes
-
     r = _checked(residual)
     if not (math.isfinite(step) and step > 0):
         raise ValueError(f"step must be a positive finite number, got {step!r}")
@@ -259,19 +252,14 @@ def fit_lattice_residual(residual: np.ndarray, *, step: float, predictors: Seque
     alpha, beta = (float(np.float32(v)) for v in levels)
     if not (1.0 <= alpha <= _MAX_LEVEL_FACTOR and 1.0 <= beta <= _MAX_LEVEL_FACTOR):
         raise ValueError(f"level factors must be in 1..{_MAX_LEVEL_FACTOR}, got {levels!r}")
-    decoded, sse, _, anchors, passes = _run_encoder(r - np.float32(offset) if offset else r, float(step),
-                                                    predictors=predictors, alpha=alpha, beta=beta)
-    all_codes = [anchors] + [q for _, q, _ in passes if q is not None]
-    all_groups = [np.zeros(len(anchors), np.uint8)] + [g for _, q, g in passes if q is not None]
-    top = max((int(np.abs(q).max()) for q in all_codes if len(q)), default=0)
+    decoded, sse, _, coded, kinds = _run_encoder(r - np.float32(offset) if offset else r, float(step),
+                                                 predictors=predictors, alpha=alpha, beta=beta)
+    live_passes = [c for c in coded if c is not None]
+    top = max((int(np.abs(q).max()) for q, _, _ in live_passes if len(q)), default=0)
     bits = top.bit_length()
-    scales = []
-    for _, q, g in [(None, anchors, all_groups[0])] + passes:
-        scales.append(np.zeros(CONTEXTS, np.uint8) if q is None else _best_scales(q, g)[0])
+    scales = [np.zeros(CONTEXTS, np.uint8) if c is None else c[2] for c in coded]
     coder = constriction.stream.stack.AnsCoder()
     model = _ans_model(max((1 << bits) - 1, 1))
-    live_passes = [(q, g, u) for (_, q, g), u in zip([(None, anchors, all_groups[0])] + passes, scales)
-                   if q is not None]
     for q, g, u in reversed(live_passes):
         live = np.flatnonzero(u[g] > 0)
         chunks = range(0, len(live), _ANS_CHUNK)
@@ -280,7 +268,7 @@ def fit_lattice_residual(residual: np.ndarray, *, step: float, predictors: Seque
             coder.encode_reverse(q[sel], model, np.zeros(len(sel)), _scales_from_codes(u[g[sel]]))
     words = coder.get_compressed().astype("<u4").tobytes()
     out = LatticeResidual(resolution=r.shape, step=float(step), bits=bits, offset=offset, levels=(alpha, beta),
-                          predictors=[k for k, _, _ in passes], scales=np.stack(scales), words=words)
+                          predictors=kinds, scales=np.stack(scales), words=words)
     if offset:
         decoded += np.float32(offset)
     out._dense = decoded
@@ -359,8 +347,10 @@ def _scan(x: np.ndarray, sse_max: float, base, bounds, offset: float, levels, *,
     alpha, beta = levels
 
     def run(step, predictors=None):
-        d, _, bits, _, passes = _run_encoder(x, step, predictors=predictors, keep=False, alpha=alpha, beta=beta)
-        return _sse(d, x, base, bounds, offset) <= sse_max, bits, [k for k, _, _ in passes]
+        d, sse, bits, _, kinds = _run_encoder(x, step, predictors=predictors, keep=False, alpha=alpha, beta=beta)
+        if base is not None:  # the error a reader that clips sees
+            sse = _sse(d, x, base, bounds, offset)
+        return sse <= sse_max, bits, kinds
 
     _, _, predictors = run(s0 * SCAN_RATIO ** (3 if around is None else 0))
     best, misses, k = (math.inf, 0.0, predictors), 0, first
@@ -567,8 +557,6 @@ class LatticeResidual:
 
     def _decode(self) -> np.ndarray:
         import constriction
-
-        from finr3d.compact import _scales_from_codes
 
         res, ndim, step = self.resolution, self.ndim, self.step
         words = np.frombuffer(self._words, "<u4").astype(np.uint32)

@@ -272,6 +272,10 @@ def _residual_rows(field, reference, front: list, *, target: float | None, budge
     sizes = np.array([r["bytes"] for r in pool], np.float64)
     wanted = np.geomspace(sizes[0], sizes[-1], min(RESIDUAL_CANDIDATES, len(pool)))
     picks = sorted({int(np.argmin(np.abs(np.log(sizes) - math.log(w)))) for w in wanted})
+    def offset_of(row, decoded):
+        """The residual's offset: the constant field's is coded around the value range's low end."""
+        return bounds[0] - float(decoded.flat[0]) if row.get("_constant") else 0.0
+
     sse_max = (None if target is None else
                RESIDUAL_SSE_MARGIN * n * float(reference.data_range) ** 2 * 10 ** (-float(target) / 10))
     out, tried = [], set()
@@ -286,7 +290,7 @@ def _residual_rows(field, reference, front: list, *, target: float | None, budge
         decoded = codec.decode_grid(base["_blob"], resolution=list(shape), squeeze=False)[..., 0]
         residual = truth - decoded
         model = field.truncate(tuple(base["ranks"]))
-        offset = bounds[0] - float(decoded.flat[0]) if base.get("_constant") else 0.0
+        offset = offset_of(base, decoded)
         if target is not None:
             detail = fit_within(residual, sse_max, base=decoded, bounds=bounds, offset=offset, hint=hints.get(i))
             del decoded
@@ -322,8 +326,7 @@ def _residual_rows(field, reference, front: list, *, target: float | None, budge
             if i in estimates or not 0 <= i < len(pool):
                 return
             dec = codec.decode_axes(pool[i]["_blob"], axes, squeeze=False)[..., 0]
-            offset = bounds[0] - float(dec.flat[0]) if pool[i].get("_constant") else 0.0
-            d = fit_within(part - dec, sse_max * share, base=dec, bounds=bounds, offset=offset)
+            d = fit_within(part - dec, sse_max * share, base=dec, bounds=bounds, offset=offset_of(pool[i], dec))
             estimates[i] = pool[i]["bytes"] + d.nbytes / share
             hints[i] = d  # the whole lattice's search starts from the crop's levels and step
 
